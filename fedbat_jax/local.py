@@ -1,0 +1,163 @@
+"""One client's local training (REFERENCE.md section 1, steps 3-5), as pure functions.
+
+FedBAT works on any Flax model's parameter pytree: a predicate picks the *binarized* leaves (default:
+every conv and dense ``kernel``). For those the client trains a latent update ``u`` (starting at 0)
+and a step-size exponent ``a``; the forward pass uses ``w + u`` during warm-up and ``w + Q(u, alpha)``
+after it. Every other leaf (BatchNorm scale and bias) is trained directly in full precision.
+FedAvg is the same client with no leaf binarized.
+
+The trainable pytree ``theta`` therefore holds ``u`` on binarized leaves and the parameter itself on
+the others; plain SGD (no momentum, no weight decay) updates ``theta`` and ``a``.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from fedbat_jax.binarize import binarize, step_size
+
+Params = Any
+# Before warm-up ends alpha0 holds the reference's initial value (used if binarization never switches on).
+ALPHA0_INIT = 0.01
+
+
+def default_binarize_predicate(path: tuple, leaf: jax.Array) -> bool:
+    """Binarize every conv and dense kernel (REFERENCE.md 1.3); norm scales and biases stay full precision."""
+    last = path[-1]
+    return getattr(last, "key", getattr(last, "name", None)) == "kernel" and leaf.ndim >= 2
+
+
+def binarized_mask(params: Params, predicate: Callable[[tuple, jax.Array], bool] | None) -> Params:
+    """A pytree of Python bools (static) marking the binarized leaves; ``predicate=None`` marks none."""
+    if predicate is None:
+        return jax.tree.map(lambda _: False, params)
+    return jax.tree_util.tree_map_with_path(lambda p, x: bool(predicate(p, x)), params)
+
+
+class LocalConfig(NamedTuple):
+    """Hyper-parameters of local training (static: changing one recompiles)."""
+
+    lr: float
+    batch_size: int
+    rho: float = 6.0
+    alpha_min: float = 5e-4
+    alpha_max: float = 5e-2
+
+
+class ClientState(NamedTuple):
+    """Everything one client carries through its local steps."""
+
+    theta: Params  # binarized leaves: latent update u; other leaves: the parameter itself
+    a: Params  # step-size exponent per leaf (a scalar; only binarized leaves use it)
+    alpha0: Params  # per leaf scalar: mean|u| taken when warm-up ends
+    batch_stats: Any
+    loss_sum: jax.Array  # sum of per-example training losses seen so far
+    seen: jax.Array  # number of (real, unpadded) examples trained on
+
+
+def init_client(params: Params, batch_stats: Any, mask: Params) -> ClientState:
+    """The state a sampled client starts its round from (the broadcast global model)."""
+    theta = jax.tree.map(lambda w, b: jnp.zeros_like(w) if b else w, params, mask)
+    scalars = lambda v: jax.tree.map(lambda w: jnp.asarray(v, jnp.float32), params)  # noqa: E731
+    return ClientState(theta, scalars(0.0), scalars(ALPHA0_INIT), batch_stats, jnp.float32(0), jnp.float32(0))
+
+
+def step_sizes(state: ClientState, cfg: LocalConfig) -> Params:
+    return jax.tree.map(lambda a, a0: step_size(a, a0, cfg.rho, cfg.alpha_min, cfg.alpha_max), state.a, state.alpha0)
+
+
+def effective_params(params: Params, theta: Params, alpha: Params, mask: Params, binarizing: jax.Array, key) -> Params:
+    """The weights of the forward pass: ``w + u`` (warm-up) or ``w + Q(u, alpha)``; others ``theta``."""
+    leaves, treedef = jax.tree.flatten(params)
+    keys = list(jax.random.split(key, len(leaves)))
+    keys = jax.tree.unflatten(treedef, keys)
+
+    def leaf(w, th, al, b, k):
+        if not b:
+            return th
+        return w + jnp.where(binarizing, binarize(th, al, k), th)
+
+    return jax.tree.map(leaf, params, theta, alpha, mask, keys)
+
+
+def client_update(params: Params, state: ClientState, mask: Params, cfg: LocalConfig) -> tuple[Params, Params]:
+    """The client's finished update ``m`` (latent ``u`` on binarized leaves, ``theta - w`` elsewhere)
+    and its learned step size per leaf (what FedBAT's upload binarizes with)."""
+    update = jax.tree.map(lambda w, th, b: th if b else th - w, params, state.theta, mask)
+    return update, step_sizes(state, cfg)
+
+
+class ClientData(NamedTuple):
+    """The federated training set on the device: all images once, each client as padded index rows."""
+
+    images: jax.Array  # uint8 [N, H, W, C]
+    labels: jax.Array  # int32 [N]
+    index: jax.Array  # int32 [num_clients, max_n + batch]: the client's sample indices, zero-padded
+    sizes: jax.Array  # int32 [num_clients]
+    mean: jax.Array  # float32 [C]
+    std: jax.Array  # float32 [C]
+
+
+def epoch_orders(key: jax.Array, index_row: jax.Array, n: jax.Array, epochs: int) -> jax.Array:
+    """Each epoch's reshuffled order of one client's samples, valid samples first: int32 [epochs, len(row)]."""
+    width = index_row.shape[0]
+    valid = jnp.arange(width) < n
+
+    def one(e):
+        r = jax.random.uniform(jax.random.fold_in(key, e), (width,))
+        return index_row[jnp.argsort(jnp.where(valid, r, 2.0))]
+
+    return jax.vmap(one)(jnp.arange(epochs))
+
+
+def batch_at(orders: jax.Array, n: jax.Array, t: jax.Array, batch_size: int) -> tuple[jax.Array, jax.Array]:
+    """Local step ``t``'s sample indices and mask: epoch ``t // ceil(n/B)``, batch ``t % ceil(n/B)``;
+    the last batch of an epoch is short (masked), as the reference keeps it."""
+    per_epoch = (n + batch_size - 1) // batch_size
+    epoch, j = t // per_epoch, t % per_epoch
+    start = j * batch_size
+    idx = jax.lax.dynamic_slice(orders[epoch], (start,), (batch_size,))
+    return idx, start + jnp.arange(batch_size) < n
+
+
+def make_local_step(model, mask: Params, cfg: LocalConfig) -> Callable:
+    """``step(state, params, data, orders, n, n_warm, t, key) -> state``: one SGD step of one client.
+
+    ``t`` is the 0-based local step; steps ``t < n_warm`` are warm-up (full precision) and at
+    ``t == n_warm`` alpha0 is set to ``mean|u|`` before the first binarized forward pass.
+    """
+
+    def loss_fn(trainable, params, batch_stats, x, y, valid, binarizing, key):
+        theta, a, alpha0 = trainable
+        alpha = jax.tree.map(lambda a_, a0: step_size(a_, a0, cfg.rho, cfg.alpha_min, cfg.alpha_max), a, alpha0)
+        eff = effective_params(params, theta, alpha, mask, binarizing, key)
+        logits, new_vars = model.apply(
+            {"params": eff, "batch_stats": batch_stats}, x, train=True, mask=valid, mutable=["batch_stats"]
+        )
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), y)
+        ce_sum = jnp.sum(jnp.where(valid, ce, 0.0))
+        return ce_sum / jnp.maximum(valid.sum(), 1), (new_vars["batch_stats"], ce_sum)
+
+    grad_fn = jax.grad(loss_fn, has_aux=True)
+
+    def step(state: ClientState, params, data: ClientData, orders, n, n_warm, t, key) -> ClientState:
+        idx, valid = batch_at(orders, n, t, cfg.batch_size)
+        x = (data.images[idx].astype(jnp.float32) / 255.0 - data.mean) / data.std
+        y = data.labels[idx]
+        binarizing = t >= n_warm
+        # Warm-up ends: alpha0 = mean|u| per binarized tensor, from the warmed-up latent update.
+        alpha0 = jax.tree.map(
+            lambda a0, th, b: jnp.where(t == n_warm, jnp.mean(jnp.abs(th)), a0) if b else a0,
+            state.alpha0, state.theta, mask,
+        )
+        trainable = (state.theta, state.a, alpha0)
+        grads, (batch_stats, ce_sum) = grad_fn(trainable, params, state.batch_stats, x, y, valid, binarizing, key)
+        g_theta, g_a, _ = grads
+        theta = jax.tree.map(lambda p, g: p - cfg.lr * g, state.theta, g_theta)
+        a = jax.tree.map(lambda p, g: p - cfg.lr * g, state.a, g_a)
+        return ClientState(theta, a, alpha0, batch_stats, state.loss_sum + ce_sum, state.seen + valid.sum())
+
+    return step

@@ -1,0 +1,24 @@
+"""Model registry: a new model is one module and one entry in ``MODELS``.
+
+A model is a Flax module called as ``model.apply(variables, x, train=..., mask=..., mutable=...)``
+with ``variables = {'params': ..., 'batch_stats': ...}``; FedBAT never looks inside it, it only
+picks parameter leaves by a predicate (``fedbat_jax.local.default_binarize_predicate``).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import flax.linen as nn
+
+from fedbat_jax.errors import ConfigError
+from fedbat_jax.models.cnn4 import CNN4
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "cnn4": CNN4,
+}
+
+
+def make_model(name: str, num_classes: int) -> nn.Module:
+    if name not in MODELS:
+        raise ConfigError(f"unknown model {name!r}; choose one of: {', '.join(sorted(MODELS))}")
+    return MODELS[name](num_classes=num_classes)

@@ -1,0 +1,59 @@
+"""Layers with the reference's (PyTorch's) semantics, written for speed on every backend."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import flax.linen as nn
+
+# Conv and dense kernels start from N(0, 0.01^2) (REFERENCE.md section 3).
+kernel_init = nn.initializers.normal(stddev=0.01)
+
+
+class BatchNorm(nn.Module):
+    """BatchNorm as PyTorch's default, with an optional per-example mask.
+
+    Training normalises with the (masked) batch mean and biased variance and updates the running
+    statistics as ``momentum * running + (1 - momentum) * batch`` with the *unbiased* batch variance,
+    exactly as ``torch.nn.BatchNorm2d``. Padded examples (mask 0) neither contribute to the statistics
+    nor to the running averages, so a padded last batch behaves as the reference's short last batch.
+    """
+
+    momentum: float = 0.9
+    epsilon: float = 1e-5
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool, mask: jax.Array | None = None) -> jax.Array:
+        c = x.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
+        ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
+        ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
+        if train:
+            axes = tuple(range(x.ndim - 1))
+            xf = x.astype(jnp.float32)
+            if mask is None:
+                count = jnp.float32(x.size // c)
+                mean = xf.mean(axes)
+                var = jnp.square(xf - mean).mean(axes)
+            else:
+                w = mask.astype(jnp.float32).reshape(mask.shape + (1,) * (x.ndim - 1))
+                count = w.sum() * (x.size // (c * x.shape[0]))
+                mean = (xf * w).sum(axes) / count
+                var = (jnp.square(xf - mean) * w).sum(axes) / count
+            if not self.is_initializing():
+                unbiased = var * count / jnp.maximum(count - 1.0, 1.0)
+                ra_mean.value = self.momentum * ra_mean.value + (1.0 - self.momentum) * mean
+                ra_var.value = self.momentum * ra_var.value + (1.0 - self.momentum) * unbiased
+        else:
+            mean, var = ra_mean.value, ra_var.value
+        inv = jax.lax.rsqrt(var + self.epsilon) * scale
+        return (x - mean.astype(x.dtype)) * inv.astype(x.dtype) + bias.astype(x.dtype)
+
+
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+    """2x2 max-pool, stride 2, floor (7x7 -> 3x3), as reshape + max: much faster than
+    ``reduce_window`` and its gradient on XLA:CPU."""
+    n, h, w, c = x.shape
+    h2, w2 = h // 2, w // 2
+    x = x[:, : 2 * h2, : 2 * w2, :].reshape(n, h2, 2, w2, 2, c)
+    return x.max(axis=(2, 4))

@@ -1,0 +1,174 @@
+"""The run loop and Python API: build a federation from a config, run rounds, evaluate, log, checkpoint.
+
+    from fedbat_jax import train
+    cfg = train.default_config(); cfg.rounds = 5
+    records = train.run(cfg)            # one dict per round, as in metrics.jsonl
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from fedbat_jax.algorithms import get_algorithm
+from fedbat_jax.config import default_config, validate
+from fedbat_jax.data import Dataset, format_histograms, label_histograms, load_dataset, partition, size_summary
+from fedbat_jax.local import ClientData, LocalConfig
+from fedbat_jax.models import make_model
+from fedbat_jax.round import Round, RoundConfig, ServerState, round_key
+
+__all__ = ["default_config", "Experiment", "build", "run", "make_eval"]
+
+METRICS_FILE = "metrics.jsonl"
+CHECKPOINT_FILE = "checkpoint.npz"
+
+
+class Experiment(NamedTuple):
+    config: ml_collections.ConfigDict
+    dataset: Dataset
+    parts: list  # each client's sample indices
+    model: Any
+    round: Round
+    server: ServerState  # the initial global model
+    evaluate: Callable[[ServerState], tuple[float, float]]  # -> (test_loss, test_accuracy)
+
+
+def client_data(ds: Dataset, parts: list, batch_size: int) -> ClientData:
+    """Put the training set on the device once, each client as a zero-padded row of sample indices."""
+    sizes = np.array([len(p) for p in parts], np.int32)
+    index = np.zeros((len(parts), int(sizes.max()) + batch_size), np.int32)
+    for i, p in enumerate(parts):
+        index[i, : len(p)] = p
+    return ClientData(jnp.asarray(ds.x_train), jnp.asarray(ds.y_train, jnp.int32), jnp.asarray(index),
+                      jnp.asarray(sizes), jnp.asarray(ds.mean, jnp.float32), jnp.asarray(ds.std, jnp.float32))
+
+
+def make_eval(model, ds: Dataset, chunk: int = 1000) -> Callable[[ServerState], tuple[float, float]]:
+    """Test loss and accuracy of the global model, BatchNorm in inference mode, over the whole test set."""
+    n = len(ds.y_test)
+    pad = -n % chunk
+    images = jnp.asarray(np.concatenate([ds.x_test, np.zeros((pad,) + ds.x_test.shape[1:], ds.x_test.dtype)]))
+    labels = jnp.asarray(np.concatenate([ds.y_test, np.zeros(pad, ds.y_test.dtype)]).astype(np.int32))
+    mean, std = jnp.asarray(ds.mean, jnp.float32), jnp.asarray(ds.std, jnp.float32)
+
+    @jax.jit
+    def chunk_sums(params, batch_stats, start):
+        x = jax.lax.dynamic_slice_in_dim(images, start, chunk)
+        y = jax.lax.dynamic_slice_in_dim(labels, start, chunk)
+        valid = start + jnp.arange(chunk) < n
+        logits = model.apply({"params": params, "batch_stats": batch_stats},
+                             (x.astype(jnp.float32) / 255.0 - mean) / std, train=False)
+        import optax
+
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), y)
+        return jnp.stack([jnp.sum(jnp.where(valid, ce, 0.0)), jnp.sum(valid & (logits.argmax(-1) == y))])
+
+    def evaluate(server: ServerState) -> tuple[float, float]:
+        total = sum(chunk_sums(server.params, server.batch_stats, s) for s in range(0, n + pad, chunk))
+        loss, correct = np.asarray(total)
+        return float(loss / n), float(correct / n)
+
+    return evaluate
+
+
+def build(config: ml_collections.ConfigDict) -> Experiment:
+    """Everything a run needs, from the config alone (data on the device, model, jitted round)."""
+    validate(config)
+    ds = load_dataset(config.dataset, config.data_dir or None)
+    parts = partition(ds.x_train, ds.y_train, config.num_clients, config.partition, seed=config.partition_seed,
+                      dirichlet_beta=config.dirichlet_beta, labels_per_client=config.labels_per_client,
+                      min_size=config.min_client_size)
+    model = make_model(config.model, ds.num_classes)
+    variables = jax.jit(model.init)(round_key(config.seed, 0), jnp.zeros((1,) + ds.input_shape, jnp.float32))
+    on_cpu = jax.default_backend() == "cpu"
+    execution = config.execution if config.execution != "auto" else ("host" if on_cpu else "fused")
+    threads = config.client_threads or (2 if on_cpu else 1)
+    local = LocalConfig(lr=config.lr, batch_size=config.batch_size, rho=config.rho,
+                        alpha_min=config.alpha_min, alpha_max=config.alpha_max)
+    rcfg = RoundConfig(config.num_clients, config.clients_per_round, config.local_epochs, config.phi, config.seed,
+                       config.aggregation_weights, execution, threads, config.lanes)
+    sizes = np.array([len(p) for p in parts])
+    rnd = Round(model, client_data(ds, parts, config.batch_size), sizes, variables["params"],
+                get_algorithm(config.algorithm), local, rcfg)
+    server = rnd.init_server(variables["params"], variables["batch_stats"])
+    return Experiment(config, ds, parts, model, rnd, server, make_eval(model, ds))
+
+
+# ---- checkpoints: the server state's leaves and the round, written atomically -------------------------
+def save_checkpoint(path: Path, server: ServerState, r: int) -> None:
+    leaves = {f"leaf_{i}": np.asarray(x) for i, x in enumerate(jax.tree.leaves(server))}
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, round=r, **leaves)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, like: ServerState) -> tuple[ServerState, int]:
+    with np.load(path, allow_pickle=False) as f:
+        leaves, treedef = jax.tree.flatten(like)
+        restored = [jnp.asarray(f[f"leaf_{i}"], x.dtype) for i, x in enumerate(leaves)]
+        return jax.tree.unflatten(treedef, restored), int(f["round"])
+
+
+def run(config: ml_collections.ConfigDict, workdir: str | Path | None = None, progress: bool = False,
+        log: Callable[[str], None] | None = None) -> list[dict]:
+    """Run ``config.rounds`` rounds; return one record per round (also appended to workdir/metrics.jsonl).
+
+    With a workdir, a run resumes from its last checkpoint there and reproduces the same numbers.
+    """
+    exp = build(config)
+    server, start, records = exp.server, 1, []
+    metrics_path = ckpt_path = None
+    if workdir is not None:
+        workdir = Path(workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "config.json").write_text(config.to_json(indent=2))
+        metrics_path, ckpt_path = workdir / METRICS_FILE, workdir / CHECKPOINT_FILE
+        if ckpt_path.exists():
+            server, done = load_checkpoint(ckpt_path, server)
+            start = done + 1
+            if metrics_path.exists():  # keep the records up to the checkpoint, drop any later partial ones
+                lines = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+                records = [rec for rec in lines if rec["round"] <= done]
+            metrics_path.write_text("".join(json.dumps(rec) + "\n" for rec in records))
+        elif metrics_path.exists():
+            metrics_path.unlink()
+    if log:
+        log(f"{config.algorithm} on {config.dataset} ({config.partition}): {size_summary(exp.parts)}; "
+            f"execution {exp.round.cfg.execution} on {jax.default_backend()}")
+        if config.print_histograms:
+            log(format_histograms(label_histograms(exp.parts, exp.dataset.y_train, exp.dataset.num_classes)))
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=config.rounds, initial=start - 1, desc=config.algorithm, unit="round")
+    for r in range(start, config.rounds + 1):
+        t0 = time.perf_counter()
+        server, m = exp.round.run(server, r)
+        train_loss = float(m["train_loss"])  # waits for the round to finish
+        seconds = time.perf_counter() - t0
+        rec = {"round": r, "test_accuracy": None, "test_loss": None, "train_loss": train_loss,
+               "uplink_bits": int(m["uplink_bits"]), "downlink_bits": int(m["downlink_bits"]),
+               "round_seconds": round(seconds, 4)}
+        if r % config.eval_every == 0 or r == config.rounds:
+            rec["test_loss"], rec["test_accuracy"] = exp.evaluate(server)
+        records.append(rec)
+        if metrics_path is not None:
+            with metrics_path.open("a") as f:
+                f.write(json.dumps(rec) + "\n")
+            if r == config.rounds or (config.checkpoint_every and r % config.checkpoint_every == 0):
+                save_checkpoint(ckpt_path, server, r)
+        if bar is not None:
+            acc = rec["test_accuracy"]
+            bar.set_postfix_str(f"acc {acc:.4f}" if acc is not None else f"loss {train_loss:.4f}")
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    return records
