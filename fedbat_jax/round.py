@@ -108,7 +108,7 @@ class Round:
         self._init = jax.jit(lambda p, bs: init_client(p, bs, self.train_mask))
         self._stack = jax.jit(lambda states: jax.tree.map(lambda *x: jnp.stack(x), *states))
         self._finish = jax.jit(self._finish_impl)
-        self._fused = jax.jit(self._fused_impl, static_argnums=(0,))
+        self._fused = jax.jit(self._fused_impl)
 
     # ---- the round, top to bottom ----------------------------------------------------------------
     def run(self, server: ServerState, r: int) -> tuple[ServerState, dict]:
@@ -186,15 +186,15 @@ class Round:
     def _train_fused(self, server: ServerState, cohort, keys, n_warm) -> ClientState:
         steps = self.num_steps[cohort]
         sched = pack_lanes(steps, self.cfg.lanes, quantum=max(1, int(self.num_steps.max()) // 8))
-        return self._fused(sched.shape[1:], server.params, server.batch_stats, jnp.asarray(cohort), keys,
-                           jnp.asarray(n_warm), jnp.asarray(sched))
+        return self._fused(server.params, server.batch_stats, jnp.asarray(cohort), keys, jnp.asarray(n_warm),
+                           jnp.asarray(sched))
 
-    def _fused_impl(self, shape, params, batch_stats, cohort, keys, n_warm, sched):
-        k = cohort.shape[0]
+    def _fused_impl(self, params, batch_stats, cohort, keys, n_warm, sched):
+        k, num_lanes = cohort.shape[0], sched.shape[1]
         n = self.data.sizes[cohort]
         orders = jax.vmap(self._orders_fn)(keys, self.data.index[cohort], n)
         init = init_client(params, batch_stats, self.train_mask)
-        lanes0 = jax.tree.map(lambda x: jnp.broadcast_to(x, (shape[1],) + x.shape), init)
+        lanes0 = jax.tree.map(lambda x: jnp.broadcast_to(x, (num_lanes,) + x.shape), init)
         out0 = jax.tree.map(lambda x: jnp.broadcast_to(x, (k,) + x.shape), init)
         lane_step = jax.vmap(self._keyed_step, (0, None, None, 0, 0, 0, 0, 0))
 
@@ -204,7 +204,7 @@ class Round:
             active, c = slot < k, jnp.minimum(slot, k - 1)
             sel = lambda m, a, b: jax.tree.map(  # noqa: E731
                 lambda x, y: jnp.where(m.reshape(m.shape + (1,) * (x.ndim - 1)), x, y), a, b)
-            lanes = sel(first, jax.tree.map(lambda x: jnp.broadcast_to(x, (shape[1],) + x.shape), init), lanes)
+            lanes = sel(first, lanes0, lanes)  # a lane starting a new client starts from the broadcast model
             new = lane_step(lanes, params, self.data, orders[c], n[c], n_warm[c], t, keys[c])
             lanes = sel(active, new, lanes)
             dest = jnp.where(active & last, slot, k)  # k is out of bounds: dropped
@@ -227,17 +227,16 @@ def pack_lanes(steps: np.ndarray, lanes: int = 0, quantum: int = 1) -> np.ndarra
     """
     steps = np.asarray(steps, np.int64)
     k = len(steps)
-    if lanes <= 0:
-        lanes = min(k, max(1, math.ceil(steps.sum() / max(1, steps.max()))))
-    lanes = min(lanes, k)
-    while True:  # LPT; add a lane while the packing overshoots the longest client by more than a quantum
+    auto = lanes <= 0
+    lanes = min(k, max(1, math.ceil(steps.sum() / max(1, steps.max())))) if auto else min(lanes, k)
+    while True:  # LPT; in auto mode add a lane while the packing overshoots the longest client by > quantum
         load = np.zeros(lanes, np.int64)
         assign = [[] for _ in range(lanes)]
         for i in np.argsort(-steps, kind="stable"):
             j = int(np.argmin(load))
             assign[j].append(int(i))
             load[j] += steps[i]
-        if load.max() <= steps.max() + quantum or lanes >= k:
+        if not auto or load.max() <= steps.max() + quantum or lanes >= k:
             break
         lanes += 1
     t_len = int(math.ceil(load.max() / quantum) * quantum)

@@ -51,9 +51,16 @@ class BatchNorm(nn.Module):
 
 
 def max_pool_2x2(x: jax.Array) -> jax.Array:
-    """2x2 max-pool, stride 2, floor (7x7 -> 3x3), as reshape + max: much faster than
-    ``reduce_window`` and its gradient on XLA:CPU."""
+    """2x2 max-pool, stride 2, floor (7x7 -> 3x3), as a reshape and three pairwise selects.
+
+    The gradient goes to exactly one element per window, the first maximum in row-major order, as
+    PyTorch's MaxPool2d. (A ``max`` reduction's gradient, shared among ties, came out wrong under
+    jit on XLA:CPU; ``reduce_window`` and its gradient are slow there.)
+    """
     n, h, w, c = x.shape
     h2, w2 = h // 2, w // 2
     x = x[:, : 2 * h2, : 2 * w2, :].reshape(n, h2, 2, w2, 2, c)
-    return x.max(axis=(2, 4))
+    a, b, c_, d = x[:, :, 0, :, 0], x[:, :, 0, :, 1], x[:, :, 1, :, 0], x[:, :, 1, :, 1]
+    top = jnp.where(a >= b, a, b)
+    bottom = jnp.where(c_ >= d, c_, d)
+    return jnp.where(top >= bottom, top, bottom)
