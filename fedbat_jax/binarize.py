@@ -26,37 +26,14 @@ def _sum_to_shape(t: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     return t.sum(axis=axes, keepdims=True) if axes else t
 
 
-@jax.custom_vjp
-def _q(u: jax.Array, alpha: jax.Array, noise: jax.Array) -> jax.Array:
-    return _q_fwd(u, alpha, noise)[0]
-
-
-def _signs(u, alpha, noise):
+def _signs(u: jax.Array, alpha: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``x = u / alpha`` and one draw of the signs ``b`` (+1 with probability clip((x + 1) / 2, 0, 1))."""
     x = u.astype(jnp.float32) / alpha.astype(jnp.float32)
-    p_plus = jnp.clip((x + 1.0) * 0.5, 0.0, 1.0)
-    b = jnp.where(noise < p_plus, 1.0, -1.0)
-    return x, b
+    noise = jax.random.uniform(key, jnp.shape(u), jnp.float32)
+    return x, noise < (x + 1.0) * 0.5  # noise in [0, 1): clipping the probability changes nothing
 
 
-def _q_fwd(u, alpha, noise):
-    x, b = _signs(u, alpha, noise)
-    out = (alpha.astype(jnp.float32) * b).astype(u.dtype)
-    return out, (x, b, alpha, noise)
-
-
-def _q_bwd(res, g):
-    x, b, alpha, noise = res
-    u_dtype, g = g.dtype, g.astype(jnp.float32)
-    inside = jnp.abs(x) <= 1.0
-    du = jnp.where(inside, g, 0.0)
-    dalpha_elem = g * jnp.where(x > 1.0, 1.0, jnp.where(x < -1.0, -1.0, b - x))
-    dalpha = _sum_to_shape(dalpha_elem, jnp.shape(alpha))
-    return du.astype(u_dtype), dalpha.astype(alpha.dtype), jnp.zeros_like(noise)
-
-
-_q.defvjp(_q_fwd, _q_bwd)
-
-
+@jax.custom_vjp
 def binarize(u: jax.Array, alpha: jax.Array, key: jax.Array) -> jax.Array:
     """Stochastic binarization ``Q(u, alpha)`` with the FedBAT derivatives.
 
@@ -68,10 +45,27 @@ def binarize(u: jax.Array, alpha: jax.Array, key: jax.Array) -> jax.Array:
     Returns:
       ``alpha * b`` with ``b`` in {-1, +1}, in ``u``'s dtype and shape.
     """
-    u = jnp.asarray(u)
-    alpha = jnp.asarray(alpha)
-    noise = jax.random.uniform(key, u.shape, jnp.float32)
-    return _q(u, alpha, noise)
+    return _binarize_fwd(u, alpha, key)[0]
+
+
+def _binarize_fwd(u, alpha, key):
+    u, alpha = jnp.asarray(u), jnp.asarray(alpha)
+    _, positive = _signs(u, alpha, key)
+    out = jnp.where(positive, alpha.astype(jnp.float32), -alpha.astype(jnp.float32)).astype(u.dtype)
+    return out, (u, alpha, positive)
+
+
+def _binarize_bwd(res, g):
+    u, alpha, positive = res
+    x = u.astype(jnp.float32) / alpha.astype(jnp.float32)
+    g32 = g.astype(jnp.float32)
+    du = jnp.where(jnp.abs(x) <= 1.0, g32, 0.0)  # clipped straight-through
+    b = jnp.where(positive, 1.0, -1.0)
+    dalpha = _sum_to_shape(g32 * jnp.where(x > 1.0, 1.0, jnp.where(x < -1.0, -1.0, b - x)), jnp.shape(alpha))
+    return du.astype(u.dtype), dalpha.astype(alpha.dtype), None
+
+
+binarize.defvjp(_binarize_fwd, _binarize_bwd)
 
 
 def binary_signs(u: jax.Array, alpha: jax.Array, key: jax.Array) -> jax.Array:
@@ -80,8 +74,7 @@ def binary_signs(u: jax.Array, alpha: jax.Array, key: jax.Array) -> jax.Array:
     Uses exactly the same draw as ``binarize(u, alpha, key)``, so
     ``binarize(u, alpha, key) == alpha * where(binary_signs(u, alpha, key), 1, -1)``.
     """
-    noise = jax.random.uniform(key, jnp.shape(u), jnp.float32)
-    return _signs(jnp.asarray(u), jnp.asarray(alpha), noise)[1] > 0
+    return _signs(jnp.asarray(u), jnp.asarray(alpha), key)[1]
 
 
 def step_size(a: jax.Array, alpha0: jax.Array, rho: float, alpha_min: float, alpha_max: float) -> jax.Array:

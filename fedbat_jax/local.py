@@ -70,15 +70,15 @@ def step_sizes(state: ClientState, cfg: LocalConfig) -> Params:
 
 
 def effective_params(params: Params, theta: Params, alpha: Params, mask: Params, binarizing: jax.Array, key) -> Params:
-    """The weights of the forward pass: ``w + u`` (warm-up) or ``w + Q(u, alpha)``; others ``theta``."""
+    """The weights of the forward pass: ``w + u`` (warm-up) or ``w + Q(u, alpha)``; others ``theta``.
+
+    A select, not ``lax.cond``: on XLA:CPU a cond around the draw cost more than the draw itself.
+    """
     leaves, treedef = jax.tree.flatten(params)
-    keys = list(jax.random.split(key, len(leaves)))
-    keys = jax.tree.unflatten(treedef, keys)
+    keys = jax.tree.unflatten(treedef, list(jax.random.split(key, len(leaves))))
 
     def leaf(w, th, al, b, k):
-        if not b:
-            return th
-        return w + jnp.where(binarizing, binarize(th, al, k), th)
+        return w + jnp.where(binarizing, binarize(th, al, k), th) if b else th
 
     return jax.tree.map(leaf, params, theta, alpha, mask, keys)
 

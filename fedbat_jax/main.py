@@ -27,14 +27,18 @@ def _fail(message: str) -> int:
 def _parse(argv: list[str]):
     """Parse the flags; a bad config path or override raises (caught by ``main``)."""
     fv = flags.FlagValues()
-    config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Path to a config file with get_config().",
-                                    flag_values=fv)
-    flags.DEFINE_string("workdir", None, "Folder for metrics.jsonl and checkpoints (resumed if present).",
-                        flag_values=fv)
-    flags.DEFINE_bool("progress", True, "Show a progress bar.", flag_values=fv)
-    fv(argv)
-    config = fv.config
-    config.to_dict()  # loading errors surface on first access
+    saved, sys.argv = sys.argv, list(argv)  # config_flags looks for the --config.FIELD flags in sys.argv
+    try:
+        config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Path to a config file with get_config().",
+                                        flag_values=fv)
+        flags.DEFINE_string("workdir", None, "Folder for metrics.jsonl and checkpoints (resumed if present).",
+                            flag_values=fv)
+        flags.DEFINE_bool("progress", True, "Show a progress bar.", flag_values=fv)
+        fv(list(argv))
+        config = fv.config
+        config.to_dict()  # loading errors surface on first access
+    finally:
+        sys.argv = saved
     return config, fv.workdir, fv.progress
 
 

@@ -20,6 +20,7 @@ import numpy as np
 from fedbat_jax.algorithms import get_algorithm
 from fedbat_jax.config import default_config, validate
 from fedbat_jax.data import Dataset, format_histograms, label_histograms, load_dataset, partition, size_summary
+from fedbat_jax.errors import ConfigError
 from fedbat_jax.local import ClientData, LocalConfig
 from fedbat_jax.models import make_model
 from fedbat_jax.round import Round, RoundConfig, ServerState, round_key
@@ -82,6 +83,9 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
     """Everything a run needs, from the config alone (data on the device, model, jitted round)."""
     validate(config)
     ds = load_dataset(config.dataset, config.data_dir or None)
+    if config.labels_per_client > ds.num_classes:
+        raise ConfigError(f"labels_per_client must be in [1, {ds.num_classes}] for {config.dataset}, "
+                          f"got {config.labels_per_client}")
     parts = partition(ds.x_train, ds.y_train, config.num_clients, config.partition, seed=config.partition_seed,
                       dirichlet_beta=config.dirichlet_beta, labels_per_client=config.labels_per_client,
                       min_size=config.min_client_size)

@@ -1,0 +1,83 @@
+"""Training throughput of one FedBAT and one FedAvg round (make bench).
+
+CNN4 on 28x28x1 inputs, 10 clients x batch 64, on the current backend. Each round is timed after a
+warm-up round (compilation excluded); the figure is training samples per second of the whole round
+(local steps of every client + upload + aggregation). Results go to a JSON file.
+
+    python experiments/bench.py --out bench_results.json [--rounds 3] [--epochs 2] [--execution host]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+
+import jax
+import numpy as np
+
+from fedbat_jax import train
+
+
+def build(algorithm: str, epochs: int, execution: str, threads: int, dataset: str):
+    c = train.default_config()
+    c.update(algorithm=algorithm, dataset=dataset, num_clients=10, clients_per_round=10, local_epochs=epochs,
+             batch_size=64, partition="iid", execution=execution, client_threads=threads)
+    exp = train.build(c)
+    server, _ = exp.round.run(exp.server, 1)  # warm-up: compiles
+    jax.block_until_ready(server)
+    return exp, server
+
+
+def timed_round(exp, server, r: int) -> float:
+    t0 = time.perf_counter()
+    server, m = exp.round.run(server, r)
+    jax.block_until_ready((server, m["train_loss"]))
+    return time.perf_counter() - t0
+
+
+def bench(algorithms: list[str], rounds: int, epochs: int, execution: str, threads: int, dataset: str) -> list[dict]:
+    """Rounds of the algorithms alternate (A B A B ...), so machine drift hits both alike."""
+    built = {a: build(a, epochs, execution, threads, dataset) for a in algorithms}
+    times = {a: [] for a in algorithms}
+    for r in range(2, rounds + 2):
+        for a, (exp, server) in built.items():
+            times[a].append(timed_round(exp, server, r))
+    results = []
+    for a, (exp, _) in built.items():
+        samples = sum(len(p) for p in exp.parts) * epochs
+        med = float(np.median(times[a]))
+        results.append({"algorithm": a, "execution": exp.round.cfg.execution,
+                        "client_threads": exp.round.cfg.client_threads, "samples_per_round": samples,
+                        "round_seconds_median": round(med, 3), "round_seconds_all": [round(t, 3) for t in times[a]],
+                        "samples_per_second": round(samples / med, 1)})
+    return results
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="bench_results.json")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--execution", default="auto", choices=["auto", "host", "fused"])
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--dataset", default="mnist5k")
+    ap.add_argument("--algorithms", default="fedbat,fedavg")
+    args = ap.parse_args()
+    results = bench(args.algorithms.split(","), args.rounds, args.epochs, args.execution, args.threads, args.dataset)
+    by = {r["algorithm"]: r for r in results}
+    report = {"backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
+              "machine": platform.processor() or platform.machine(), "jax": jax.__version__, "results": results}
+    if "fedbat" in by and "fedavg" in by:
+        report["fedbat_time_over_fedavg"] = round(by["fedbat"]["round_seconds_median"] / by["fedavg"]["round_seconds_median"], 3)
+    for r in results:
+        print(f"{r['algorithm']:7s} {r['execution']:5s} threads={r['client_threads']} "
+              f"{r['samples_per_second']:8.1f} samples/s  (round {r['round_seconds_median']:.2f} s, {r['samples_per_round']} samples)")
+    if "fedbat_time_over_fedavg" in report:
+        print(f"FedBAT round time / FedAvg round time: {report['fedbat_time_over_fedavg']:.3f}")
+    with open(args.out, "w") as f:
+        json.dump(report, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""The command line: a tiny run end to end, and one clear line + exit 2 for every kind of bad input."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from fedbat_jax.main import main
+
+TINY = ["--config.num_clients=4", "--config.clients_per_round=2", "--config.rounds=1", "--config.local_epochs=1",
+        "--config.batch_size=128", "--progress=false"]
+
+
+def run_cli(capsys, *args):
+    code = main(["fedbat_jax.main", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_tiny_run_writes_metrics(tmp_path, capsys):
+    code, out, err = run_cli(capsys, f"--workdir={tmp_path}", "--config=experiments/configs/mnist5k.py", *TINY)
+    assert code == 0, err
+    rec = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
+    assert {"round", "test_accuracy", "test_loss", "train_loss", "uplink_bits", "downlink_bits",
+            "round_seconds"} <= set(rec)
+    assert "clients, samples per client" in out  # the one-line partition summary
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("--config.algorithm=fedsgd", "unknown algorithm"),
+    ("--config.dataset=imagenet", "unknown dataset"),
+    ("--config.model=vgg", "unknown model"),
+    ("--config.partition=pathological", "unknown partition"),
+    ("--config.clients_per_round=200", "clients_per_round"),
+    ("--config.rounds=0", "rounds must be a positive integer"),
+    ("--config.batch_size=-64", "batch_size must be a positive integer"),
+    ("--config.local_epochs=0", "local_epochs"),
+    ("--config.lr=0", "lr must be > 0"),
+    ("--config.lr=-0.1", "lr must be > 0"),
+    ("--config.dirichlet_beta=0", "dirichlet_beta must be > 0"),
+    ("--config.labels_per_client=0", "labels_per_client"),
+    ("--config.labels_per_client=11", "labels_per_client"),
+    ("--config.phi=1.5", "phi must be in [0, 1]"),
+    ("--config.phi=-0.1", "phi must be in [0, 1]"),
+    ("--config.alpha_min=0.1", "alpha_min"),
+    ("--config.no_such_field=1", "unknown config field"),
+    ("--config.lr=fast", "could not convert"),
+    ("--config=experiments/configs/nope.py", "nope.py"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, override, needle):
+    code, out, err = run_cli(capsys, f"--workdir={tmp_path}", override)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in err, err
+    assert not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_missing_workdir(capsys):
+    code, _, err = run_cli(capsys, "--config.rounds=1")
+    assert code == 2 and "--workdir is required" in err
+
+
+def test_missing_data_dir(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("FEDBAT_DATA_DIR", raising=False)
+    code, _, err = run_cli(capsys, f"--workdir={tmp_path}", "--config.dataset=fashion_mnist",
+                           f"--config.data_dir={tmp_path / 'nowhere'}")
+    assert code == 2 and "nowhere" in err and len(err.strip().splitlines()) == 1
+
+
+def test_corrupt_data_file(tmp_path, capsys, shared_data):
+    data = tmp_path / "data" / "fashion_mnist"
+    shutil.copytree(shared_data / "fashion_mnist", data)
+    victim = data / "t10k-labels-idx1-ubyte.gz"
+    victim.write_bytes(victim.read_bytes()[:-100])  # truncated download
+    code, _, err = run_cli(capsys, f"--workdir={tmp_path / 'w'}", "--config.dataset=fashion_mnist",
+                           f"--config.data_dir={tmp_path / 'data'}")
+    assert code == 2 and "t10k-labels-idx1-ubyte.gz" in err and len(err.strip().splitlines()) == 1
