@@ -17,12 +17,16 @@ import jax
 import numpy as np
 
 from fedbat_jax import train
+from fedbat_jax.errors import FedBatError
 
 
-def build(algorithm: str, epochs: int, execution: str, threads: int, dataset: str):
+def build(algorithm: str, epochs: int, execution: str, threads: int, dataset: str, paper: bool = False,
+          data_dir: str = ""):
     c = train.default_config()
     c.update(algorithm=algorithm, dataset=dataset, num_clients=10, clients_per_round=10, local_epochs=epochs,
-             batch_size=64, partition="iid", execution=execution, client_threads=threads)
+             batch_size=64, partition="iid", execution=execution, client_threads=threads, data_dir=data_dir)
+    if paper:  # the paper's Fashion-MNIST round: 10 of 100 IID clients (600 samples each), 10 epochs
+        c.update(dataset="fashion_mnist", num_clients=100, clients_per_round=10, local_epochs=10)
     exp = train.build(c)
     server, _ = exp.round.run(exp.server, 1)  # warm-up: compiles
     jax.block_until_ready(server)
@@ -36,16 +40,17 @@ def timed_round(exp, server, r: int) -> float:
     return time.perf_counter() - t0
 
 
-def bench(algorithms: list[str], rounds: int, epochs: int, execution: str, threads: int, dataset: str) -> list[dict]:
+def bench(algorithms: list[str], rounds: int, epochs: int, execution: str, threads: int, dataset: str,
+          paper: bool = False, data_dir: str = "") -> list[dict]:
     """Rounds of the algorithms alternate (A B A B ...), so machine drift hits both alike."""
-    built = {a: build(a, epochs, execution, threads, dataset) for a in algorithms}
+    built = {a: build(a, epochs, execution, threads, dataset, paper, data_dir) for a in algorithms}
     times = {a: [] for a in algorithms}
     for r in range(2, rounds + 2):
         for a, (exp, server) in built.items():
             times[a].append(timed_round(exp, server, r))
     results = []
     for a, (exp, _) in built.items():
-        samples = sum(len(p) for p in exp.parts) * epochs
+        samples = int(np.mean([len(p) for p in exp.parts]) * exp.config.clients_per_round * exp.config.local_epochs)
         med = float(np.median(times[a]))
         results.append({"algorithm": a, "execution": exp.round.cfg.execution,
                         "client_threads": exp.round.cfg.client_threads, "samples_per_round": samples,
@@ -63,8 +68,14 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--dataset", default="mnist5k")
     ap.add_argument("--algorithms", default="fedbat,fedavg")
+    ap.add_argument("--paper", action="store_true", help="the paper's Fashion-MNIST round (needs --data-dir)")
+    ap.add_argument("--data-dir", default="")
     args = ap.parse_args()
-    results = bench(args.algorithms.split(","), args.rounds, args.epochs, args.execution, args.threads, args.dataset)
+    try:
+        results = bench(args.algorithms.split(","), args.rounds, args.epochs, args.execution, args.threads,
+                        args.dataset, args.paper, args.data_dir)
+    except FedBatError as e:
+        raise SystemExit(f"bench: error: {e}")
     by = {r["algorithm"]: r for r in results}
     report = {"backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
               "machine": platform.processor() or platform.machine(), "jax": jax.__version__, "results": results}

@@ -85,12 +85,13 @@ SHUFFLE, STEPS, UPLOAD = 0, 1, 2
 class Round:
     """Builds the jitted pieces of a round once; ``run`` executes one round."""
 
-    def __init__(self, model, data: ClientData, sizes: np.ndarray, params: Params, algorithm: Algorithm,
-                 local: LocalConfig, cfg: RoundConfig):
+    def __init__(self, model, data: ClientData, sizes: np.ndarray, params: Params, batch_stats: Any,
+                 algorithm: Algorithm, local: LocalConfig, cfg: RoundConfig):
         self.data, self.sizes, self.cfg, self.local = data, np.asarray(sizes), cfg, local
         self.train_mask = binarized_mask(params, algorithm.train_predicate)
         upload_mask = binarized_mask(params, algorithm.upload_predicate)
         self.compressor = algorithm.make_compressor(upload_mask, params)
+        self.bits = self._count_bits(params, batch_stats)
         steps_per_epoch = -(-self.sizes // local.batch_size)
         self.num_steps = cfg.local_epochs * steps_per_epoch  # S_k for every client
         self.weights = (self.sizes if cfg.aggregation_weights == "samples" else steps_per_epoch).astype(np.float32)
@@ -102,9 +103,7 @@ class Round:
 
         self._keyed_step = keyed_step
         self._step = jax.jit(keyed_step, donate_argnums=0)
-        self._orders = jax.jit(
-            lambda ck, row, n: epoch_orders(jax.random.fold_in(ck, SHUFFLE), row, n, cfg.local_epochs)
-        )
+        self._orders = jax.jit(self._orders_fn)
         self._init = jax.jit(lambda p, bs: init_client(p, bs, self.train_mask))
         self._stack = jax.jit(lambda states: jax.tree.map(lambda *x: jnp.stack(x), *states))
         self._finish = jax.jit(self._finish_impl)
@@ -120,7 +119,7 @@ class Round:
         states = train(server, cohort, keys, n_warm)
         server, train_loss = self._finish(server, jnp.asarray(cohort), states,
                                           jnp.asarray(self.weights[cohort]), keys)
-        return server, {"train_loss": train_loss, **self.bits_per_round()}
+        return server, {"train_loss": train_loss, **self.bits}
 
     def _finish_impl(self, server: ServerState, cohort, states: ClientState, weights, keys):
         """Upload and aggregate: encode each client's update, decode the payloads, average."""
@@ -140,24 +139,18 @@ class Round:
         return ServerState(params, batch_stats, client_states), train_loss
 
     # ---- bits on the wire ------------------------------------------------------------------------
-    def bits_per_round(self) -> dict:
-        if not hasattr(self, "_bits"):
-            self._bits = self._count_bits()
-        return self._bits
-
-    def _count_bits(self) -> dict:
+    def _count_bits(self, params: Params, batch_stats: Any) -> dict:
         """Exact sizes from the payload's shapes: what K clients send, and what the server sends them."""
-        p = self._template_params
         spec = lambda t: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), t)  # noqa: E731
-        state = jax.eval_shape(self.compressor.init, p)
-        scales = jax.tree.map(lambda x: jax.ShapeDtypeStruct((), jnp.float32), p)
-        payload, _ = jax.eval_shape(self.compressor.encode, spec(p), scales, state, jax.random.PRNGKey(0))
-        stats = payload_bits(spec(self._template_stats))  # BatchNorm statistics travel as float32
+        state = jax.eval_shape(self.compressor.init, spec(params))
+        scales = jax.tree.map(lambda x: jax.ShapeDtypeStruct((), jnp.float32), params)
+        payload, _ = jax.eval_shape(self.compressor.encode, spec(params), scales, state, jax.random.PRNGKey(0))
+        stats = payload_bits(spec(batch_stats))  # BatchNorm statistics travel as float32
         k = self.cfg.clients_per_round
-        return {"uplink_bits": k * (payload_bits(payload) + stats), "downlink_bits": k * (payload_bits(spec(p)) + stats)}
+        return {"uplink_bits": k * (payload_bits(payload) + stats),
+                "downlink_bits": k * (payload_bits(spec(params)) + stats)}
 
     def init_server(self, params: Params, batch_stats: Any) -> ServerState:
-        self._template_params, self._template_stats = params, batch_stats
         one = self.compressor.init(params)
         stacked = jax.tree.map(lambda x: jnp.zeros((self.cfg.num_clients,) + x.shape, x.dtype), one)
         return ServerState(params, batch_stats, stacked)
@@ -185,7 +178,8 @@ class Round:
     # ---- execution 2: one jitted scan over steps, vmapped over packed lanes -------------------------
     def _train_fused(self, server: ServerState, cohort, keys, n_warm) -> ClientState:
         steps = self.num_steps[cohort]
-        sched = pack_lanes(steps, self.cfg.lanes, quantum=max(1, int(self.num_steps.max()) // 8))
+        longest = int(self.num_steps.max())
+        sched = pack_lanes(steps, self.cfg.lanes, quantum=max(1, longest // 8), cap=longest)
         return self._fused(server.params, server.batch_stats, jnp.asarray(cohort), keys, jnp.asarray(n_warm),
                            jnp.asarray(sched))
 
@@ -218,12 +212,13 @@ class Round:
         return epoch_orders(jax.random.fold_in(ck, SHUFFLE), row, n, self.cfg.local_epochs)
 
 
-def pack_lanes(steps: np.ndarray, lanes: int = 0, quantum: int = 1) -> np.ndarray:
+def pack_lanes(steps: np.ndarray, lanes: int = 0, quantum: int = 1, cap: int | None = None) -> np.ndarray:
     """Pack clients' step sequences into lanes: int32 ``[4, lanes, T]`` rows (slot, t, first, last).
 
     Longest client first onto the least-loaded lane. ``lanes=0`` picks the fewest lanes that still keep
-    ``T`` at the longest client's step count. ``T`` is rounded up to a multiple of ``quantum`` so few
-    distinct shapes are compiled. Idle cells have slot = K (no client).
+    ``T`` at the longest client's step count. ``T`` is rounded up to a multiple of ``quantum``, but not
+    past ``cap`` (the longest client of the whole federation), so few distinct shapes are compiled.
+    Idle cells have slot = K (no client).
     """
     steps = np.asarray(steps, np.int64)
     k = len(steps)
@@ -240,6 +235,8 @@ def pack_lanes(steps: np.ndarray, lanes: int = 0, quantum: int = 1) -> np.ndarra
             break
         lanes += 1
     t_len = int(math.ceil(load.max() / quantum) * quantum)
+    if cap is not None:
+        t_len = max(int(load.max()), min(t_len, cap))
     sched = np.zeros((4, lanes, t_len), np.int32)
     sched[0] = k
     for j, clients in enumerate(assign):

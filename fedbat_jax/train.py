@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 
 from fedbat_jax.algorithms import get_algorithm
 from fedbat_jax.config import default_config, validate
@@ -66,8 +67,6 @@ def make_eval(model, ds: Dataset, chunk: int = 1000) -> Callable[[ServerState], 
         valid = start + jnp.arange(chunk) < n
         logits = model.apply({"params": params, "batch_stats": batch_stats},
                              (x.astype(jnp.float32) / 255.0 - mean) / std, train=False)
-        import optax
-
         ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), y)
         return jnp.stack([jnp.sum(jnp.where(valid, ce, 0.0)), jnp.sum(valid & (logits.argmax(-1) == y))])
 
@@ -100,7 +99,7 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
                        config.aggregation_weights, execution, threads, config.lanes)
     sizes = np.array([len(p) for p in parts])
     rnd = Round(model, client_data(ds, parts, config.batch_size), sizes, variables["params"],
-                get_algorithm(config.algorithm), local, rcfg)
+                variables["batch_stats"], get_algorithm(config.algorithm), local, rcfg)
     server = rnd.init_server(variables["params"], variables["batch_stats"])
     return Experiment(config, ds, parts, model, rnd, server, make_eval(model, ds))
 

@@ -39,10 +39,10 @@ def test_bits_per_round_follow_the_formula(fedbat_exp):
     stats = sum(x.size for x in jax.tree.leaves(fedbat_exp.server.batch_stats))
     assert sum(kernels) == 389_920 and others == 960 and stats == 960  # REFERENCE.md section 3
     k = 3
-    bits = fedbat_exp.round.bits_per_round()
+    bits = fedbat_exp.round.bits
     assert bits["uplink_bits"] == k * (sum(kernels) + 32 * len(kernels) + 32 * (others + stats))
     assert bits["downlink_bits"] == k * 32 * (sum(kernels) + others + stats)
-    fedavg = train.build(tiny("fedavg")).round.bits_per_round()
+    fedavg = train.build(tiny("fedavg")).round.bits
     assert fedavg["uplink_bits"] == k * 32 * (sum(kernels) + others + stats)
     assert fedavg["uplink_bits"] / bits["uplink_bits"] > 27  # about 30x smaller uplink
 
