@@ -1,17 +1,20 @@
-"""Federated algorithms as (which leaves train binarized, which compressor uploads the update).
+"""Federated algorithms as (which leaves train binarized, which leaves are compressed, compressor).
 
 * ``fedavg``: full-precision training, float32 upload.
-* ``fedbat``: binarized leaves learn a 1-bit update during training; the upload is a fresh draw of
-  ``Q(u, alpha)`` with the learned alpha, as packed signs (REFERENCE.md 1.5-1.6).
+* ``fedbat``: the kernels learn a ``bits``-bit update during training (1 bit: the paper); the upload
+  is a fresh draw of the operator with the learned alpha, packed (REFERENCE.md 1.5-1.6).
+* post-training baselines (REFERENCE.md 4), full-precision training, then the kernels' update
+  compressed: ``signsgd`` (scaled sign), ``ef_signsgd`` (with error feedback), ``stoch_binary``
+  (the operator with alpha = max|m|), ``qsgd`` (``bits``-bit stochastic quantization, unbiased).
+  Norm scales/biases and BatchNorm statistics travel in float32 for every algorithm, as for FedBAT.
 
-Post-training compressors (sign, error feedback, stochastic binarization, k-bit) are new entries
-with ``train_predicate=None`` and their own compressor.
+A new algorithm is one entry here (and, if it needs one, a compressor in ``compressors.py``).
 """
 from __future__ import annotations
 
 from typing import Callable, NamedTuple
 
-from fedbat_jax.compressors import Compressor, full_precision, learned_signs
+from fedbat_jax.compressors import Compressor, full_precision, scaled_sign, stochastic_levels
 from fedbat_jax.errors import ConfigError
 from fedbat_jax.local import default_binarize_predicate
 
@@ -19,12 +22,17 @@ from fedbat_jax.local import default_binarize_predicate
 class Algorithm(NamedTuple):
     train_predicate: Callable | None  # leaves binarized *during* local training (None: none)
     upload_predicate: Callable | None  # leaves the compressor sends in compressed form
-    make_compressor: Callable[..., Compressor]  # (mask, template) -> Compressor
+    make_compressor: Callable[..., Compressor]  # (mask, template, bits) -> Compressor
 
 
+KERNELS = default_binarize_predicate
 ALGORITHMS: dict[str, Algorithm] = {
-    "fedavg": Algorithm(None, None, lambda mask, template: full_precision()),
-    "fedbat": Algorithm(default_binarize_predicate, default_binarize_predicate, learned_signs),
+    "fedavg": Algorithm(None, None, lambda mask, template, bits: full_precision()),
+    "fedbat": Algorithm(KERNELS, KERNELS, lambda mask, template, bits: stochastic_levels(mask, template, bits, True)),
+    "signsgd": Algorithm(None, KERNELS, lambda mask, template, bits: scaled_sign(mask, template, False)),
+    "ef_signsgd": Algorithm(None, KERNELS, lambda mask, template, bits: scaled_sign(mask, template, True)),
+    "stoch_binary": Algorithm(None, KERNELS, lambda mask, template, bits: stochastic_levels(mask, template, 1, False)),
+    "qsgd": Algorithm(None, KERNELS, lambda mask, template, bits: stochastic_levels(mask, template, bits, False)),
 }
 
 

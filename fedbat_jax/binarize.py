@@ -12,6 +12,7 @@ the gradient reaches ``a`` only while alpha lies inside the clip bounds (inclusi
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -68,13 +69,60 @@ def _binarize_bwd(res, g):
 binarize.defvjp(_binarize_fwd, _binarize_bwd)
 
 
-def binary_signs(u: jax.Array, alpha: jax.Array, key: jax.Array) -> jax.Array:
-    """The signs ``b`` of one draw of ``Q(u, alpha)`` as a bool array (True = +1): the 1-bit payload.
+# ---- k bits: 2^k levels in [-alpha, alpha] (the paper leaves multi-bit open) ------------------------
+def _levels(u: jax.Array, alpha: jax.Array, key: jax.Array, bits: int) -> tuple[jax.Array, jax.Array]:
+    """``x = u / alpha`` and one draw of the level index ``q`` in ``0 .. 2^bits - 1``.
 
-    Uses exactly the same draw as ``binarize(u, alpha, key)``, so
-    ``binarize(u, alpha, key) == alpha * where(binary_signs(u, alpha, key), 1, -1)``.
+    ``y = (clip(x, -1, 1) + 1) / 2 * (2^bits - 1)`` is rounded up with probability ``frac(y)``, so the
+    level value ``alpha * (2 q / (2^bits - 1) - 1)`` is unbiased for ``clip(u, -alpha, alpha)``. With
+    ``bits = 1`` this is exactly the draw of ``binarize`` (the same key gives the same signs).
     """
-    return _signs(jnp.asarray(u), jnp.asarray(alpha), key)[1]
+    x = u.astype(jnp.float32) / alpha.astype(jnp.float32)
+    top = 2**bits - 1
+    y = (jnp.clip(x, -1.0, 1.0) + 1.0) * (0.5 * top)
+    low = jnp.floor(y)
+    noise = jax.random.uniform(key, jnp.shape(u), jnp.float32)
+    return x, (low + (noise < y - low)).astype(jnp.uint8)
+
+
+def level_values(q: jax.Array, alpha: jax.Array, bits: int) -> jax.Array:
+    """The value of level index ``q``: ``alpha * (2 q / (2^bits - 1) - 1)``."""
+    return alpha * (q.astype(jnp.float32) * (2.0 / (2**bits - 1)) - 1.0)
+
+
+def level_indices(u: jax.Array, alpha: jax.Array, key: jax.Array, bits: int) -> jax.Array:
+    """The uint8 level indices of one draw of ``quantize(u, alpha, key, bits)``: the k-bit payload."""
+    return _levels(jnp.asarray(u), jnp.asarray(alpha), key, bits)[1]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def quantize(u: jax.Array, alpha: jax.Array, key: jax.Array, bits: int = 1) -> jax.Array:
+    """k-bit FedBAT operator: stochastic rounding to ``2^bits`` levels in ``[-alpha, alpha]``.
+
+    The derivatives follow the 1-bit design: straight-through inside the range (``g * 1[|x| <= 1]``)
+    and ``dQ/dalpha = sum g * (+1 if x > 1, -1 if x < -1, Q/alpha - x otherwise)``. ``bits = 1``
+    reproduces ``binarize`` exactly, values and derivatives.
+    """
+    return _quantize_fwd(u, alpha, key, bits)[0]
+
+
+def _quantize_fwd(u, alpha, key, bits):
+    u, alpha = jnp.asarray(u), jnp.asarray(alpha)
+    _, q = _levels(u, alpha, key, bits)
+    return level_values(q, alpha.astype(jnp.float32), bits).astype(u.dtype), (u, alpha, q)
+
+
+def _quantize_bwd(bits, res, g):
+    u, alpha, q = res
+    x = u.astype(jnp.float32) / alpha.astype(jnp.float32)
+    g32 = g.astype(jnp.float32)
+    du = jnp.where(jnp.abs(x) <= 1.0, g32, 0.0)
+    v = level_values(q, 1.0, bits)
+    dalpha = _sum_to_shape(g32 * jnp.where(x > 1.0, 1.0, jnp.where(x < -1.0, -1.0, v - x)), jnp.shape(alpha))
+    return du.astype(u.dtype), dalpha.astype(alpha.dtype), None
+
+
+quantize.defvjp(_quantize_fwd, _quantize_bwd)
 
 
 def step_size(a: jax.Array, alpha0: jax.Array, rho: float, alpha_min: float, alpha_max: float) -> jax.Array:

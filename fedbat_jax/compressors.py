@@ -18,8 +18,8 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from fedbat_jax.binarize import binary_signs
-from fedbat_jax.bits import pack_signs, unpack_signs
+from fedbat_jax.binarize import level_indices, level_values
+from fedbat_jax.bits import pack_levels, pack_signs, unpack_levels, unpack_signs
 
 Params = Any
 
@@ -42,32 +42,81 @@ def full_precision() -> Compressor:
         return jax.tree.map(lambda m: {"values": m.astype(jnp.float32)}, update), state
 
     def decode(payload):
-        return jax.tree.map(lambda p: p["values"], payload, is_leaf=lambda p: isinstance(p, dict) and "values" in p)
+        return jax.tree.map(lambda p: p["values"], payload, is_leaf=_is_payload)
 
     return Compressor(lambda params: (), encode, decode)
 
 
-def learned_signs(mask: Params, template: Params) -> Compressor:
-    """FedBAT's upload (REFERENCE.md 1.6): on binarized leaves a fresh draw of ``Q(u, alpha)`` with the
-    learned ``alpha``, sent as packed signs plus one float32 alpha; other leaves in float32."""
+def _is_payload(p) -> bool:
+    return isinstance(p, dict) and bool({"values", "levels", "signs"} & set(p))
+
+
+def _decoder(template: Params, decode_leaf: Callable) -> Callable[[Any], Params]:
     shapes = jax.tree.map(lambda x: tuple(x.shape), template)
-    is_payload = lambda p: isinstance(p, dict) and ("values" in p or "signs" in p)  # noqa: E731
+
+    def decode(payload):
+        return jax.tree.map(lambda p, shape: p["values"] if "values" in p else decode_leaf(p, shape), payload,
+                            shapes, is_leaf=_is_payload)
+
+    return decode
+
+
+def stochastic_levels(mask: Params, template: Params, bits: int = 1, learned_scale: bool = True) -> Compressor:
+    """Stochastic rounding to ``2^bits`` levels in ``[-alpha, alpha]`` on the masked leaves: ``bits``-bit
+    level indices, packed, plus one float32 alpha per tensor; other leaves float32.
+
+    * ``learned_scale=True``: alpha is the step size the client learned (FedBAT, REFERENCE.md 1.6:
+      a fresh draw of ``Q(u, alpha)``; ``bits > 1`` is k-bit FedBAT);
+    * ``learned_scale=False``: alpha = ``max|m|`` per tensor, so the quantizer is unbiased
+      (``bits = 1``: stochastic binarization; ``bits = k``: QSGD/FedPAQ-style k-bit, REFERENCE.md 4).
+    """
 
     def encode(update, scales, state, key):
-        def leaf(m, alpha, binarized, k):
-            if not binarized:
+        def leaf(m, alpha, compressed, k):
+            if not compressed:
                 return {"values": m.astype(jnp.float32)}
+            alpha = alpha if learned_scale else jnp.maximum(jnp.max(jnp.abs(m)), 1e-12)
             alpha = alpha.astype(jnp.float32)
-            return {"signs": pack_signs(binary_signs(m, alpha, k)), "alpha": alpha}
+            return {"levels": pack_levels(level_indices(m, alpha, k, bits), bits), "alpha": alpha}
 
         return jax.tree.map(leaf, update, scales, mask, _leaf_keys(key, update)), state
 
-    def decode(payload):
-        def leaf(p, shape):
-            if "values" in p:
-                return p["values"]
-            return p["alpha"] * jnp.where(unpack_signs(p["signs"], shape), 1.0, -1.0)
+    def decode_leaf(p, shape):
+        return level_values(unpack_levels(p["levels"], bits, shape), p["alpha"], bits)
 
-        return jax.tree.map(leaf, payload, shapes, is_leaf=is_payload)
+    return Compressor(lambda params: (), encode, _decoder(template, decode_leaf))
 
-    return Compressor(lambda params: (), encode, decode)
+
+def scaled_sign(mask: Params, template: Params, error_feedback: bool = False) -> Compressor:
+    """SignSGD with a scale (REFERENCE.md 4): ``sign(p)`` packed 8 per byte plus ``mean|p|`` per tensor,
+    decoded as ``mean|p| * sign(p)``; ``p = m`` or, with error feedback, ``p = m + e`` and the client
+    keeps the residual ``e = p - decoded`` (zeros at first) for the next round it is sampled in.
+    A value of exactly 0 is sent as +1 (one bit has no third state).
+    """
+
+    def init(params):
+        if not error_feedback:
+            return ()
+        return jax.tree.map(lambda x, b: jnp.zeros_like(x, jnp.float32) if b else jnp.zeros((), jnp.float32),
+                            params, mask)
+
+    def encode(update, scales, state, key):
+        residual = state if error_feedback else jax.tree.map(lambda m: 0.0, update)
+
+        def leaf(m, e, compressed):
+            if not compressed:
+                return {"values": m.astype(jnp.float32)}, e
+            p = m.astype(jnp.float32) + e
+            scale = jnp.mean(jnp.abs(p))
+            positive = p >= 0
+            return {"signs": pack_signs(positive), "scale": scale}, p - jnp.where(positive, scale, -scale)
+
+        out = jax.tree.map(leaf, update, residual, mask)
+        pair = lambda x: isinstance(x, tuple)  # noqa: E731
+        payload = jax.tree.map(lambda t: t[0], out, is_leaf=pair)
+        return payload, (jax.tree.map(lambda t: t[1], out, is_leaf=pair) if error_feedback else state)
+
+    def decode_leaf(p, shape):
+        return jnp.where(unpack_signs(p["signs"], shape), p["scale"], -p["scale"])
+
+    return Compressor(init, encode, _decoder(template, decode_leaf))

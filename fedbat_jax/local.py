@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fedbat_jax.binarize import binarize, step_size
+from fedbat_jax.binarize import binarize, quantize, step_size
 
 Params = Any
 # Before warm-up ends alpha0 holds the reference's initial value (used if binarization never switches on).
@@ -45,6 +45,7 @@ class LocalConfig(NamedTuple):
     rho: float = 6.0
     alpha_min: float = 5e-4
     alpha_max: float = 5e-2
+    bits: int = 1  # levels 2^bits of the operator (1: FedBAT's binarization)
 
 
 class ClientState(NamedTuple):
@@ -69,7 +70,8 @@ def step_sizes(state: ClientState, cfg: LocalConfig) -> Params:
     return jax.tree.map(lambda a, a0: step_size(a, a0, cfg.rho, cfg.alpha_min, cfg.alpha_max), state.a, state.alpha0)
 
 
-def effective_params(params: Params, theta: Params, alpha: Params, mask: Params, binarizing: jax.Array, key) -> Params:
+def effective_params(params: Params, theta: Params, alpha: Params, mask: Params, binarizing: jax.Array, key,
+                     bits: int = 1) -> Params:
     """The weights of the forward pass: ``w + u`` (warm-up) or ``w + Q(u, alpha)``; others ``theta``.
 
     A select, not ``lax.cond``: on XLA:CPU a cond around the draw cost more than the draw itself.
@@ -78,7 +80,10 @@ def effective_params(params: Params, theta: Params, alpha: Params, mask: Params,
     keys = jax.tree.unflatten(treedef, list(jax.random.split(key, len(leaves))))
 
     def leaf(w, th, al, b, k):
-        return w + jnp.where(binarizing, binarize(th, al, k), th) if b else th
+        if not b:
+            return th
+        q = binarize(th, al, k) if bits == 1 else quantize(th, al, k, bits)
+        return w + jnp.where(binarizing, q, th)
 
     return jax.tree.map(leaf, params, theta, alpha, mask, keys)
 
@@ -133,7 +138,7 @@ def make_local_step(model, mask: Params, cfg: LocalConfig) -> Callable:
     def loss_fn(trainable, params, batch_stats, x, y, valid, binarizing, key):
         theta, a, alpha0 = trainable
         alpha = jax.tree.map(lambda a_, a0: step_size(a_, a0, cfg.rho, cfg.alpha_min, cfg.alpha_max), a, alpha0)
-        eff = effective_params(params, theta, alpha, mask, binarizing, key)
+        eff = effective_params(params, theta, alpha, mask, binarizing, key, cfg.bits)
         logits, new_vars = model.apply(
             {"params": eff, "batch_stats": batch_stats}, x, train=True, mask=valid, mutable=["batch_stats"]
         )

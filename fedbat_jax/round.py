@@ -90,7 +90,7 @@ class Round:
         self.data, self.sizes, self.cfg, self.local = data, np.asarray(sizes), cfg, local
         self.train_mask = binarized_mask(params, algorithm.train_predicate)
         upload_mask = binarized_mask(params, algorithm.upload_predicate)
-        self.compressor = algorithm.make_compressor(upload_mask, params)
+        self.compressor = algorithm.make_compressor(upload_mask, params, local.bits)
         self.bits = self._count_bits(params, batch_stats)
         steps_per_epoch = -(-self.sizes // local.batch_size)
         self.num_steps = cfg.local_epochs * steps_per_epoch  # S_k for every client

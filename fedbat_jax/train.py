@@ -94,7 +94,7 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
     execution = config.execution if config.execution != "auto" else ("host" if on_cpu else "fused")
     threads = config.client_threads or (2 if on_cpu else 1)
     local = LocalConfig(lr=config.lr, batch_size=config.batch_size, rho=config.rho,
-                        alpha_min=config.alpha_min, alpha_max=config.alpha_max)
+                        alpha_min=config.alpha_min, alpha_max=config.alpha_max, bits=config.bits)
     rcfg = RoundConfig(config.num_clients, config.clients_per_round, config.local_epochs, config.phi, config.seed,
                        config.aggregation_weights, execution, threads, config.lanes)
     sizes = np.array([len(p) for p in parts])

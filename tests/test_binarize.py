@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fedbat_jax.binarize import binarize, binary_signs, step_size, warmup_steps
+from fedbat_jax.binarize import binarize, level_indices, level_values, quantize, step_size, warmup_steps
 
 KEY = jax.random.PRNGKey(0)
 
@@ -42,11 +42,42 @@ class ForwardTest(chex.TestCase):
         assert jnp.array_equal(a, binarize(u, 0.01, jax.random.PRNGKey(1)))
         assert not jnp.array_equal(a, binarize(u, 0.01, jax.random.PRNGKey(2)))
 
-    def test_binary_signs_match_the_forward_draw(self):
+    def test_payload_indices_match_the_forward_draw(self):
         u = jax.random.normal(KEY, (300,)) * 0.01
         out = binarize(u, 0.01, jax.random.PRNGKey(3))
-        signs = binary_signs(u, 0.01, jax.random.PRNGKey(3))
-        np.testing.assert_array_equal(np.asarray(out) > 0, np.asarray(signs))
+        q = level_indices(u, 0.01, jax.random.PRNGKey(3), 1)
+        np.testing.assert_array_equal(np.asarray(out) > 0, np.asarray(q) == 1)
+
+
+class KBitTest(chex.TestCase):
+    def test_one_bit_is_fedbat_exactly(self):
+        u = jax.random.normal(KEY, (500,)) * 0.02
+        g = jax.random.normal(jax.random.PRNGKey(1), u.shape)
+        k, alpha = jax.random.PRNGKey(7), jnp.float32(0.015)
+        np.testing.assert_array_equal(quantize(u, alpha, k, 1), binarize(u, alpha, k))
+        gq = jax.grad(lambda u, a: jnp.sum(g * quantize(u, a, k, 1)), (0, 1))(u, alpha)
+        gb = jax.grad(lambda u, a: jnp.sum(g * binarize(u, a, k)), (0, 1))(u, alpha)
+        for a, b in zip(gq, gb):
+            np.testing.assert_array_equal(a, b)
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_k_bits_levels_unbiased_and_derivatives(self):
+        alpha, bits = 0.01, 2
+        u = jnp.linspace(-0.015, 0.015, 31)
+        draws = jax.vmap(lambda k: quantize(u, alpha, k, bits))(jax.random.split(KEY, 20000))
+        levels = np.asarray(level_values(jnp.arange(4), alpha, bits))
+        np.testing.assert_allclose(levels, [-0.01, -0.01 / 3, 0.01 / 3, 0.01], rtol=1e-6)
+        assert np.all(np.min(np.abs(np.asarray(draws)[..., None] - levels), -1) < 1e-8)
+        # the spacing is alpha * 2/3, so the std of one draw is at most alpha / 3
+        np.testing.assert_allclose(draws.mean(0), np.clip(u, -alpha, alpha), atol=5 * alpha / 3 / np.sqrt(20000))
+        g = jax.random.normal(jax.random.PRNGKey(2), u.shape)
+        k = jax.random.PRNGKey(4)
+        du, da = self.variant(jax.grad(lambda u, a: jnp.sum(g * quantize(u, a, k, bits)), (0, 1)))(u, jnp.float32(alpha))
+        x = np.asarray(u) / alpha
+        v = np.asarray(quantize(u, alpha, k, bits)) / alpha
+        np.testing.assert_allclose(du, np.asarray(g) * (np.abs(x) <= 1), rtol=1e-6)
+        expected = np.sum(np.asarray(g) * np.where(x > 1, 1.0, np.where(x < -1, -1.0, v - x)))
+        np.testing.assert_allclose(da, expected, rtol=1e-4)
 
 
 class BackwardTest(chex.TestCase):

@@ -60,8 +60,8 @@ def test_payload_round_trip(fedbat_exp):
     conv = decoded["BatchNorm_0"]["scale"]
     np.testing.assert_array_equal(conv, update["BatchNorm_0"]["scale"])  # full precision leaves exact
     payload_size = payload_bits(payload)
-    assert payload_size == sum(p["signs"].size * 8 + 32 if "signs" in p else p["values"].size * 32
-                               for p in jax.tree.leaves(payload, is_leaf=lambda p: isinstance(p, dict) and ("signs" in p or "values" in p)))
+    assert payload_size == sum(p["levels"].size * 8 + 32 if "levels" in p else p["values"].size * 32
+                               for p in jax.tree.leaves(payload, is_leaf=lambda p: isinstance(p, dict) and ("levels" in p or "values" in p)))
 
 
 @pytest.mark.parametrize("algorithm", ["fedavg", "fedbat"])
