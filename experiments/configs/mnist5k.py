@@ -6,13 +6,12 @@ Small enough for a laptop CPU in a few minutes: 10 clients of 400 digits, 5 samp
 from fedbat_jax.config import default_config
 
 
-def get_config(algorithm: str = "fedbat"):
+def get_config(partition: str = "iid"):
     c = default_config()
-    c.algorithm = algorithm or "fedbat"
     c.dataset = "mnist5k"
     c.num_clients = 10
     c.clients_per_round = 5
     c.local_epochs = 2
     c.rounds = 20
-    c.partition = "iid"
+    c.partition = partition or "iid"
     return c
