@@ -6,11 +6,11 @@ export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 install:  ## install the pinned dependencies into the current Python
 	$(PYTHON) -m pip install -r requirements.txt
 
-test:  ## the whole test suite (about 5 minutes on a 2-core CPU)
+test:  ## the whole test suite (2-3 minutes on a 2-core CPU)
 	$(PYTHON) -m pytest -q tests
 
 run:  ## FedBAT vs FedAvg on the bundled mnist5k digits, offline: table + runs/compare/compare.png
 	$(PYTHON) experiments/compare.py --config experiments/configs/mnist5k.py --workdir runs/compare
 
-bench:  ## training samples/s of one FedBAT and one FedAvg round (CNN4, 10 clients x batch 64)
+bench:  ## samples/s of a FedBAT and a FedAvg round (CNN4, 10 clients x batch 64), compressor costs
 	$(PYTHON) experiments/bench.py --out runs/bench_results.json

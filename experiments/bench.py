@@ -14,6 +14,7 @@ import platform
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from fedbat_jax import train
@@ -59,6 +60,37 @@ def bench(algorithms: list[str], rounds: int, epochs: int, execution: str, threa
     return results
 
 
+def compressor_costs(algorithms: list[str], rounds: int, epochs: int, dataset: str) -> list[dict]:
+    """Per algorithm: seconds of local training vs seconds of encode + decode + aggregation (the
+    jitted ``finish``) in a round, each timed on its own after a warm-up round."""
+    from fedbat_jax.binarize import warmup_steps
+    from fedbat_jax.round import client_keys, sample_cohort
+
+    out = []
+    for a in algorithms:
+        exp, server = build(a, epochs, "auto", 0, dataset)
+        rnd, cfg = exp.round, exp.round.cfg
+        train_s, finish_s = [], []
+        for r in range(2, rounds + 2):
+            cohort = sample_cohort(cfg.seed, r, cfg.num_clients, cfg.clients_per_round)
+            keys = client_keys(cfg.seed, r, cohort)
+            n_warm = np.array([warmup_steps(cfg.phi, int(s)) for s in rnd.num_steps[cohort]], np.int32)
+            t0 = time.perf_counter()
+            states = jax.block_until_ready(rnd._train_host(server, cohort, keys, n_warm))
+            t1 = time.perf_counter()
+            new, loss = rnd._finish(server, jnp.asarray(cohort), states, jnp.asarray(rnd.weights[cohort]), keys)
+            jax.block_until_ready((new, loss))
+            finish_s.append(time.perf_counter() - t1)
+            train_s.append(t1 - t0)
+            server = new
+        tr, fi = float(np.median(train_s)), float(np.median(finish_s))
+        out.append({"algorithm": a, "train_seconds": round(tr, 3), "encode_decode_aggregate_seconds": round(fi, 4),
+                    "relative_to_training": round(fi / tr, 5), "uplink_bits_per_round": rnd.bits["uplink_bits"]})
+        print(f"{a:12s} training {tr:6.2f} s   encode+decode+aggregate {1e3 * fi:7.1f} ms "
+              f"({100 * fi / tr:.2f}% of training)   uplink {rnd.bits['uplink_bits'] / 8e6:.2f} MB/round")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="bench_results.json")
@@ -70,6 +102,8 @@ def main() -> None:
     ap.add_argument("--algorithms", default="fedbat,fedavg")
     ap.add_argument("--paper", action="store_true", help="the paper's Fashion-MNIST round (needs --data-dir)")
     ap.add_argument("--data-dir", default="")
+    ap.add_argument("--compressors", default="fedavg,fedbat,signsgd,ef_signsgd,stoch_binary,qsgd",
+                    help="algorithms whose encode/decode cost is measured ('' to skip)")
     args = ap.parse_args()
     try:
         results = bench(args.algorithms.split(","), args.rounds, args.epochs, args.execution, args.threads,
@@ -86,6 +120,8 @@ def main() -> None:
               f"{r['samples_per_second']:8.1f} samples/s  (round {r['round_seconds_median']:.2f} s, {r['samples_per_round']} samples)")
     if "fedbat_time_over_fedavg" in report:
         print(f"FedBAT round time / FedAvg round time: {report['fedbat_time_over_fedavg']:.3f}")
+    if args.compressors:
+        report["compressor_costs"] = compressor_costs(args.compressors.split(","), 3, args.epochs, args.dataset)
     with open(args.out, "w") as f:
         json.dump(report, f, indent=2)
 

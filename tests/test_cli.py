@@ -44,6 +44,7 @@ def test_tiny_run_writes_metrics(tmp_path, capsys):
     ("--config.phi=1.5", "phi must be in [0, 1]"),
     ("--config.phi=-0.1", "phi must be in [0, 1]"),
     ("--config.alpha_min=0.1", "alpha_min"),
+    ("--config.bits=3", "bits must be one of 1, 2, 4, 8"),
     ("--config.no_such_field=1", "unknown config field"),
     ("--config.lr=fast", "could not convert"),
     ("--config=experiments/configs/nope.py", "nope.py"),
