@@ -26,6 +26,8 @@ def build(algorithm: str, epochs: int, execution: str, threads: int, dataset: st
     c = train.default_config()
     c.update(algorithm=algorithm, dataset=dataset, num_clients=10, clients_per_round=10, local_epochs=epochs,
              batch_size=64, partition="iid", execution=execution, client_threads=threads, data_dir=data_dir)
+    if algorithm == "qsgd":
+        c.bits = 4
     if paper:  # the paper's Fashion-MNIST round: 10 of 100 IID clients (600 samples each), 10 epochs
         c.update(dataset="fashion_mnist", num_clients=100, clients_per_round=10, local_epochs=10)
     exp = train.build(c)
