@@ -196,11 +196,9 @@ class Round:
             lanes, out = carry
             slot, t, first, last = row[0], row[1], row[2] > 0, row[3] > 0
             active, c = slot < k, jnp.minimum(slot, k - 1)
-            sel = lambda m, a, b: jax.tree.map(  # noqa: E731
-                lambda x, y: jnp.where(m.reshape(m.shape + (1,) * (x.ndim - 1)), x, y), a, b)
-            lanes = sel(first, lanes0, lanes)  # a lane starting a new client starts from the broadcast model
+            lanes = _select_rows(first, lanes0, lanes)  # a lane starting a client starts from the broadcast
             new = lane_step(lanes, params, self.data, orders[c], n[c], n_warm[c], t, keys[c])
-            lanes = sel(active, new, lanes)
+            lanes = _select_rows(active, new, lanes)
             dest = jnp.where(active & last, slot, k)  # k is out of bounds: dropped
             out = jax.tree.map(lambda o, x: o.at[dest].set(x, mode="drop"), out, lanes)
             return (lanes, out), None
@@ -210,6 +208,11 @@ class Round:
 
     def _orders_fn(self, ck, row, n):
         return epoch_orders(jax.random.fold_in(ck, SHUFFLE), row, n, self.cfg.local_epochs)
+
+
+def _select_rows(rows: jax.Array, a: Any, b: Any) -> Any:
+    """Per lane (leading axis): ``a`` where ``rows`` is True, else ``b``."""
+    return jax.tree.map(lambda x, y: jnp.where(rows.reshape(rows.shape + (1,) * (x.ndim - 1)), x, y), a, b)
 
 
 def pack_lanes(steps: np.ndarray, lanes: int = 0, quantum: int = 1, cap: int | None = None) -> np.ndarray:
