@@ -109,7 +109,7 @@ def main() -> None:
     args = ap.parse_args()
     try:
         results = bench(args.algorithms.split(","), args.rounds, args.epochs, args.execution, args.threads,
-                        args.dataset, args.paper, args.data_dir)
+                        args.dataset, args.paper, args.data_dir) if args.algorithms else []
     except FedBatError as e:
         raise SystemExit(f"bench: error: {e}")
     by = {r["algorithm"]: r for r in results}
