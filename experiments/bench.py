@@ -11,14 +11,17 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fedbat_jax import train
-from fedbat_jax.errors import FedBatError
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere
+from fedbat_jax import train  # noqa: E402
+from fedbat_jax.errors import FedBatError  # noqa: E402
 
 
 def build(algorithm: str, epochs: int, execution: str, threads: int, dataset: str, paper: bool = False,

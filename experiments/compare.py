@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 from report import plot_curves, summarize  # noqa: E402
 from study import apply_overrides  # noqa: E402
 from study import load_config as load_study_config  # noqa: E402

@@ -9,11 +9,14 @@ client of the cohort is padded to the longest one (K lanes x max_k S_k) with the
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 import numpy as np
 
-from fedbat_jax import train
-from fedbat_jax.round import pack_lanes, sample_cohort
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere
+from fedbat_jax import train  # noqa: E402
+from fedbat_jax.round import pack_lanes, sample_cohort  # noqa: E402
 
 
 def main() -> None:

@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 from report import plot_curves, summarize, write_table  # noqa: E402
 
 from fedbat_jax.errors import FedBatError  # noqa: E402
