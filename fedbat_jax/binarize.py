@@ -125,6 +125,12 @@ def _quantize_bwd(bits, res, g):
 quantize.defvjp(_quantize_fwd, _quantize_bwd)
 
 
+def leaf_keys(key: jax.Array, tree) -> object:
+    """One independent key per leaf of ``tree``, in the same tree structure."""
+    leaves, treedef = jax.tree.flatten(tree)
+    return jax.tree.unflatten(treedef, list(jax.random.split(key, len(leaves))))
+
+
 def step_size(a: jax.Array, alpha0: jax.Array, rho: float, alpha_min: float, alpha_max: float) -> jax.Array:
     """``clip(alpha0 * exp(rho * a), alpha_min, alpha_max)`` with gradient to ``a`` only inside the bounds."""
     raw = alpha0 * jnp.exp(rho * a)

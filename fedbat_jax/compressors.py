@@ -18,7 +18,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from fedbat_jax.binarize import level_indices, level_values
+from fedbat_jax.binarize import leaf_keys, level_indices, level_values
 from fedbat_jax.bits import pack_levels, pack_signs, unpack_levels, unpack_signs
 
 Params = Any
@@ -28,11 +28,6 @@ class Compressor(NamedTuple):
     init: Callable[[Params], Any]
     encode: Callable[[Params, Params, Any, jax.Array], tuple[Any, Any]]
     decode: Callable[[Any], Params]
-
-
-def _leaf_keys(key: jax.Array, tree: Params) -> Params:
-    leaves, treedef = jax.tree.flatten(tree)
-    return jax.tree.unflatten(treedef, list(jax.random.split(key, len(leaves))))
 
 
 def full_precision() -> Compressor:
@@ -79,7 +74,7 @@ def stochastic_levels(mask: Params, template: Params, bits: int = 1, learned_sca
             alpha = alpha.astype(jnp.float32)
             return {"levels": pack_levels(level_indices(m, alpha, k, bits), bits), "alpha": alpha}
 
-        return jax.tree.map(leaf, update, scales, mask, _leaf_keys(key, update)), state
+        return jax.tree.map(leaf, update, scales, mask, leaf_keys(key, update)), state
 
     def decode_leaf(p, shape):
         return level_values(unpack_levels(p["levels"], bits, shape), p["alpha"], bits)

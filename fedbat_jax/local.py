@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fedbat_jax.binarize import binarize, quantize, step_size
+from fedbat_jax.binarize import binarize, leaf_keys, quantize, step_size
 
 Params = Any
 # Before warm-up ends alpha0 holds the reference's initial value (used if binarization never switches on).
@@ -66,8 +66,8 @@ def init_client(params: Params, batch_stats: Any, mask: Params) -> ClientState:
     return ClientState(theta, scalars(0.0), scalars(ALPHA0_INIT), batch_stats, jnp.float32(0), jnp.float32(0))
 
 
-def step_sizes(state: ClientState, cfg: LocalConfig) -> Params:
-    return jax.tree.map(lambda a, a0: step_size(a, a0, cfg.rho, cfg.alpha_min, cfg.alpha_max), state.a, state.alpha0)
+def step_sizes(a: Params, alpha0: Params, cfg: LocalConfig) -> Params:
+    return jax.tree.map(lambda a_, a0: step_size(a_, a0, cfg.rho, cfg.alpha_min, cfg.alpha_max), a, alpha0)
 
 
 def effective_params(params: Params, theta: Params, alpha: Params, mask: Params, binarizing: jax.Array, key,
@@ -76,8 +76,7 @@ def effective_params(params: Params, theta: Params, alpha: Params, mask: Params,
 
     A select, not ``lax.cond``: on XLA:CPU a cond around the draw cost more than the draw itself.
     """
-    leaves, treedef = jax.tree.flatten(params)
-    keys = jax.tree.unflatten(treedef, list(jax.random.split(key, len(leaves))))
+    keys = leaf_keys(key, params)
 
     def leaf(w, th, al, b, k):
         if not b:
@@ -92,7 +91,7 @@ def client_update(params: Params, state: ClientState, mask: Params, cfg: LocalCo
     """The client's finished update ``m`` (latent ``u`` on binarized leaves, ``theta - w`` elsewhere)
     and its learned step size per leaf (what FedBAT's upload binarizes with)."""
     update = jax.tree.map(lambda w, th, b: th if b else th - w, params, state.theta, mask)
-    return update, step_sizes(state, cfg)
+    return update, step_sizes(state.a, state.alpha0, cfg)
 
 
 class ClientData(NamedTuple):
@@ -137,7 +136,7 @@ def make_local_step(model, mask: Params, cfg: LocalConfig) -> Callable:
 
     def loss_fn(trainable, params, batch_stats, x, y, valid, binarizing, key):
         theta, a, alpha0 = trainable
-        alpha = jax.tree.map(lambda a_, a0: step_size(a_, a0, cfg.rho, cfg.alpha_min, cfg.alpha_max), a, alpha0)
+        alpha = step_sizes(a, alpha0, cfg)
         eff = effective_params(params, theta, alpha, mask, binarizing, key, cfg.bits)
         logits, new_vars = model.apply(
             {"params": eff, "batch_stats": batch_stats}, x, train=True, mask=valid, mutable=["batch_stats"]
