@@ -12,13 +12,16 @@ import flax.linen as nn
 
 from fedbat_jax.errors import ConfigError
 from fedbat_jax.models.cnn4 import CNN4
+from fedbat_jax.models.resnet import ResNet10
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
-    "cnn4": CNN4,
+    "cnn4": CNN4,  # Fashion-MNIST, SVHN
+    "resnet10": ResNet10,  # CIFAR-10, CIFAR-100
 }
 
 
-def make_model(name: str, num_classes: int) -> nn.Module:
+def make_model(name: str, num_classes: int, width: int = 0) -> nn.Module:
+    """``width`` > 0 scales the model's channels (its first stage's width); 0 keeps the paper's."""
     if name not in MODELS:
         raise ConfigError(f"unknown model {name!r}; choose one of: {', '.join(sorted(MODELS))}")
-    return MODELS[name](num_classes=num_classes)
+    return MODELS[name](num_classes=num_classes, **({"width": width} if width else {}))
