@@ -17,9 +17,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from fedbat_jax.augment import AUGMENTATIONS
 from fedbat_jax.binarize import binarize, leaf_keys, quantize, step_size
 
 Params = Any
+# The step key feeds the binarization draw; augmentation draws from this fold of it.
+AUGMENT_STREAM = 0x41554721
 # Before warm-up ends alpha0 holds the reference's initial value (used if binarization never switches on).
 ALPHA0_INIT = 0.01
 
@@ -46,6 +49,7 @@ class LocalConfig(NamedTuple):
     alpha_min: float = 5e-4
     alpha_max: float = 5e-2
     bits: int = 1  # levels 2^bits of the operator (1: FedBAT's binarization)
+    augment: str = "none"  # a name in fedbat_jax.augment.AUGMENTATIONS
 
 
 class ClientState(NamedTuple):
@@ -149,7 +153,10 @@ def make_local_step(model, mask: Params, cfg: LocalConfig) -> Callable:
 
     def step(state: ClientState, params, data: ClientData, orders, n, n_warm, t, key) -> ClientState:
         idx, valid = batch_at(orders, n, t, cfg.batch_size)
-        x = (data.images[idx].astype(jnp.float32) / 255.0 - data.mean) / data.std
+        x = data.images[idx]
+        if cfg.augment != "none":
+            x = AUGMENTATIONS[cfg.augment](jax.random.fold_in(key, AUGMENT_STREAM), x)
+        x = (x.astype(jnp.float32) / 255.0 - data.mean) / data.std
         y = data.labels[idx]
         binarizing = t >= n_warm
         # Warm-up ends: alpha0 = mean|u| per binarized tensor, from the warmed-up latent update.

@@ -130,3 +130,26 @@ def test_masked_batchnorm_equals_short_batch():
     # PyTorch semantics: running var takes the unbiased batch variance, momentum 0.1 on the batch.
     var = np.var(np.asarray(x[:5]), axis=(0, 1, 2), ddof=1)
     np.testing.assert_allclose(s_short["batch_stats"]["var"], 0.9 + 0.1 * var, rtol=1e-5)
+
+
+def test_augmentation_in_the_step_is_keyed():
+    """crop_flip changes what a step trains on, identically for the same step key."""
+    model = MLP()
+    variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))
+    params = variables["params"]
+    mask = binarized_mask(params, default_binarize_predicate)
+    data = _data()
+    orders = epoch_orders(jax.random.PRNGKey(1), data.index[0], data.sizes[0], 1)
+
+    def one_step(augment, key):
+        step = jax.jit(make_local_step(model, mask, LocalConfig(lr=0.1, batch_size=8, augment=augment)))
+        state = init_client(params, variables["batch_stats"], mask)
+        return step(state, params, data, orders, data.sizes[0], 10, 0, key).theta  # warm-up: no binarization
+
+    plain = one_step("none", jax.random.PRNGKey(5))
+    aug = one_step("crop_flip", jax.random.PRNGKey(5))
+    again = one_step("crop_flip", jax.random.PRNGKey(5))
+    other = one_step("crop_flip", jax.random.PRNGKey(6))
+    same = lambda a, b: all(bool(jnp.array_equal(x, y)) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))  # noqa: E731
+    assert same(plain, one_step("none", jax.random.PRNGKey(6)))  # without augmentation the key is unused in warm-up
+    assert same(aug, again) and not same(aug, plain) and not same(aug, other)
