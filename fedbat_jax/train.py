@@ -26,7 +26,7 @@ from fedbat_jax.local import ClientData, LocalConfig
 from fedbat_jax.models import make_model
 from fedbat_jax.round import Round, RoundConfig, ServerState, round_key
 
-__all__ = ["default_config", "Experiment", "build", "run", "make_eval"]
+__all__ = ["default_config", "Experiment", "build", "build_from_data", "run", "make_eval"]
 
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_FILE = "checkpoint.npz"
@@ -81,20 +81,26 @@ def make_eval(model, ds: Dataset, chunk: int = 1000) -> Callable[[ServerState], 
 def build(config: ml_collections.ConfigDict) -> Experiment:
     """Everything a run needs, from the config alone (data on the device, model, jitted round)."""
     validate(config)
-    ds = load_dataset(config.dataset, config.data_dir or None)
+    return build_from_data(config, load_dataset(config.dataset, config.data_dir or None))
+
+
+def build_from_data(config: ml_collections.ConfigDict, ds: Dataset) -> Experiment:
+    """As ``build``, on a ``Dataset`` already in memory (``config.dataset`` and ``data_dir`` are not read)."""
+    validate(config)
     if config.labels_per_client > ds.num_classes:
         raise ConfigError(f"labels_per_client must be in [1, {ds.num_classes}] for {config.dataset}, "
                           f"got {config.labels_per_client}")
     parts = partition(ds.x_train, ds.y_train, config.num_clients, config.partition, seed=config.partition_seed,
                       dirichlet_beta=config.dirichlet_beta, labels_per_client=config.labels_per_client,
                       min_size=config.min_client_size)
-    model = make_model(config.model, ds.num_classes)
+    model = make_model(config.model, ds.num_classes, config.model_width)
     variables = jax.jit(model.init)(round_key(config.seed, 0), jnp.zeros((1,) + ds.input_shape, jnp.float32))
     on_cpu = jax.default_backend() == "cpu"
     execution = config.execution if config.execution != "auto" else ("host" if on_cpu else "fused")
     threads = config.client_threads or (2 if on_cpu else 1)
     local = LocalConfig(lr=config.lr, batch_size=config.batch_size, rho=config.rho,
-                        alpha_min=config.alpha_min, alpha_max=config.alpha_max, bits=config.bits)
+                        alpha_min=config.alpha_min, alpha_max=config.alpha_max, bits=config.bits,
+                        augment=(ds.augment or "none") if config.augment == "auto" else config.augment)
     rcfg = RoundConfig(config.num_clients, config.clients_per_round, config.local_epochs, config.phi, config.seed,
                        config.aggregation_weights, execution, threads, config.lanes)
     sizes = np.array([len(p) for p in parts])
@@ -145,6 +151,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path | None = None, pr
     if log:
         log(f"{config.algorithm} on {config.dataset} ({config.partition}): {size_summary(exp.parts)}; "
             f"execution {exp.round.cfg.execution} on {jax.default_backend()}")
+        if exp.dataset.note:
+            log(f"note: {config.dataset} data is a {exp.dataset.note}")
         if config.print_histograms:
             log(format_histograms(label_histograms(exp.parts, exp.dataset.y_train, exp.dataset.num_classes)))
     bar = None

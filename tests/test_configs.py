@@ -1,0 +1,56 @@
+"""Every experiment config loads and validates, with the paper's parameters (REFERENCE.md section 3)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fedbat_jax.config import PAPER_SETTINGS, REDUCED, paper_config, validate
+from fedbat_jax.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "experiments"))
+from study import load_config  # noqa: E402
+
+PARTITIONS = ("iid", "dirichlet", "label_count")
+# dataset: (model, rounds, Dirichlet beta, classes per client in label-count)
+PAPER = {"fashion_mnist": ("cnn4", 100, 0.3, 3), "svhn": ("cnn4", 100, 0.3, 3),
+         "cifar10": ("resnet10", 200, 0.3, 3), "cifar100": ("resnet10", 200, 0.1, 10)}
+
+
+@pytest.mark.parametrize("dataset", sorted(PAPER))
+@pytest.mark.parametrize("partition", PARTITIONS)
+def test_paper_setting(dataset, partition):
+    c = load_config(str(ROOT / "experiments" / "configs" / f"{dataset}.py"), partition)
+    validate(c)
+    model, rounds, beta, labels = PAPER[dataset]
+    assert (c.dataset, c.model, c.rounds, c.partition) == (dataset, model, rounds, partition)
+    assert (c.dirichlet_beta, c.labels_per_client, c.partition_seed) == (beta, labels, 1234)
+    assert (c.num_clients, c.clients_per_round, c.local_epochs, c.batch_size, c.lr) == (100, 10, 10, 64, 0.1)
+    assert (c.rho, c.phi, c.model_width, c.augment) == (6.0, 0.5, 0, "auto")
+
+
+@pytest.mark.parametrize("dataset", sorted(PAPER))
+def test_reduced_variant_keeps_the_setting_and_shrinks_the_federation(dataset):
+    full, small = paper_config(dataset, "label_count"), paper_config(dataset, "label_count,reduced")
+    validate(small)
+    for field, value in REDUCED.items():
+        assert small[field] == value
+    same = ("dataset", "model", "partition", "dirichlet_beta", "labels_per_client", "batch_size", "lr", "rho", "phi")
+    assert all(small[f] == full[f] for f in same)
+    assert small.model_width == (16 if full.model == "resnet10" else 0)
+
+
+def test_bad_argument_is_one_line():
+    with pytest.raises(ConfigError, match="PARTITION"):
+        paper_config("cifar10", "dirichlett")
+    assert set(PAPER_SETTINGS) == set(PAPER)
+
+
+def test_cli_rejects_a_bad_config_argument(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "fedbat_jax.main", "--config=experiments/configs/cifar10.py:iid,tiny",
+                          f"--workdir={tmp_path}"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 2
+    assert out.stderr.count("\n") == 1 and "PARTITION[,reduced]" in out.stderr
