@@ -1,6 +1,7 @@
 """Training throughput of one FedBAT and one FedAvg round (make bench).
 
-CNN4 on 28x28x1 inputs, 10 clients x batch 64, on the current backend. Each round is timed after a
+CNN4 on 28x28x1 inputs, 10 clients x batch 64, and ResNet-10 on 32x32x3 inputs (random pixels, with
+CIFAR's crop+flip; 4 clients x 128 samples by default), on the current backend. Each round is timed after a
 warm-up round (compilation excluded); the figure is training samples per second of the whole round
 (local steps of every client + upload + aggregation). Results go to a JSON file.
 
@@ -21,11 +22,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere
 from fedbat_jax import train  # noqa: E402
+from fedbat_jax.data import Dataset  # noqa: E402
 from fedbat_jax.errors import FedBatError  # noqa: E402
 
 
-def build(algorithm: str, epochs: int, execution: str, threads: int, dataset: str, paper: bool = False,
-          data_dir: str = ""):
+def make_config(algorithm: str, epochs: int, execution: str = "auto", threads: int = 0, dataset: str = "mnist5k",
+                paper: bool = False, data_dir: str = ""):
     c = train.default_config()
     c.update(algorithm=algorithm, dataset=dataset, num_clients=10, clients_per_round=10, local_epochs=epochs,
              batch_size=64, partition="iid", execution=execution, client_threads=threads, data_dir=data_dir)
@@ -33,7 +35,11 @@ def build(algorithm: str, epochs: int, execution: str, threads: int, dataset: st
         c.bits = 4
     if paper:  # the paper's Fashion-MNIST round: 10 of 100 IID clients (600 samples each), 10 epochs
         c.update(dataset="fashion_mnist", num_clients=100, clients_per_round=10, local_epochs=10)
-    exp = train.build(c)
+    return c
+
+
+def build(config, data: Dataset | None = None):
+    exp = train.build(config) if data is None else train.build_from_data(config, data)
     server, _ = exp.round.run(exp.server, 1)  # warm-up: compiles
     jax.block_until_ready(server)
     return exp, server
@@ -46,23 +52,48 @@ def timed_round(exp, server, r: int) -> float:
     return time.perf_counter() - t0
 
 
-def bench(algorithms: list[str], rounds: int, epochs: int, execution: str, threads: int, dataset: str,
-          paper: bool = False, data_dir: str = "") -> list[dict]:
-    """Rounds of the algorithms alternate (A B A B ...), so machine drift hits both alike."""
-    built = {a: build(a, epochs, execution, threads, dataset, paper, data_dir) for a in algorithms}
-    times = {a: [] for a in algorithms}
+def bench(configs: list, rounds: int, data: Dataset | None = None) -> list[dict]:
+    """Rounds of the configs alternate (A B A B ...), so machine drift hits both alike."""
+    built = [build(c, data) for c in configs]
+    times = [[] for _ in configs]
     for r in range(2, rounds + 2):
-        for a, (exp, server) in built.items():
-            times[a].append(timed_round(exp, server, r))
+        for i, (exp, server) in enumerate(built):
+            times[i].append(timed_round(exp, server, r))
     results = []
-    for a, (exp, _) in built.items():
-        samples = int(np.mean([len(p) for p in exp.parts]) * exp.config.clients_per_round * exp.config.local_epochs)
-        med = float(np.median(times[a]))
-        results.append({"algorithm": a, "execution": exp.round.cfg.execution,
-                        "client_threads": exp.round.cfg.client_threads, "samples_per_round": samples,
-                        "round_seconds_median": round(med, 3), "round_seconds_all": [round(t, 3) for t in times[a]],
-                        "samples_per_second": round(samples / med, 1)})
+    for (exp, _), ts in zip(built, times):
+        c = exp.config
+        samples = int(np.mean([len(p) for p in exp.parts]) * c.clients_per_round * c.local_epochs)
+        med = float(np.median(ts))
+        results.append({"algorithm": c.algorithm, "model": c.model, "input": "x".join(map(str, exp.dataset.input_shape)),
+                        "execution": exp.round.cfg.execution, "client_threads": exp.round.cfg.client_threads,
+                        "samples_per_round": samples, "round_seconds_median": round(med, 3),
+                        "round_seconds_all": [round(t, 3) for t in ts], "samples_per_second": round(samples / med, 1)})
     return results
+
+
+def random_pixels(n: int, classes: int = 10) -> Dataset:
+    """32x32x3 images of uniform random pixels, for timing ResNet-10 where no CIFAR files are at hand
+    (speed does not depend on pixel values; the name says what they are)."""
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), rng.integers(0, classes, n).astype(np.int32)
+    return Dataset("random pixels (timing only)", x, y, x[:256], y[:256], classes, (0.5,) * 3, (0.25,) * 3,
+                   augment="crop_flip")
+
+
+def resnet_bench(algorithms: list[str], rounds: int, clients: int, samples: int, width: int, execution: str) -> list[dict]:
+    """ResNet-10 rounds on 32x32x3 inputs with CIFAR's crop+flip: ``clients`` clients x ``samples`` each, 1 epoch."""
+    configs = []
+    for a in algorithms:
+        c = make_config(a, 1, execution)
+        c.update(model="resnet10", model_width=width, num_clients=clients, clients_per_round=clients)
+        configs.append(c)
+    return bench(configs, rounds, random_pixels(clients * samples))
+
+
+def report_line(r: dict) -> str:
+    return (f"{r['algorithm']:7s} {r['model']:8s} {r['input']:7s} {r['execution']:5s} threads={r['client_threads']} "
+            f"{r['samples_per_second']:8.1f} samples/s  (round {r['round_seconds_median']:.2f} s, "
+            f"{r['samples_per_round']} samples)")
 
 
 def compressor_costs(algorithms: list[str], rounds: int, epochs: int, dataset: str) -> list[dict]:
@@ -73,7 +104,7 @@ def compressor_costs(algorithms: list[str], rounds: int, epochs: int, dataset: s
 
     out = []
     for a in algorithms:
-        exp, server = build(a, epochs, "auto", 0, dataset)
+        exp, server = build(make_config(a, epochs, dataset=dataset))
         rnd, cfg = exp.round, exp.round.cfg
         train_s, finish_s = [], []
         for r in range(2, rounds + 2):
@@ -109,22 +140,32 @@ def main() -> None:
     ap.add_argument("--data-dir", default="")
     ap.add_argument("--compressors", default="fedavg,fedbat,signsgd,ef_signsgd,stoch_binary,qsgd",
                     help="algorithms whose encode/decode cost is measured ('' to skip)")
+    ap.add_argument("--resnet-algorithms", default="fedbat,fedavg", help="ResNet-10 rounds ('' to skip)")
+    ap.add_argument("--resnet-clients", type=int, default=4)
+    ap.add_argument("--resnet-samples", type=int, default=128, help="samples per client (1 local epoch)")
+    ap.add_argument("--resnet-width", type=int, default=64, help="64: the paper's ResNet-10")
     args = ap.parse_args()
     try:
-        results = bench(args.algorithms.split(","), args.rounds, args.epochs, args.execution, args.threads,
-                        args.dataset, args.paper, args.data_dir) if args.algorithms else []
+        configs = [make_config(a, args.epochs, args.execution, args.threads, args.dataset, args.paper, args.data_dir)
+                   for a in args.algorithms.split(",") if a]
+        results = bench(configs, args.rounds) if configs else []
+        resnet = (resnet_bench(args.resnet_algorithms.split(","), max(2, args.rounds // 2), args.resnet_clients,
+                               args.resnet_samples, args.resnet_width, args.execution)
+                  if args.resnet_algorithms else [])
     except FedBatError as e:
         raise SystemExit(f"bench: error: {e}")
-    by = {r["algorithm"]: r for r in results}
     report = {"backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
-              "machine": platform.processor() or platform.machine(), "jax": jax.__version__, "results": results}
-    if "fedbat" in by and "fedavg" in by:
-        report["fedbat_time_over_fedavg"] = round(by["fedbat"]["round_seconds_median"] / by["fedavg"]["round_seconds_median"], 3)
-    for r in results:
-        print(f"{r['algorithm']:7s} {r['execution']:5s} threads={r['client_threads']} "
-              f"{r['samples_per_second']:8.1f} samples/s  (round {r['round_seconds_median']:.2f} s, {r['samples_per_round']} samples)")
-    if "fedbat_time_over_fedavg" in report:
-        print(f"FedBAT round time / FedAvg round time: {report['fedbat_time_over_fedavg']:.3f}")
+              "machine": platform.processor() or platform.machine(), "jax": jax.__version__, "results": results,
+              "resnet10": resnet}
+    for name, rows in (("", results), ("resnet10_", resnet)):
+        by = {r["algorithm"]: r for r in rows}
+        if "fedbat" in by and "fedavg" in by:
+            ratio = by["fedbat"]["round_seconds_median"] / by["fedavg"]["round_seconds_median"]
+            report[f"{name}fedbat_time_over_fedavg"] = round(ratio, 3)
+        for r in rows:
+            print(report_line(r))
+        if "fedbat" in by and "fedavg" in by:
+            print(f"{rows[0]['model']}: FedBAT round time / FedAvg round time: {ratio:.3f}")
     if args.compressors:
         report["compressor_costs"] = compressor_costs(args.compressors.split(","), 3, args.epochs, args.dataset)
     with open(args.out, "w") as f:
