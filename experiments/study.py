@@ -109,7 +109,7 @@ def main() -> int:
     note = (f"Command: `python {' '.join(sys.argv)}`  \nMachine: {platform.machine()} "
             f"{platform.processor() or ''}, wall time of this invocation {time.time() - started:.0f} s "
             f"(runs already complete in the workdir are read back, not rerun)."
-            + "".join(f"  \nNote: {k} data is a {v}." for k, v in notes.items()))
+            + "".join(f"  \nNote ({k}): {v}." for k, v in notes.items()))
     print(write_table(rows, out.with_suffix(".md"), out.with_suffix(".csv"), note))
     return 0
 
