@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
-from report import plot_curves, summarize, write_table  # noqa: E402
+from report import gap_table, plot_curves, summarize, write_table  # noqa: E402
 
 from fedbat_jax.errors import FedBatError  # noqa: E402
 from fedbat_jax.train import run  # noqa: E402
@@ -110,7 +110,12 @@ def main() -> int:
             f"{platform.processor() or ''}, wall time of this invocation {time.time() - started:.0f} s "
             f"(runs already complete in the workdir are read back, not rerun)."
             + "".join(f"  \nNote ({k}): {v}." for k, v in notes.items()))
-    print(write_table(rows, out.with_suffix(".md"), out.with_suffix(".csv"), note))
+    table = write_table(rows, out.with_suffix(".md"), out.with_suffix(".csv"), note)
+    gaps = gap_table(rows)
+    if gaps:
+        table += "\nFedBAT against FedAvg (same setting and seed):\n\n" + gaps
+        out.with_suffix(".md").write_text(table)
+    print(table)
     return 0
 
 

@@ -48,7 +48,9 @@ def test_study_writes_table_csv_and_plots(tmp_path):
     fedavg, fedbat = (float(r["uplink_MB"]) for r in rows)
     assert fedavg > 20 * fedbat  # 1 bit per binarized value against 32
     assert (tmp_path / "res_mnist5k_iid.png").stat().st_size > 0
-    assert "Command: `python experiments/study.py" in (tmp_path / "res.md").read_text()
+    md = (tmp_path / "res.md").read_text()
+    assert "Command: `python experiments/study.py" in md and "FedBAT against FedAvg" in md
+    assert "| mnist5k | iid | 0 | " in md.split("FedBAT against FedAvg")[1]
 
 
 def test_study_bad_field_is_one_line(tmp_path):
