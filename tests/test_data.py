@@ -210,3 +210,19 @@ def test_unknown_dataset():
         load_dataset("cifar7")
     msg = _one_line(e)
     assert all(n in msg for n in DATASETS)
+
+
+@pytest.mark.parametrize("case, expect", [("label_range", "labels span 0..12, expected 0..9"),
+                                          ("image_shape", "expected [N,28,28,1] uint8"),
+                                          ("count", "3 images but 2 labels")])
+def test_idx_content_checks(monkeypatch, tmp_path, case, expect):
+    """Files that pass their digest (here: tiny files with their own digests) still get shape and label checks."""
+    monkeypatch.delenv(ds_mod.DATA_DIR_ENV, raising=False)
+    images = np.zeros((3, 28, 28) if case != "image_shape" else (3, 27, 28), np.uint8)
+    labels = np.array([0, 12, 1] if case == "label_range" else [0, 1, 2][: 2 if case == "count" else 3], np.uint8)
+    arrays = dict(zip(ds_mod.IDX_FILES, (images, labels, images, labels)))
+    digests = {f: hashlib.sha256(_write(tmp_path / f, _idx_bytes(a)).read_bytes()).hexdigest() for f, a in arrays.items()}
+    monkeypatch.setitem(FILE_SHA256, "mnist", digests)
+    with pytest.raises(DataError) as e:
+        load_dataset("mnist", tmp_path)
+    assert expect in _one_line(e) and "mnist train files in" in str(e.value)

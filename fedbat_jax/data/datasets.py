@@ -191,25 +191,12 @@ def _load_idx_dataset(name: str, data_dir: str | Path | None, mean: float, std: 
         read_idx_gz(folder / f, FILE_SHA256[name][f], content_sha256=CONTENT_SHA256[name].get(f))
         for f in IDX_FILES
     ]
-    x_train, y_train, x_test, y_test = arrays
-    for xs, ys, split in ((x_train, y_train, "train"), (x_test, y_test, "t10k")):
-        if xs.ndim != 3 or xs.shape[1:] != (28, 28) or ys.ndim != 1 or len(xs) != len(ys) or xs.dtype != np.uint8:
-            raise DataError(
-                f"{name} {split} files in {folder} have shapes {xs.shape} / {ys.shape}, expected [N,28,28] uint8 "
-                "and [N] labels; replace them with the official files"
-            )
-        if ys.size and (ys.min() < 0 or ys.max() > 9):
-            raise DataError(f"{name} {split} labels in {folder} are outside 0-9; replace them with the official files")
-    return Dataset(
-        name,
-        x_train[..., None],
-        y_train.astype(np.int32),
-        x_test[..., None],
-        y_test.astype(np.int32),
-        10,
-        (mean,),
-        (std,),
-    )
+    checked = []
+    for split, (x, y) in (("train", arrays[:2]), ("t10k", arrays[2:])):
+        checked += check_split(x[..., None], y, num_classes=10, image_shape=(28, 28, 1),
+                               what=f"{name} {split} files in {folder}", fix="replace them with the official files")
+    x_train, y_train, x_test, y_test = checked
+    return Dataset(name, x_train, y_train, x_test, y_test, 10, (mean,), (std,))
 
 
 def load_fashion_mnist(data_dir: str | Path | None = None) -> Dataset:
