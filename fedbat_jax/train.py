@@ -81,14 +81,19 @@ def make_eval(model, ds: Dataset, chunk: int = 1000) -> Callable[[ServerState], 
 def build(config: ml_collections.ConfigDict) -> Experiment:
     """Everything a run needs, from the config alone (data on the device, model, jitted round)."""
     validate(config)
-    return build_from_data(config, load_dataset(config.dataset, config.data_dir or None))
+    return _assemble(config, load_dataset(config.dataset, config.data_dir or None))
 
 
 def build_from_data(config: ml_collections.ConfigDict, ds: Dataset) -> Experiment:
     """As ``build``, on a ``Dataset`` already in memory (``config.dataset`` and ``data_dir`` are not read)."""
     validate(config)
+    return _assemble(config, ds)
+
+
+def _assemble(config: ml_collections.ConfigDict, ds: Dataset) -> Experiment:
+    """The experiment of a validated config on a loaded dataset."""
     if config.labels_per_client > ds.num_classes:
-        raise ConfigError(f"labels_per_client must be in [1, {ds.num_classes}] for {config.dataset}, "
+        raise ConfigError(f"labels_per_client must be in [1, {ds.num_classes}] for {ds.name}, "
                           f"got {config.labels_per_client}")
     parts = partition(ds.x_train, ds.y_train, config.num_clients, config.partition, seed=config.partition_seed,
                       dirichlet_beta=config.dirichlet_beta, labels_per_client=config.labels_per_client,
