@@ -45,27 +45,29 @@ def build(config, data: Dataset | None = None):
     return exp, server
 
 
-def timed_round(exp, server, r: int) -> float:
+def timed_round(exp, server, r: int):
+    """Seconds of round ``r``, and the new server state (a round consumes its input's client states)."""
     t0 = time.perf_counter()
     server, m = exp.round.run(server, r)
     jax.block_until_ready((server, m["train_loss"]))
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, server
 
 
 def bench(configs: list, rounds: int, data: Dataset | None = None) -> list[dict]:
     """Rounds of the configs alternate (A B A B ...), so machine drift hits both alike."""
-    built = [build(c, data) for c in configs]
+    built = [list(build(c, data)) for c in configs]
     times = [[] for _ in configs]
     for r in range(2, rounds + 2):
         for i, (exp, server) in enumerate(built):
-            times[i].append(timed_round(exp, server, r))
+            seconds, built[i][1] = timed_round(exp, server, r)
+            times[i].append(seconds)
     results = []
     for (exp, _), ts in zip(built, times):
         c = exp.config
         samples = int(np.mean([len(p) for p in exp.parts]) * c.clients_per_round * c.local_epochs)
         med = float(np.median(ts))
         results.append({"algorithm": c.algorithm, "model": c.model, "input": "x".join(map(str, exp.dataset.input_shape)),
-                        "execution": exp.round.cfg.execution, "client_threads": exp.round.cfg.client_threads,
+                        "execution": exp.round.execution_name, "client_threads": getattr(exp.round.execution, "threads", 1),
                         "samples_per_round": samples, "round_seconds_median": round(med, 3),
                         "round_seconds_all": [round(t, 3) for t in ts], "samples_per_second": round(samples / med, 1)})
     return results
@@ -97,33 +99,32 @@ def report_line(r: dict) -> str:
 
 
 def compressor_costs(algorithms: list[str], rounds: int, epochs: int, dataset: str) -> list[dict]:
-    """Per algorithm: seconds of local training vs seconds of encode + decode + aggregation (the
-    jitted ``finish``) in a round, each timed on its own after a warm-up round."""
-    from fedbat_jax.binarize import warmup_steps
-    from fedbat_jax.round import client_keys, sample_cohort
+    """Per algorithm: seconds of a whole round vs seconds of the cohort's encode + decode + aggregation
+    (``federated.absorb`` of every client, jitted on its own), each after a warm-up."""
+    from fedbat_jax.federated import absorb, empty_aggregate
 
     out = []
     for a in algorithms:
         exp, server = build(make_config(a, epochs, dataset=dataset))
-        rnd, cfg = exp.round, exp.round.cfg
-        train_s, finish_s = [], []
+        rnd = exp.round
+        fed = rnd.fed
+        inputs = rnd.plan(jax.random.PRNGKey(exp.config.seed), 1, index=rnd.data.index)
+        clients = jax.vmap(fed.client_init, (None, None, 0))(server.params, server.batch_stats, inputs)
+        done = jnp.ones(inputs.client.shape, bool)
+        upload = jax.jit(lambda s, c, i: absorb(fed, s.params, empty_aggregate(s), s.client_states, c, i, done))
+        jax.block_until_ready(upload(server, clients, inputs))
+        round_s, finish_s = [], []
         for r in range(2, rounds + 2):
-            cohort = sample_cohort(cfg.seed, r, cfg.num_clients, cfg.clients_per_round)
-            keys = client_keys(cfg.seed, r, cohort)
-            n_warm = np.array([warmup_steps(cfg.phi, int(s)) for s in rnd.num_steps[cohort]], np.int32)
+            seconds, server = timed_round(exp, server, r)
+            round_s.append(seconds)
             t0 = time.perf_counter()
-            states = jax.block_until_ready(rnd._train_host(server, cohort, keys, n_warm))
-            t1 = time.perf_counter()
-            new, loss = rnd._finish(server, jnp.asarray(cohort), states, jnp.asarray(rnd.weights[cohort]), keys)
-            jax.block_until_ready((new, loss))
-            finish_s.append(time.perf_counter() - t1)
-            train_s.append(t1 - t0)
-            server = new
-        tr, fi = float(np.median(train_s)), float(np.median(finish_s))
-        out.append({"algorithm": a, "train_seconds": round(tr, 3), "encode_decode_aggregate_seconds": round(fi, 4),
-                    "relative_to_training": round(fi / tr, 5), "uplink_bits_per_round": rnd.bits["uplink_bits"]})
-        print(f"{a:12s} training {tr:6.2f} s   encode+decode+aggregate {1e3 * fi:7.1f} ms "
-              f"({100 * fi / tr:.2f}% of training)   uplink {rnd.bits['uplink_bits'] / 8e6:.2f} MB/round")
+            jax.block_until_ready(upload(server, clients, inputs))
+            finish_s.append(time.perf_counter() - t0)
+        tr, fi = float(np.median(round_s)), float(np.median(finish_s))
+        out.append({"algorithm": a, "round_seconds": round(tr, 3), "encode_decode_aggregate_seconds": round(fi, 4),
+                    "relative_to_round": round(fi / tr, 5), "uplink_bits_per_round": rnd.bits["uplink_bits"]})
+        print(f"{a:12s} round {tr:6.2f} s   encode+decode+aggregate {1e3 * fi:7.1f} ms "
+              f"({100 * fi / tr:.2f}% of the round)   uplink {rnd.bits['uplink_bits'] / 8e6:.2f} MB/round")
     return out
 
 

@@ -2,7 +2,7 @@
 
 For many sampled cohorts of a partition, compares the step-cells a fused round computes when every
 client of the cohort is padded to the longest one (K lanes x max_k S_k) with the packed lanes
-(`fedbat_jax.round.pack_lanes`), against the useful work sum_k S_k. Host-side arithmetic only.
+(`fedbat_jax.executions.pack_lanes`), against the useful work sum_k S_k. Host-side arithmetic only.
 
     python experiments/lane_packing.py [--dataset fashion_mnist --data-dir DIR] [--partition dirichlet]
 """
@@ -16,7 +16,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere
 from fedbat_jax import train  # noqa: E402
-from fedbat_jax.round import pack_lanes, sample_cohort  # noqa: E402
+from fedbat_jax.executions import pack_lanes  # noqa: E402
+from fedbat_jax.round import cohort  # noqa: E402
 
 
 def main() -> None:
@@ -32,11 +33,11 @@ def main() -> None:
     c.update(dataset=args.dataset, data_dir=args.data_dir, partition=args.partition, dirichlet_beta=args.beta,
              num_clients=args.num_clients, clients_per_round=10, local_epochs=10, batch_size=64)
     exp = train.build(c)
-    steps_all = exp.round.num_steps
+    steps_all = exp.round.roster.num_steps
     quantum = max(1, int(steps_all.max()) // 8)
     useful, padded, packed, lanes = [], [], [], []
     for r in range(1, args.rounds + 1):
-        steps = steps_all[sample_cohort(c.seed, r, c.num_clients, c.clients_per_round)]
+        steps = steps_all[cohort(c.seed, r, c.num_clients, c.clients_per_round)]
         sched = pack_lanes(steps, 0, quantum, cap=int(steps_all.max()))
         useful.append(steps.sum())
         padded.append(len(steps) * steps.max())

@@ -38,7 +38,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.eval_every = 1
     c.execution = "auto"  # auto | host (Python loop of jitted steps) | fused (one jitted scan over lanes)
     c.client_threads = 0  # host execution: clients trained concurrently (0 = auto)
-    c.lanes = 0  # fused execution: parallel lanes (0 = auto)
+    c.lanes = 0  # fused execution: parallel lanes (0 = auto); bounds a round's memory to lanes x client state
+    c.num_devices = 0  # fused execution: local devices the lanes are sharded over (0 = all)
     c.checkpoint_every = 10  # rounds between checkpoints in the workdir (0 = only at the end)
     c.print_histograms = False  # print each client's label histogram at start
     return c
@@ -65,7 +66,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
     for field in ("num_clients", "clients_per_round", "rounds", "local_epochs", "batch_size", "eval_every"):
         if int(c[field]) != c[field] or c[field] < 1:
             raise ConfigError(f"{field} must be a positive integer, got {c[field]!r}")
-    for field in ("client_threads", "lanes", "checkpoint_every", "min_client_size", "model_width"):
+    for field in ("client_threads", "lanes", "checkpoint_every", "min_client_size", "model_width", "num_devices"):
         if c[field] < 0:
             raise ConfigError(f"{field} must be >= 0, got {c[field]!r}")
     if c.clients_per_round > c.num_clients:
@@ -81,6 +82,12 @@ def validate(c: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"alpha_min ({c.alpha_min}) must be < alpha_max ({c.alpha_max})")
     if c.bits not in (1, 2, 4, 8):
         raise ConfigError(f"bits must be one of 1, 2, 4, 8, got {c.bits!r}")
+    if c.num_devices > 0:
+        import jax
+
+        if c.num_devices > jax.local_device_count():
+            raise ConfigError(f"num_devices ({c.num_devices}) exceeds the {jax.local_device_count()} local "
+                              f"{jax.default_backend()} devices")
     if c.labels_per_client < 1:
         raise ConfigError(f"labels_per_client must be >= 1, got {c.labels_per_client!r}")
 

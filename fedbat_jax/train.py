@@ -16,15 +16,17 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
 from fedbat_jax.algorithms import get_algorithm
 from fedbat_jax.config import default_config, validate
 from fedbat_jax.data import Dataset, format_histograms, label_histograms, load_dataset, partition, size_summary
 from fedbat_jax.errors import ConfigError
-from fedbat_jax.local import ClientData, LocalConfig
+from fedbat_jax import executions
+from fedbat_jax.evaluation import make_evaluate, test_set
+from fedbat_jax.federated import Federated, ServerState, make_roster
+from fedbat_jax.local import ClientData, LocalConfig, binarized_mask
 from fedbat_jax.models import make_model
-from fedbat_jax.round import Round, RoundConfig, ServerState, round_key
+from fedbat_jax.round import Round, init_server, round_key, wire_bits
 
 __all__ = ["default_config", "Experiment", "build", "build_from_data", "run", "make_eval"]
 
@@ -52,32 +54,6 @@ def client_data(ds: Dataset, parts: list, batch_size: int) -> ClientData:
                       jnp.asarray(sizes), jnp.asarray(ds.mean, jnp.float32), jnp.asarray(ds.std, jnp.float32))
 
 
-def make_eval(model, ds: Dataset, chunk: int = 1000) -> Callable[[ServerState], tuple[float, float]]:
-    """Test loss and accuracy of the global model, BatchNorm in inference mode, over the whole test set."""
-    n = len(ds.y_test)
-    pad = -n % chunk
-    images = jnp.asarray(np.concatenate([ds.x_test, np.zeros((pad,) + ds.x_test.shape[1:], ds.x_test.dtype)]))
-    labels = jnp.asarray(np.concatenate([ds.y_test, np.zeros(pad, ds.y_test.dtype)]).astype(np.int32))
-    mean, std = jnp.asarray(ds.mean, jnp.float32), jnp.asarray(ds.std, jnp.float32)
-
-    @jax.jit
-    def chunk_sums(params, batch_stats, start):
-        x = jax.lax.dynamic_slice_in_dim(images, start, chunk)
-        y = jax.lax.dynamic_slice_in_dim(labels, start, chunk)
-        valid = start + jnp.arange(chunk) < n
-        logits = model.apply({"params": params, "batch_stats": batch_stats},
-                             (x.astype(jnp.float32) / 255.0 - mean) / std, train=False)
-        ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), y)
-        return jnp.stack([jnp.sum(jnp.where(valid, ce, 0.0)), jnp.sum(valid & (logits.argmax(-1) == y))])
-
-    def evaluate(server: ServerState) -> tuple[float, float]:
-        total = sum(chunk_sums(server.params, server.batch_stats, s) for s in range(0, n + pad, chunk))
-        loss, correct = np.asarray(total)
-        return float(loss / n), float(correct / n)
-
-    return evaluate
-
-
 def build(config: ml_collections.ConfigDict) -> Experiment:
     """Everything a run needs, from the config alone (data on the device, model, jitted round)."""
     validate(config)
@@ -100,19 +76,55 @@ def _assemble(config: ml_collections.ConfigDict, ds: Dataset) -> Experiment:
                       min_size=config.min_client_size)
     model = make_model(config.model, ds.num_classes, config.model_width)
     variables = jax.jit(model.init)(round_key(config.seed, 0), jnp.zeros((1,) + ds.input_shape, jnp.float32))
-    on_cpu = jax.default_backend() == "cpu"
-    execution = config.execution if config.execution != "auto" else ("host" if on_cpu else "fused")
-    threads = config.client_threads or (2 if on_cpu else 1)
-    local = LocalConfig(lr=config.lr, batch_size=config.batch_size, rho=config.rho,
-                        alpha_min=config.alpha_min, alpha_max=config.alpha_max, bits=config.bits,
-                        augment=(ds.augment or "none") if config.augment == "auto" else config.augment)
-    rcfg = RoundConfig(config.num_clients, config.clients_per_round, config.local_epochs, config.phi, config.seed,
-                       config.aggregation_weights, execution, threads, config.lanes)
-    sizes = np.array([len(p) for p in parts])
-    rnd = Round(model, client_data(ds, parts, config.batch_size), sizes, variables["params"],
-                variables["batch_stats"], get_algorithm(config.algorithm), local, rcfg)
-    server = rnd.init_server(variables["params"], variables["batch_stats"])
+    fed = make_federated(config, model, variables["params"], ds)
+    roster = make_roster([len(p) for p in parts], config.local_epochs, config.batch_size, config.phi,
+                         config.aggregation_weights)
+    name, execution = make_execution(config, fed, int(roster.num_steps.max()))
+    bits = wire_bits(fed, variables["params"], variables["batch_stats"], config.clients_per_round)
+    rnd = Round(fed, roster, client_data(ds, parts, config.batch_size), execution, name, config.clients_per_round,
+                config.seed, bits)
+    server = init_server(fed, variables["params"], variables["batch_stats"], config.num_clients)
     return Experiment(config, ds, parts, model, rnd, server, make_eval(model, ds))
+
+
+def make_federated(config: ml_collections.ConfigDict, model, params: Any, ds: Dataset) -> Federated:
+    """The algorithm of ``config`` on this model: binarized leaves, compressor, local-training settings."""
+    algorithm = get_algorithm(config.algorithm)
+    train_mask = binarized_mask(params, algorithm.train_predicate)
+    compressor = algorithm.make_compressor(binarized_mask(params, algorithm.upload_predicate), params, config.bits)
+    local = LocalConfig(lr=config.lr, batch_size=config.batch_size, rho=config.rho, alpha_min=config.alpha_min,
+                        alpha_max=config.alpha_max, bits=config.bits,
+                        augment=(ds.augment or "none") if config.augment == "auto" else config.augment)
+    return Federated(model, train_mask, compressor, local, config.local_epochs)
+
+
+def execution_name(config: ml_collections.ConfigDict) -> str:
+    """``host`` on CPU and ``fused`` elsewhere unless the config names one."""
+    if config.execution != "auto":
+        return config.execution
+    return "host" if jax.default_backend() == "cpu" else "fused"
+
+
+def make_execution(config: ml_collections.ConfigDict, fed: Federated, longest: int) -> tuple[str, executions.Execution]:
+    """The backend that runs a round's clients (``fedbat_jax.executions``), and its name."""
+    name = execution_name(config)
+    if name == "host":
+        threads = config.client_threads or (2 if jax.default_backend() == "cpu" else 1)
+        return name, executions.host(fed, threads)
+    mesh = executions.make_mesh(config.num_devices)
+    return name, executions.lanes(fed, config.lanes, longest, mesh if mesh.devices.size > 1 else None)
+
+
+def make_eval(model, ds: Dataset, chunk: int = 1000) -> Callable[[ServerState], tuple[float, float]]:
+    """Test loss and accuracy of the global model, BatchNorm in inference mode, over the whole test set."""
+    test = test_set(ds, chunk)
+    evaluate = jax.jit(make_evaluate(model, len(ds.y_test), chunk))
+
+    def run(server: ServerState) -> tuple[float, float]:
+        loss, acc = evaluate(server.params, server.batch_stats, test)
+        return float(loss), float(acc)
+
+    return run
 
 
 # ---- checkpoints: the server state's leaves and the round, written atomically -------------------------
@@ -155,7 +167,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path | None = None, pr
             metrics_path.unlink()
     if log:
         log(f"{config.algorithm} on {config.dataset} ({config.partition}): {size_summary(exp.parts)}; "
-            f"execution {exp.round.cfg.execution} on {jax.default_backend()}")
+            f"execution {exp.round.execution_name} on {jax.default_backend()}, devices: {exp.round.devices}")
         if exp.dataset.note:
             log(f"note: {config.dataset} data is a {exp.dataset.note}")
         if config.print_histograms:

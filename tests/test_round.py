@@ -11,7 +11,8 @@ import pytest
 from fedbat_jax import train
 from fedbat_jax.bits import payload_bits
 from fedbat_jax.local import ClientState
-from fedbat_jax.round import pack_lanes, sample_cohort
+from fedbat_jax.executions import pack_lanes
+from fedbat_jax.round import cohort
 
 
 def tiny(algorithm="fedbat", **overrides):
@@ -52,8 +53,8 @@ def test_payload_round_trip(fedbat_exp):
     params = fedbat_exp.server.params
     update = jax.tree.map(lambda x: jax.random.normal(jax.random.PRNGKey(x.size), x.shape) * 0.01, params)
     scales = jax.tree.map(lambda x: jnp.float32(0.007), params)
-    payload, _ = rnd.compressor.encode(update, scales, (), jax.random.PRNGKey(0))
-    decoded = rnd.compressor.decode(payload)
+    payload, _ = rnd.fed.compressor.encode(update, scales, (), jax.random.PRNGKey(0))
+    decoded = rnd.fed.compressor.decode(payload)
     for path, m in jax.tree_util.tree_leaves_with_path(decoded):
         if path[-1].key == "kernel":
             np.testing.assert_allclose(np.abs(np.asarray(m)), np.float32(0.007))
@@ -107,15 +108,16 @@ def test_no_retrace_across_rounds(fedbat_exp):
     rnd, server = fedbat_exp.round, fedbat_exp.server
     for r in range(1, 4):
         server, _ = rnd.run(server, r)
-    assert rnd._step._cache_size() == 1
-    assert rnd._finish._cache_size() == 1
+    assert rnd.execution.compiled["step"]._cache_size() == 1
+    assert rnd.execution.compiled["absorb"]._cache_size() == 1
+    assert rnd.update._cache_size() == 1 and rnd.plan._cache_size() == 1
 
 
 def test_cohort_sampling():
-    a = sample_cohort(0, 5, 100, 10)
-    assert len(set(a.tolist())) == 10 and a.min() >= 0 and a.max() < 100
-    np.testing.assert_array_equal(a, sample_cohort(0, 5, 100, 10))
-    assert not np.array_equal(a, sample_cohort(0, 6, 100, 10))
+    a = cohort(0, 5, 100, 10)
+    assert len(set(a.tolist())) == 10 and a.min() >= 0 and a.max() < 100 and np.all(np.diff(a) > 0)
+    np.testing.assert_array_equal(a, cohort(0, 5, 100, 10))
+    assert not np.array_equal(a, cohort(0, 6, 100, 10))
 
 
 def test_pack_lanes_covers_every_step_once():

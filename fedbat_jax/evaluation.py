@@ -1,0 +1,50 @@
+"""Test loss and accuracy of a global model: one pure function, used by the CLI loop and by ``make_train``."""
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from fedbat_jax.data import Dataset
+
+
+class TestSet(NamedTuple):
+    images: jax.Array  # uint8 [n + pad, H, W, C], zero-padded to a multiple of the chunk
+    labels: jax.Array  # int32 [n + pad]
+    mean: jax.Array
+    std: jax.Array
+
+
+def test_set(ds: Dataset, chunk: int) -> TestSet:
+    n = len(ds.y_test)
+    pad = -n % chunk
+    images = np.concatenate([ds.x_test, np.zeros((pad,) + ds.x_test.shape[1:], ds.x_test.dtype)])
+    labels = np.concatenate([ds.y_test, np.zeros(pad, ds.y_test.dtype)]).astype(np.int32)
+    return TestSet(jnp.asarray(images), jnp.asarray(labels), jnp.asarray(ds.mean, jnp.float32),
+                   jnp.asarray(ds.std, jnp.float32))
+
+
+def make_evaluate(model, n: int, chunk: int) -> Callable[[Any, Any, TestSet], tuple[jax.Array, jax.Array]]:
+    """``evaluate(params, batch_stats, test) -> (loss, accuracy)`` over the ``n`` real test examples,
+    BatchNorm in inference mode, ``chunk`` examples at a time (a ``lax.scan``: memory of one chunk)."""
+
+    def evaluate(params, batch_stats, test: TestSet):
+        num = test.labels.shape[0] // chunk
+
+        def one(carry, i):
+            x = jax.lax.dynamic_slice_in_dim(test.images, i * chunk, chunk)
+            y = jax.lax.dynamic_slice_in_dim(test.labels, i * chunk, chunk)
+            valid = i * chunk + jnp.arange(chunk) < n
+            logits = model.apply({"params": params, "batch_stats": batch_stats},
+                                 (x.astype(jnp.float32) / 255.0 - test.mean) / test.std, train=False)
+            ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), y)
+            return carry + jnp.stack([jnp.sum(jnp.where(valid, ce, 0.0)),
+                                      jnp.sum(valid & (logits.argmax(-1) == y))]), None
+
+        total, _ = jax.lax.scan(one, jnp.zeros(2, jnp.float32), jnp.arange(num))
+        return total[0] / n, total[1] / n
+
+    return evaluate

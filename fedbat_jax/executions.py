@@ -1,0 +1,241 @@
+"""How a round's clients execute: interchangeable backends over the pure functions of ``federated``.
+
+Each backend is ``run(server, data, inputs) -> (Aggregate, client_states)``: it trains every client of
+``inputs`` (a stacked ``ClientInput``) from the broadcast model and folds each finished client into the
+server's running ``Aggregate``, so memory holds a few clients' states, never the whole cohort's.
+
+* ``host`` (the CPU default): each client's jitted, donated step called from a Python loop, clients over
+  threads, absorbed strictly in cohort order (so threads change no bit). Nothing is padded. On XLA:CPU a
+  conv gradient inside ``lax.scan`` is many times slower than the same jitted step (jax issue 12868).
+* ``lanes`` (``execution=fused``, the GPU/TPU default): one jitted ``lax.scan`` over steps of a ``vmap`` over
+  *lanes*; clients are packed into lanes back to back (``pack_lanes``) and a lane that finishes a client
+  hands it to the aggregate inside the scan. Peak memory is O(lanes x client state + model).
+  With a ``Mesh``, the lanes are sharded over its ``clients`` axis (``shard_map``): the model and data are
+  replicated, each device runs its own lanes, and the aggregates are summed across devices once.
+* ``padded_round``: a pure function for ``make_train``: groups of ``lanes`` clients, each group padded to
+  its longest client (a ``fori_loop`` with a traced bound), the groups in a ``lax.scan``.
+
+A new backend is one more function of this shape; the algorithm does not change.
+"""
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import math
+from functools import partial
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fedbat_jax.federated import (Aggregate, Client, ClientInput, Federated, ServerState, absorb, empty_aggregate,
+                                  select_rows)
+from fedbat_jax.local import ClientData
+
+Execution = Callable[[ServerState, ClientData, ClientInput], "tuple[Aggregate, Any]"]
+MESH_AXIS = "clients"
+
+
+def _one(inputs: ClientInput, i: int) -> ClientInput:
+    return jax.tree.map(lambda x: x[i], inputs)
+
+
+def _batch1(tree: Any) -> Any:
+    return jax.tree.map(lambda x: x[None], tree)
+
+
+# ---- host: a Python loop of jitted steps ----------------------------------------------------------------
+def host(fed: Federated, threads: int = 1) -> Execution:
+    init = jax.jit(fed.client_init)
+    step = jax.jit(fed.client_step, donate_argnums=0)
+
+    @partial(jax.jit, donate_argnums=(1, 2))
+    def absorb_one(params, acc, table, client, inp):
+        return absorb(fed, params, acc, table, _batch1(client), _batch1(inp), jnp.ones((1,), bool))
+
+    def run(server: ServerState, data: ClientData, inputs: ClientInput):
+        num_steps = np.asarray(inputs.num_steps)
+
+        def train_one(i: int) -> Client:
+            inp = _one(inputs, i)
+            client = init(server.params, server.batch_stats, inp)
+            for t in range(int(num_steps[i])):
+                client = step(client, server.params, data, inp, t)
+            return client
+
+        acc, table = empty_aggregate(server), server.client_states
+        k = len(num_steps)
+        workers = max(1, min(threads, k))
+        if workers == 1:
+            for i in range(k):
+                acc, table = absorb_one(server.params, acc, table, train_one(i), _one(inputs, i))
+            return acc, table
+        # Clients finish out of order; absorb them in cohort order (same sums as one thread), keeping at
+        # most 2 x threads finished states waiting.
+        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+            pending = collections.deque(pool.submit(train_one, i) for i in range(min(k, 2 * workers)))
+            for i in range(k):
+                client = pending.popleft().result()
+                if i + len(pending) + 1 < k:
+                    pending.append(pool.submit(train_one, i + len(pending) + 1))
+                acc, table = absorb_one(server.params, acc, table, client, _one(inputs, i))
+        return acc, table
+
+    run.compiled, run.devices, run.threads = {"step": step, "absorb": absorb_one}, 1, threads  # (compiled: retrace checks)
+    return run
+
+
+# ---- lanes: one scan over packed lanes, optionally sharded over devices ----------------------------------
+def lane_scan(fed: Federated, params, batch_stats, table, data: ClientData, inputs: ClientInput,
+              sched: jax.Array) -> tuple[Aggregate, Any]:
+    """Run the schedule ``sched`` (int32 [4, lanes, T]: slot, t, first, last) over the cohort ``inputs``."""
+    k, num_lanes = inputs.client.shape[0], sched.shape[1]
+    orders = jax.vmap(fed.orders)(inputs)  # [K, E, width]: small, unlike K client states
+    fresh = jax.tree.map(lambda x: jnp.broadcast_to(x, (num_lanes,) + x.shape), fed.fresh_state(params, batch_stats))
+    lanes0 = Client(fresh, orders[jnp.zeros(num_lanes, jnp.int32)])
+    step = jax.vmap(fed.client_step, (0, None, None, 0, 0))
+    acc0 = empty_aggregate(ServerState(params, batch_stats, ()))
+
+    def body(carry, row):
+        lanes, acc, table = carry
+        slot, t, first, last = row[0], row[1], row[2] > 0, row[3] > 0
+        active, c = slot < k, jnp.minimum(slot, k - 1)
+        inp = jax.tree.map(lambda x: x[c], inputs)
+        lanes = select_rows(first, Client(fresh, orders[c]), lanes)  # a lane starting a client
+        lanes = select_rows(active, step(lanes, params, data, inp, t), lanes)
+        done = active & last
+        acc, table = jax.lax.cond(jnp.any(done), lambda a, tb: absorb(fed, params, a, tb, lanes, inp, done),
+                                  lambda a, tb: (a, tb), acc, table)
+        return (lanes, acc, table), None
+
+    (_, acc, table), _ = jax.lax.scan(body, (lanes0, acc0, table), jnp.moveaxis(sched, 2, 0))
+    return acc, table
+
+
+def _merge_tables(table, new):
+    """Across devices: each client's row comes from the one device that trained it (exact, no arithmetic)."""
+    def merge(old, mine):
+        changed = jnp.any((mine != old).reshape(old.shape[0], -1), axis=1)
+        mask = changed.reshape((-1,) + (1,) * (old.ndim - 1))
+        count = jax.lax.psum(changed.astype(jnp.int32), MESH_AXIS).reshape(mask.shape)
+        summed = jax.lax.psum(jnp.where(mask, mine, jnp.zeros_like(mine)), MESH_AXIS)
+        return jnp.where(count > 0, summed, old)
+
+    return jax.tree.map(merge, table, new)
+
+
+def lanes(fed: Federated, num_lanes: int, cap: int, mesh: jax.sharding.Mesh | None = None) -> Execution:
+    """Packed lanes (``num_lanes=0``: as few as keep each lane <= the longest client), over ``mesh`` if given."""
+    devices = mesh.devices.size if mesh is not None else 1
+    body = partial(lane_scan, fed)
+    if devices > 1:
+        from jax.sharding import PartitionSpec as P
+
+        rep = P()
+
+        def sharded(params, batch_stats, table, data, inputs, sched):
+            acc, new = body(params, batch_stats, table, data, inputs, sched)
+            return jax.lax.psum(acc, MESH_AXIS), _merge_tables(table, new)
+
+        body = _shard_map(sharded, mesh, in_specs=(rep, rep, rep, rep, rep, P(None, MESH_AXIS, None)),
+                          out_specs=(rep, rep))
+    compiled = jax.jit(body, donate_argnums=(2,))
+
+    def run(server: ServerState, data: ClientData, inputs: ClientInput):
+        steps = np.asarray(inputs.num_steps)
+        sched = pack_lanes(steps, num_lanes, quantum=max(1, cap // 8), cap=cap, multiple=devices)
+        return compiled(server.params, server.batch_stats, server.client_states, data, inputs, jnp.asarray(sched))
+
+    run.compiled, run.devices = {"lanes": compiled}, devices
+    return run
+
+
+def _shard_map(f, mesh, in_specs, out_specs):
+    try:
+        shard_map = jax.shard_map
+        return shard_map(f, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
+    except (AttributeError, TypeError):  # older jax
+        from jax.experimental.shard_map import shard_map
+
+        return shard_map(f, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_rep=False)
+
+
+def make_mesh(num_devices: int = 0) -> jax.sharding.Mesh:
+    """A 1-D mesh named ``clients`` over the first ``num_devices`` local devices (0: all of them)."""
+    devices = jax.local_devices() if jax.process_count() == 1 else jax.devices()
+    n = num_devices or len(devices)
+    return jax.sharding.Mesh(np.array(devices[:n]), (MESH_AXIS,))
+
+
+def pack_lanes(steps: np.ndarray, lanes: int = 0, quantum: int = 1, cap: int | None = None,
+               multiple: int = 1) -> np.ndarray:
+    """Pack clients' step sequences into lanes: int32 ``[4, lanes, T]`` rows (slot, t, first, last).
+
+    Longest client first onto the least-loaded lane. ``lanes=0`` picks the fewest lanes that still keep
+    ``T`` at the longest client's step count. ``T`` is rounded up to a multiple of ``quantum``, but not
+    past ``cap`` (the longest client of the whole federation), so few distinct shapes are compiled. The
+    lane count is rounded up to a multiple of ``multiple`` (the devices sharing them). Idle cells have
+    slot = K (no client).
+    """
+    steps = np.asarray(steps, np.int64)
+    k = len(steps)
+    auto = lanes <= 0
+    lanes = min(k, max(1, math.ceil(steps.sum() / max(1, steps.max())))) if auto else min(lanes, k)
+    while True:  # LPT; in auto mode add a lane while the packing overshoots the longest client by > quantum
+        load = np.zeros(lanes, np.int64)
+        assign = [[] for _ in range(lanes)]
+        for i in np.argsort(-steps, kind="stable"):
+            j = int(np.argmin(load))
+            assign[j].append(int(i))
+            load[j] += steps[i]
+        if not auto or load.max() <= steps.max() + quantum or lanes >= k:
+            break
+        lanes += 1
+    t_len = int(math.ceil(load.max() / quantum) * quantum)
+    if cap is not None:
+        t_len = max(int(load.max()), min(t_len, cap))
+    total = -(-lanes // multiple) * multiple
+    sched = np.zeros((4, total, t_len), np.int32)
+    sched[0] = k
+    for j, clients in enumerate(assign):
+        pos = 0
+        for i in clients:
+            s = int(steps[i])
+            sched[0, j, pos:pos + s] = i
+            sched[1, j, pos:pos + s] = np.arange(s)
+            sched[2, j, pos] = 1
+            sched[3, j, pos + s - 1] = 1
+            pos += s
+    return sched
+
+
+# ---- padded groups: a pure round for make_train -----------------------------------------------------------
+def padded_round(fed: Federated, server: ServerState, data: ClientData, inputs: ClientInput,
+                 group: int = 0) -> tuple[Aggregate, Any]:
+    """Groups of ``group`` clients (0: the whole cohort) as lanes; each group runs to its longest client
+    (shorter clients are padded: their extra steps are computed and discarded); groups in a ``lax.scan``.
+    Jittable and vmappable: nothing here reads a concrete value."""
+    k = inputs.client.shape[0]
+    g = min(group or k, k)
+    num_groups = -(-k // g)
+    pad = num_groups * g - k
+    padded = jax.tree.map(lambda x: jnp.concatenate([x, jnp.repeat(x[-1:], pad, axis=0)]), inputs)
+    valid = jnp.arange(num_groups * g) < k
+    padded = padded._replace(weight=jnp.where(valid, padded.weight, 0.0))
+    grouped = jax.tree.map(lambda x: x.reshape((num_groups, g) + x.shape[1:]), (padded, valid))
+    step = jax.vmap(fed.client_step, (0, None, None, 0, None))
+
+    def one_group(carry, xs):
+        acc, table = carry
+        inp, real = xs
+        clients = jax.vmap(fed.client_init, (None, None, 0))(server.params, server.batch_stats, inp)
+
+        def body(t, cl):
+            return select_rows(t < inp.num_steps, step(cl, server.params, data, inp, t), cl)
+
+        clients = jax.lax.fori_loop(0, jnp.max(inp.num_steps), body, clients)
+        return absorb(fed, server.params, acc, table, clients, inp, real), None
+
+    (acc, table), _ = jax.lax.scan(one_group, (empty_aggregate(server), server.client_states), grouped)
+    return acc, table

@@ -1,0 +1,170 @@
+"""The federated algorithm on one screen (REFERENCE.md section 1), as pure functions over explicit state.
+
+In FedJAX's ``fed_avg`` shape: a sampled client runs ``client_init`` -> ``client_step`` x S_k ->
+``client_final`` (encode its update, decode the payload as the server will, weight it); the server sums
+the clients' weighted contributions into an ``Aggregate`` as they arrive and ``server_update`` applies it.
+*How* the cohort's clients execute (a host loop, packed lanes in one scan, lanes sharded over devices,
+padded groups inside a whole-run program) is a backend in ``fedbat_jax.executions``; they all call these
+functions and nothing else.
+
+All randomness derives from ``(seed, round, client)``: ``plan_round`` draws the cohort and each client's key
+from the run's root key ``PRNGKey(seed)``, on the device, so a round (or a whole run) can be jitted.
+"""
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fedbat_jax.binarize import warmup_steps
+from fedbat_jax.compressors import Compressor
+from fedbat_jax.local import (ClientData, ClientState, LocalConfig, client_update, epoch_orders, init_client,
+                              make_local_step)
+
+Params = Any
+# Sub-streams of a round key, and of a client's key.
+COHORT, CLIENTS = 0, 1
+SHUFFLE, STEPS, UPLOAD = 0, 1, 2
+
+
+class ServerState(NamedTuple):
+    params: Params
+    batch_stats: Any
+    client_states: Any  # compressor state of all N clients, stacked on a leading axis (``()`` if none)
+
+
+class Roster(NamedTuple):
+    """Per-client constants of the federation, ``[N]`` each (numpy: they fix shapes and step counts)."""
+
+    sizes: np.ndarray  # n_k
+    num_steps: np.ndarray  # S_k = E * ceil(n_k / B)
+    n_warm: np.ndarray  # full-precision warm-up steps, floor(phi * S_k)
+    weight: np.ndarray  # unnormalised aggregation weight: n_k ('samples') or ceil(n_k / B) ('batches')
+
+
+class ClientInput(NamedTuple):
+    """What the server hands one sampled client for one round. All arrays: a cohort stacks on axis 0."""
+
+    client: jax.Array  # int32: the client's id (its row of ``ServerState.client_states``)
+    index: jax.Array  # int32 [max_n + B]: its sample indices into the training set, zero-padded
+    size: jax.Array  # int32 n_k
+    num_steps: jax.Array  # int32 S_k
+    n_warm: jax.Array  # int32 warm-up steps
+    weight: jax.Array  # float32 p_k, normalised over the cohort (0 for a padding slot)
+    key: jax.Array  # the client's key for this round
+
+
+class Client(NamedTuple):
+    """A client during local training: its state and each epoch's sample order."""
+
+    state: ClientState
+    orders: jax.Array  # int32 [E, max_n + B]
+
+
+class Aggregate(NamedTuple):
+    """What the server has received so far this round: weighted sums, so it needs no per-client storage."""
+
+    update: Params  # sum_k p_k decode(payload_k)
+    batch_stats: Any  # sum_k p_k batch_stats_k (uploaded in float32, averaged like the parameters)
+    loss_sum: jax.Array  # sum of the clients' per-example training losses
+    seen: jax.Array  # examples trained on
+
+
+def make_roster(sizes: np.ndarray, local_epochs: int, batch_size: int, phi: float, weighting: str) -> Roster:
+    sizes = np.asarray(sizes, np.int32)
+    per_epoch = -(-sizes // batch_size)
+    steps = (local_epochs * per_epoch).astype(np.int32)
+    n_warm = np.array([warmup_steps(phi, int(s)) for s in steps], np.int32)
+    weight = (sizes if weighting == "samples" else per_epoch).astype(np.float32)
+    return Roster(sizes, steps, n_warm, weight)
+
+
+def sample_cohort(root: jax.Array, r, n: int, k: int) -> jax.Array:
+    """Round ``r``'s cohort: K of N clients uniformly without replacement, sorted."""
+    key = jax.random.fold_in(jax.random.fold_in(root, r), COHORT)
+    return jnp.sort(jax.random.choice(key, n, (k,), replace=False))
+
+
+def plan_round(root: jax.Array, r, roster: Roster, index: jax.Array, k: int) -> ClientInput:
+    """Round ``r``'s cohort and every sampled client's input (keys from ``(root, r, client)``)."""
+    cohort = sample_cohort(root, r, roster.sizes.shape[0], k)
+    base = jax.random.fold_in(jax.random.fold_in(root, r), CLIENTS)
+    keys = jax.vmap(lambda c: jax.random.fold_in(base, c))(cohort)
+    w = jnp.asarray(roster.weight)[cohort]
+    return ClientInput(cohort.astype(jnp.int32), index[cohort], jnp.asarray(roster.sizes)[cohort],
+                       jnp.asarray(roster.num_steps)[cohort], jnp.asarray(roster.n_warm)[cohort], w / w.sum(), keys)
+
+
+class Federated(NamedTuple):
+    """One federated algorithm: the model, which leaves train binarized, the compressor, local settings."""
+
+    model: Any
+    train_mask: Params  # static bools: leaves trained binarized
+    compressor: Compressor
+    local: LocalConfig  # its floats may be traced (a grid of lr values as one vmapped program)
+    local_epochs: int
+
+    def fresh_state(self, params: Params, batch_stats: Any) -> ClientState:
+        return init_client(params, batch_stats, self.train_mask)
+
+    def orders(self, inp: ClientInput) -> jax.Array:
+        return epoch_orders(jax.random.fold_in(inp.key, SHUFFLE), inp.index, inp.size, self.local_epochs)
+
+    def client_init(self, params: Params, batch_stats: Any, inp: ClientInput) -> Client:
+        """The broadcast model as the client's starting point, and its epochs' shuffles."""
+        return Client(self.fresh_state(params, batch_stats), self.orders(inp))
+
+    def client_step(self, client: Client, params: Params, data: ClientData, inp: ClientInput, t) -> Client:
+        """Local step ``t`` (0-based) of ``S_k``: one SGD step on the t-th mini-batch."""
+        step = make_local_step(self.model, self.train_mask, self.local)
+        key = jax.random.fold_in(jax.random.fold_in(inp.key, STEPS), t)
+        return client._replace(state=step(client.state, params, data, client.orders, inp.size, inp.n_warm, t, key))
+
+    def client_final(self, params: Params, client: Client, comp_state: Any, inp: ClientInput):
+        """Upload: encode the finished update, decode the payload as the server does, weight it by p_k.
+
+        Returns ``(Aggregate contribution, the client's new compressor state)``.
+        """
+        update, scales = client_update(params, client.state, self.train_mask, self.local)
+        payload, comp_state = self.compressor.encode(update, scales, comp_state,
+                                                     jax.random.fold_in(inp.key, UPLOAD))
+        p = inp.weight
+        weighted = lambda t: jax.tree.map(lambda x: p * x, t)  # noqa: E731
+        s = client.state
+        return Aggregate(weighted(self.compressor.decode(payload)), weighted(s.batch_stats), s.loss_sum,
+                         s.seen), comp_state
+
+    def server_update(self, server: ServerState, agg: Aggregate, client_states: Any) -> tuple[ServerState, jax.Array]:
+        """The new global model: ``w + sum_k p_k decode(payload_k)``; BatchNorm statistics averaged."""
+        params = jax.tree.map(lambda w, m: w + m, server.params, agg.update)
+        return ServerState(params, agg.batch_stats, client_states), agg.loss_sum / jnp.maximum(agg.seen, 1.0)
+
+
+# ---- helpers the executions share ----------------------------------------------------------------------
+def empty_aggregate(server: ServerState) -> Aggregate:
+    zeros = lambda t: jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), t)  # noqa: E731
+    return Aggregate(zeros(server.params), zeros(server.batch_stats), jnp.float32(0), jnp.float32(0))
+
+
+def absorb(fed: Federated, params: Params, acc: Aggregate, table: Any, clients: Client, inputs: ClientInput,
+           done: jax.Array) -> tuple[Aggregate, Any]:
+    """Add the finished clients among a batch of lanes (leading axis; ``done`` marks them) to ``acc``, and
+    write their new compressor state into the all-clients ``table`` (other rows untouched)."""
+    n = jax.tree.leaves(table)[0].shape[0] if jax.tree.leaves(table) else 0
+    rows = jax.tree.map(lambda x: x[inputs.client], table)
+    contrib, rows = jax.vmap(fed.client_final, (None, 0, 0, 0))(params, clients, rows, inputs)
+
+    def add(a, c):
+        keep = done.reshape(done.shape + (1,) * (c.ndim - 1))
+        return a + jnp.sum(jnp.where(keep, c, 0.0), axis=0)
+
+    dest = jnp.where(done, inputs.client, n)  # n is out of bounds: dropped
+    table = jax.tree.map(lambda t, r: t.at[dest].set(r, mode="drop"), table, rows)
+    return jax.tree.map(add, acc, contrib), table
+
+
+def select_rows(rows: jax.Array, a: Any, b: Any) -> Any:
+    """Per lane (leading axis): ``a`` where ``rows`` is True, else ``b``."""
+    return jax.tree.map(lambda x, y: jnp.where(rows.reshape(rows.shape + (1,) * (x.ndim - 1)), x, y), a, b)

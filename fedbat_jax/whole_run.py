@@ -1,0 +1,76 @@
+"""A whole federated run as one pure function (the purejaxrl ``make_train`` shape).
+
+    train = fedbat_jax.make_train(config)
+    server, metrics = jax.jit(train)(jax.random.PRNGKey(0))             # one run
+    server, metrics = jax.jit(jax.vmap(train))(keys)                    # several seeds, one program
+    server, metrics = jax.jit(jax.vmap(train))(keys, {"lr": lrs})       # a grid of a float setting
+
+``train(key)`` samples every cohort on the device, runs ``config.rounds`` rounds in a ``lax.scan``, and
+evaluates every ``eval_every`` rounds (and at the last). ``metrics`` holds arrays with a leading rounds
+axis: ``test_accuracy`` and ``test_loss`` (NaN in rounds not evaluated), ``train_loss``, ``uplink_bits``
+(float32: exact below 2^24 bits; ``Round.bits`` has the exact integers). With
+``key = jax.random.PRNGKey(seed)`` it trains the same run as the CLI with ``--config.seed=seed``: the same
+cohorts, batches and draws, equal up to the rounding of a differently compiled program.
+
+Ragged clients are padded here: the cohort runs in groups of ``config.lanes`` clients (0: all at once),
+and each group runs as many steps as its longest client, the shorter ones' extra steps discarded. The
+per-round CLI path keeps the host loop and the packed lanes, which compute no padded steps.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from fedbat_jax.data import Dataset
+from fedbat_jax.errors import ConfigError
+from fedbat_jax.evaluation import make_evaluate, test_set
+from fedbat_jax.executions import padded_round
+from fedbat_jax.federated import plan_round
+from fedbat_jax.round import init_server
+from fedbat_jax.train import build, build_from_data
+
+# Settings that may be traced (passed per run in ``hparams``); the others fix shapes or step counts.
+TRACEABLE = ("lr", "rho", "alpha_min", "alpha_max")
+EVAL_CHUNK = 1000
+
+
+def make_train(config: ml_collections.ConfigDict, dataset: Dataset | None = None) -> Callable[..., tuple[Any, dict]]:
+    """``train(key, hparams=None, data=None) -> (server_state, metrics)``, pure and jittable.
+
+    ``hparams``: a dict of any of ``TRACEABLE`` (scalars, traced or not) overriding the config's values.
+    ``data``: ``(client_data, test_set)`` as device arrays (default ``train.data``); pass it as an argument
+    of ``jax.jit`` to keep a large dataset out of the compiled program's constants.
+    """
+    exp = build(config) if dataset is None else build_from_data(config, dataset)
+    fed, roster = exp.round.fed, exp.round.roster
+    rounds, every, k, group = config.rounds, config.eval_every, config.clients_per_round, config.lanes
+    evaluate = make_evaluate(exp.model, len(exp.dataset.y_test), EVAL_CHUNK)
+    uplink = float(exp.round.bits["uplink_bits"])
+    sample = jnp.zeros((1,) + exp.dataset.input_shape, jnp.float32)
+
+    def train(key: jax.Array, hparams: dict | None = None, data: tuple | None = None):
+        unknown = set(hparams or {}) - set(TRACEABLE)
+        if unknown:
+            raise ConfigError(f"hparams {sorted(unknown)} cannot be traced; these can: {', '.join(TRACEABLE)}")
+        f = fed._replace(local=fed.local._replace(**(hparams or {})))
+        clients, test = data if data is not None else train.data
+        variables = exp.model.init(jax.random.fold_in(key, 0), sample)
+        server = init_server(f, variables["params"], variables["batch_stats"], config.num_clients)
+
+        def one_round(server, r):
+            inputs = plan_round(key, r, roster, clients.index, k)
+            agg, table = padded_round(f, server, clients, inputs, group)
+            server, train_loss = f.server_update(server, agg, table)
+            nan = jnp.float32(jnp.nan)
+            loss, acc = jax.lax.cond((r % every == 0) | (r == rounds),
+                                     lambda s: evaluate(s.params, s.batch_stats, test), lambda s: (nan, nan), server)
+            return server, {"test_accuracy": acc, "test_loss": loss, "train_loss": train_loss,
+                            "uplink_bits": jnp.float32(uplink)}
+
+        return jax.lax.scan(one_round, server, jnp.arange(1, rounds + 1))
+
+    train.data = (exp.round.data, test_set(exp.dataset, EVAL_CHUNK))
+    return train
