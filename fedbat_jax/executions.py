@@ -128,14 +128,14 @@ def _merge_tables(table, new):
 def lanes(fed: Federated, num_lanes: int, cap: int, mesh: jax.sharding.Mesh | None = None) -> Execution:
     """Packed lanes (``num_lanes=0``: as few as keep each lane <= the longest client), over ``mesh`` if given."""
     devices = mesh.devices.size if mesh is not None else 1
-    body = partial(lane_scan, fed)
+    local = body = partial(lane_scan, fed)
     if devices > 1:
         from jax.sharding import PartitionSpec as P
 
         rep = P()
 
         def sharded(params, batch_stats, table, data, inputs, sched):
-            acc, new = body(params, batch_stats, table, data, inputs, sched)
+            acc, new = local(params, batch_stats, table, data, inputs, sched)
             return jax.lax.psum(acc, MESH_AXIS), _merge_tables(table, new)
 
         body = _shard_map(sharded, mesh, in_specs=(rep, rep, rep, rep, rep, P(None, MESH_AXIS, None)),

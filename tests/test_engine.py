@@ -1,0 +1,167 @@
+"""The engine: the aggregate against hand-computed numbers, executions against each other, make_train
+against the CLI run, seeds and a float setting vmapped, and the lanes sharded over 4 CPU devices."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fedbat_jax import train
+from fedbat_jax.compressors import full_precision
+from fedbat_jax.errors import ConfigError
+from fedbat_jax.federated import (Client, ClientInput, Federated, ServerState, absorb, empty_aggregate,
+                                  make_roster)
+from fedbat_jax.local import LocalConfig, binarized_mask
+from fedbat_jax.whole_run import make_train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny(algorithm="fedbat", **overrides):
+    c = train.default_config()
+    c.update(algorithm=algorithm, dataset="mnist5k", num_clients=8, clients_per_round=3, rounds=2,
+             local_epochs=1, batch_size=32, partition="dirichlet", dirichlet_beta=0.5, client_threads=1,
+             model_width=8)
+    c.update(**overrides)
+    return c
+
+
+class Toy(nn.Module):
+    @nn.compact
+    def __call__(self, x, train=False, mask=None):
+        return nn.Dense(2)(x)
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_aggregate_is_the_weighted_sum_of_finished_clients(jit):
+    """FedAvg on a toy model: two finished clients of three lanes (the third idle) against hand numbers."""
+    params = {"Dense_0": {"kernel": jnp.ones((2, 2)), "bias": jnp.zeros(2)}}
+    fed = Federated(Toy(), binarized_mask(params, None), full_precision(), LocalConfig(0.1, 4), 1)
+    server = ServerState(params, {}, ())
+    theta = [jax.tree.map(lambda w: w + d, params) for d in (1.0, 3.0, 100.0)]  # each client's trained weights
+    states = jax.vmap(fed.fresh_state, (None, None), axis_size=3)(params, {})
+    stacked = jax.tree.map(lambda *x: jnp.stack(x), *theta)
+    states = states._replace(theta=stacked, loss_sum=jnp.array([2.0, 4.0, 9.0]), seen=jnp.array([4.0, 8.0, 9.0]))
+    clients = Client(states, jnp.zeros((3, 1, 8), jnp.int32))
+    inputs = ClientInput(jnp.arange(3), jnp.zeros((3, 8), jnp.int32), jnp.array([4, 8, 9]), jnp.ones(3, jnp.int32),
+                         jnp.zeros(3, jnp.int32), jnp.array([1 / 3, 2 / 3, 0.5]), jax.random.split(jax.random.PRNGKey(0), 3))
+    f = (lambda *a: absorb(fed, *a))
+    f = jax.jit(f) if jit else f
+    acc, _ = f(params, empty_aggregate(server), (), clients, inputs, jnp.array([True, True, False]))
+    new, train_loss = fed.server_update(server, acc, ())
+    # w + 1/3 * 1 + 2/3 * 3 = w + 7/3; the idle lane (update 100) contributes nothing.
+    chex.assert_trees_all_close(new.params, jax.tree.map(lambda w: w + 7 / 3, params), rtol=1e-6)
+    assert float(train_loss) == pytest.approx(6.0 / 12.0)
+
+
+def test_roster_steps_warmup_and_weights():
+    roster = make_roster(np.array([64, 65, 10]), local_epochs=3, batch_size=64, phi=0.5, weighting="batches")
+    np.testing.assert_array_equal(roster.num_steps, [3, 6, 3])
+    np.testing.assert_array_equal(roster.n_warm, [1, 3, 1])
+    np.testing.assert_array_equal(roster.weight, [1, 2, 1])
+
+
+def _leaves_close(a, b, rtol, atol):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
+
+
+def test_one_lane_and_three_lanes_compute_the_same_round():
+    """One lane (the cohort back to back, each client absorbed as it ends) and three lanes (side by side)
+    give the same round: lanes are independent, and the aggregate adds each finished client once.
+    (Host against fused: tests/test_round.py.)"""
+    runs = []
+    for lanes in (1, 3):
+        exp = train.build(tiny("fedavg", lr=0.02, batch_size=128, execution="fused", lanes=lanes))
+        runs.append(exp.round.run(exp.server, 1))
+    w0 = exp.server.params
+    for a, b, w in zip(jax.tree.leaves(runs[0][0].params), jax.tree.leaves(runs[1][0].params), jax.tree.leaves(w0)):
+        assert float(jnp.linalg.norm(a - b)) <= 1e-3 * float(jnp.linalg.norm(b - w))
+    assert float(runs[0][1]["train_loss"]) == pytest.approx(float(runs[1][1]["train_loss"]), rel=1e-5)
+
+
+@pytest.fixture(scope="module")
+def pure_and_cli():
+    c = tiny("fedbat", lr=0.02, rounds=2, lanes=2)  # lanes=2: the cohort of 3 runs in 2 padded groups
+    records = train.run(c)
+    return c, make_train(c), records
+
+
+def test_make_train_is_the_cli_run(pure_and_cli):
+    c, train_fn, records = pure_and_cli
+    server, metrics = jax.jit(train_fn)(jax.random.PRNGKey(c.seed))
+    assert set(metrics) >= {"test_accuracy", "test_loss", "train_loss", "uplink_bits"}
+    assert metrics["train_loss"].shape == (c.rounds,)
+    np.testing.assert_allclose(metrics["uplink_bits"], [r["uplink_bits"] for r in records])
+    np.testing.assert_allclose(metrics["test_loss"], [r["test_loss"] for r in records], rtol=1e-2)
+    np.testing.assert_allclose(metrics["train_loss"], [r["train_loss"] for r in records], rtol=3e-2)
+    np.testing.assert_allclose(metrics["test_accuracy"], [r["test_accuracy"] for r in records], atol=0.03)
+
+
+def test_make_train_vmaps_seeds_and_a_float_setting(pure_and_cli):
+    c, train_fn, _ = pure_and_cli
+    keys = jnp.stack([jax.random.PRNGKey(c.seed), jax.random.PRNGKey(c.seed + 1)])
+    lrs = jnp.array([0.02, 0.05])
+    _, many = jax.jit(jax.vmap(train_fn))(keys, {"lr": lrs})
+    _, one = jax.jit(train_fn)(keys[1], {"lr": lrs[1]})
+    assert many["train_loss"].shape == (2, c.rounds)
+    np.testing.assert_allclose(many["train_loss"][1], one["train_loss"], rtol=2e-2)
+    assert not np.allclose(many["train_loss"][0], many["train_loss"][1])  # different seeds and lr
+    with pytest.raises(ConfigError, match="batch_size"):
+        train_fn(keys[0], {"batch_size": 3})
+
+
+MULTI_DEVICE = textwrap.dedent("""
+    import json
+    import jax, jax.numpy as jnp
+    from fedbat_jax import train
+    c = train.default_config()
+    c.update(algorithm="ef_signsgd", dataset="mnist5k", num_clients=8, clients_per_round=4, rounds=1,
+             local_epochs=1, batch_size=128, partition="dirichlet", dirichlet_beta=0.5, model_width=4,
+             execution="fused", lanes=4, lr=0.02)
+    out, servers = {"devices": jax.local_device_count()}, {}
+    for n in (4, 1):
+        c.num_devices = n
+        lines = []
+        records = train.run(c, log=lines.append)
+        exp = train.build(c)
+        servers[n] = exp.round.run(exp.server, 1)[0]
+        out[n] = {"log": lines[0], "loss": records[0]["train_loss"], "test_loss": records[0]["test_loss"]}
+    w0 = exp.server.params
+    rel = lambda a, b, w: float(jnp.linalg.norm(a - b) / jnp.maximum(jnp.linalg.norm(b - w), 1e-12))
+    out["params"] = [rel(a, b, w) for a, b, w in zip(*(jax.tree.leaves(t) for t in
+                                                      (servers[4].params, servers[1].params, w0)))]
+    ef = [jax.tree.leaves(servers[n].client_states) for n in (4, 1)]
+    out["ef"] = [rel(a, b, 0.0) for a, b in zip(*ef)]
+    big = max(range(len(ef[0])), key=lambda i: ef[0][i].size)  # a kernel's residuals
+    out["ef_rows"] = [[int(i) for i in jnp.flatnonzero(jnp.abs(x[big]).reshape(x[big].shape[0], -1).sum(1))]
+                      for x in ef]
+    print("RESULT " + json.dumps(out))
+""")
+
+
+def test_lanes_sharded_over_four_devices_match_one_device():
+    """The same config on 4 (forced) CPU devices and on 1: same round up to rounding, the EF residuals of
+    the sampled clients merged from the devices that trained them, and the mesh in the run's first line."""
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", PYTHONPATH=str(ROOT))
+    done = subprocess.run([sys.executable, "-c", MULTI_DEVICE], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(next(line[7:] for line in done.stdout.splitlines() if line.startswith("RESULT ")))
+    assert out["devices"] == 4
+    four, one = out["4"], out["1"]
+    assert "devices: 4" in four["log"] and "devices: 1" in one["log"]
+    assert four["loss"] == pytest.approx(one["loss"], rel=1e-3)
+    assert four["test_loss"] == pytest.approx(one["test_loss"], rel=1e-3)
+    assert max(out["params"]) < 0.05, out["params"]  # relative to the round's update, per leaf
+    assert max(out["ef"]) < 0.05, out["ef"]
+    assert out["ef_rows"][0] == out["ef_rows"][1] and len(out["ef_rows"][0]) == 4  # the 4 sampled clients
