@@ -84,7 +84,7 @@ def main() -> int:
     scale_out = Path(args.out).with_suffix(".scale.json")
     cmd = [sys.executable, str(ROOT / "experiments" / "scale.py"), "--executions", "fused", "--out", str(scale_out),
            "--data-dir", args.data_dir]
-    cmd += (["--dataset", "mnist5k", "--clients", "2,4", "--num-clients", "8", "--lanes", "2", "--rounds", "1",
+    cmd += (["--dataset", "mnist5k", "--clients", "2", "--num-clients", "8", "--lanes", "2", "--rounds", "1",
              "--model-width", "4"] if args.tiny else ["--rounds", "3"])
     done = subprocess.run(cmd, text=True, capture_output=True)
     print(done.stdout, done.stderr, flush=True)

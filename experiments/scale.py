@@ -6,7 +6,7 @@ runs in its own process, so its peak memory is its own: device memory stats on G
 use), the process's peak RSS on CPU (reported with the RSS before the first round, ``base_rss_bytes``).
 
     python experiments/scale.py --data-dir ../shared/data --out runs/scale.json [--md runs/scale.md]
-    python experiments/scale.py --quick ...   # CPU sizes: 2 timed rounds, host and fused
+    python experiments/scale.py --quick ...   # CPU sizes: 2 timed rounds, 1 lane (vmap is slow on XLA:CPU)
 
 Writes a JSON list of records (``execution, clients, samples_per_s, peak_memory_bytes, compile_s``, ...)
 and prints a Markdown table.
@@ -55,6 +55,7 @@ def one(args) -> dict:
     stats = jax.devices()[0].memory_stats() if jax.default_backend() != "cpu" else None
     peak = int(stats["peak_bytes_in_use"]) if stats and "peak_bytes_in_use" in stats else _rss()
     return {"execution": exp.round.execution_name, "clients": args.clients, "lanes": args.lanes,
+            "lane_loop": getattr(exp.round.execution, "loop", ""),
             "algorithm": args.algorithm, "model_width": args.model_width or 32, "dataset": args.dataset,
             "samples_per_round": samples, "round_s": round(med, 4), "samples_per_s": round(samples / med, 1),
             "compile_s": round(max(0.0, first - med), 2), "peak_memory_bytes": peak,
@@ -73,7 +74,8 @@ def table(records: list[dict]) -> str:
     for r in records:
         base = next((b for b in records if b["execution"] == r["execution"] and b["clients"] == min(
             x["clients"] for x in records if x["execution"] == r["execution"])), r)
-        lines.append(f"| {r['execution']} | {r['clients']} | {r['lanes']} | {r['samples_per_s']:.0f} | "
+        lanes = r['lanes'] if r['execution'] == 'fused' else '-'
+        lines.append(f"| {r['execution']} | {r['clients']} | {lanes} | {r['samples_per_s']:.0f} | "
                      f"{r['samples_per_s'] / base['samples_per_s']:.2f}x | {r['peak_memory_bytes'] / 2**20:.0f} | "
                      f"{r['compile_s']:.1f} |")
     return "\n".join(lines)
@@ -90,13 +92,13 @@ def main() -> int:
     ap.add_argument("--data-dir", default="")
     ap.add_argument("--algorithm", default="fedbat")
     ap.add_argument("--model-width", type=int, default=0, help="CNN4 channels (0: the paper's 32)")
-    ap.add_argument("--quick", action="store_true", help="CPU sizes: 2 timed rounds")
+    ap.add_argument("--quick", action="store_true", help="CPU sizes: 2 timed rounds, --lanes 1")
     ap.add_argument("--out", default="runs/scale.json")
     ap.add_argument("--md", default="", help="also write the table here")
     ap.add_argument("--one", nargs=2, metavar=("EXECUTION", "CLIENTS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.quick:
-        args.rounds = min(args.rounds, 2)
+        args.rounds, args.lanes = min(args.rounds, 2), 1
     if args.one:
         args.execution, args.clients = args.one[0], int(args.one[1])
         try:

@@ -6,6 +6,7 @@ import ml_collections
 from fedbat_jax.errors import ConfigError
 
 EXECUTIONS = ("auto", "host", "fused")
+LANE_LOOPS = ("auto", "scan", "host")
 AGGREGATION_WEIGHTS = ("samples", "batches")
 
 
@@ -39,6 +40,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.execution = "auto"  # auto | host (Python loop of jitted steps) | fused (one jitted scan over lanes)
     c.client_threads = 0  # host execution: clients trained concurrently (0 = auto)
     c.lanes = 0  # fused execution: parallel lanes (0 = auto); bounds a round's memory to lanes x client state
+    c.lane_loop = "auto"  # fused: scan (one lax.scan; GPU/TPU default) | host (a jitted step per call; CPU default)
     c.num_devices = 0  # fused execution: local devices the lanes are sharded over (0 = all)
     c.checkpoint_every = 10  # rounds between checkpoints in the workdir (0 = only at the end)
     c.print_histograms = False  # print each client's label histogram at start
@@ -62,6 +64,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
     choice("partition", PARTITIONS)
     choice("aggregation_weights", AGGREGATION_WEIGHTS)
     choice("execution", EXECUTIONS)
+    choice("lane_loop", LANE_LOOPS)
     choice("augment", ("auto",) + tuple(AUGMENTATIONS))
     for field in ("num_clients", "clients_per_round", "rounds", "local_epochs", "batch_size", "eval_every"):
         if int(c[field]) != c[field] or c[field] < 1:

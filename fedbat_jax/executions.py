@@ -9,7 +9,8 @@ server's running ``Aggregate``, so memory holds a few clients' states, never the
   conv gradient inside ``lax.scan`` is many times slower than the same jitted step (jax issue 12868).
 * ``lanes`` (``execution=fused``, the GPU/TPU default): one jitted ``lax.scan`` over steps of a ``vmap`` over
   *lanes*; clients are packed into lanes back to back (``pack_lanes``) and a lane that finishes a client
-  hands it to the aggregate inside the scan. Peak memory is O(lanes x client state + model).
+  hands it to the aggregate inside the scan. Peak memory is O(lanes x client state + model). On XLA:CPU
+  the same step runs as a jitted call per step from Python (``host_loop``), about 10x faster there.
   With a ``Mesh``, the lanes are sharded over its ``clients`` axis (``shard_map``): the model and data are
   replicated, each device runs its own lanes, and the aggregates are summed across devices once.
 * ``padded_round``: a pure function for ``make_train``: groups of ``lanes`` clients, each group padded to
@@ -23,7 +24,7 @@ import collections
 import concurrent.futures
 import math
 from functools import partial
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -87,30 +88,45 @@ def host(fed: Federated, threads: int = 1) -> Execution:
 
 
 # ---- lanes: one scan over packed lanes, optionally sharded over devices ----------------------------------
+class LaneConsts(NamedTuple):
+    """What every step of a lane schedule reads: the cohort's inputs, sample orders and the fresh state."""
+
+    inputs: ClientInput
+    orders: jax.Array  # [K, E, width]: small, unlike K client states
+    fresh: Any  # ClientState of the broadcast model, one per lane
+
+
+def lane_start(fed: Federated, params, batch_stats, table, inputs: ClientInput, num_lanes: int):
+    """The constants of a lane schedule and its first carry ``(lanes, aggregate, table)``."""
+    orders = jax.vmap(fed.orders)(inputs)
+    fresh = jax.tree.map(lambda x: jnp.broadcast_to(x, (num_lanes,) + x.shape), fed.fresh_state(params, batch_stats))
+    lanes0 = Client(fresh, orders[jnp.zeros(num_lanes, jnp.int32)])
+    return LaneConsts(inputs, orders, fresh), (lanes0, empty_aggregate(ServerState(params, batch_stats, ())), table)
+
+
+def lane_step(fed: Federated, params, data: ClientData, consts: LaneConsts, carry, row):
+    """One step of every lane (``row``: int32 [4, lanes] = slot, t, first, last); finished clients absorbed."""
+    lanes, acc, table = carry
+    k = consts.inputs.client.shape[0]
+    slot, t, first, last = row[0], row[1], row[2] > 0, row[3] > 0
+    active, c = slot < k, jnp.minimum(slot, k - 1)
+    inp = jax.tree.map(lambda x: x[c], consts.inputs)
+    lanes = select_rows(first, Client(consts.fresh, consts.orders[c]), lanes)  # a lane starting a client
+    step = jax.vmap(fed.client_step, (0, None, None, 0, 0))
+    lanes = select_rows(active, step(lanes, params, data, inp, t), lanes)
+    done = active & last
+    acc, table = jax.lax.cond(jnp.any(done), lambda a, tb: absorb(fed, params, a, tb, lanes, inp, done),
+                              lambda a, tb: (a, tb), acc, table)
+    return lanes, acc, table
+
+
 def lane_scan(fed: Federated, params, batch_stats, table, data: ClientData, inputs: ClientInput,
               sched: jax.Array) -> tuple[Aggregate, Any]:
     """Run the schedule ``sched`` (int32 [4, lanes, T]: slot, t, first, last) over the cohort ``inputs``."""
-    k, num_lanes = inputs.client.shape[0], sched.shape[1]
-    orders = jax.vmap(fed.orders)(inputs)  # [K, E, width]: small, unlike K client states
-    fresh = jax.tree.map(lambda x: jnp.broadcast_to(x, (num_lanes,) + x.shape), fed.fresh_state(params, batch_stats))
-    lanes0 = Client(fresh, orders[jnp.zeros(num_lanes, jnp.int32)])
-    step = jax.vmap(fed.client_step, (0, None, None, 0, 0))
-    acc0 = empty_aggregate(ServerState(params, batch_stats, ()))
-
-    def body(carry, row):
-        lanes, acc, table = carry
-        slot, t, first, last = row[0], row[1], row[2] > 0, row[3] > 0
-        active, c = slot < k, jnp.minimum(slot, k - 1)
-        inp = jax.tree.map(lambda x: x[c], inputs)
-        lanes = select_rows(first, Client(fresh, orders[c]), lanes)  # a lane starting a client
-        lanes = select_rows(active, step(lanes, params, data, inp, t), lanes)
-        done = active & last
-        acc, table = jax.lax.cond(jnp.any(done), lambda a, tb: absorb(fed, params, a, tb, lanes, inp, done),
-                                  lambda a, tb: (a, tb), acc, table)
-        return (lanes, acc, table), None
-
-    (_, acc, table), _ = jax.lax.scan(body, (lanes0, acc0, table), jnp.moveaxis(sched, 2, 0))
-    return acc, table
+    consts, carry = lane_start(fed, params, batch_stats, table, inputs, sched.shape[1])
+    carry, _ = jax.lax.scan(lambda cr, row: (lane_step(fed, params, data, consts, cr, row), None), carry,
+                            jnp.moveaxis(sched, 2, 0))
+    return carry[1], carry[2]
 
 
 def _merge_tables(table, new):
@@ -125,9 +141,16 @@ def _merge_tables(table, new):
     return jax.tree.map(merge, table, new)
 
 
-def lanes(fed: Federated, num_lanes: int, cap: int, mesh: jax.sharding.Mesh | None = None) -> Execution:
-    """Packed lanes (``num_lanes=0``: as few as keep each lane <= the longest client), over ``mesh`` if given."""
+def lanes(fed: Federated, num_lanes: int, cap: int, mesh: jax.sharding.Mesh | None = None,
+          host_loop: bool = False) -> Execution:
+    """Packed lanes (``num_lanes=0``: as few as keep each lane <= the longest client), over ``mesh`` if given.
+
+    ``host_loop``: the same steps, each a jitted call from Python instead of one ``lax.scan`` (faster on
+    XLA:CPU, where a conv gradient inside a scan is many times slower; one device only).
+    """
     devices = mesh.devices.size if mesh is not None else 1
+    if host_loop and devices > 1:
+        raise ValueError("the host loop of lanes runs on one device")
     local = body = partial(lane_scan, fed)
     if devices > 1:
         from jax.sharding import PartitionSpec as P
@@ -141,13 +164,20 @@ def lanes(fed: Federated, num_lanes: int, cap: int, mesh: jax.sharding.Mesh | No
         body = _shard_map(sharded, mesh, in_specs=(rep, rep, rep, rep, rep, P(None, MESH_AXIS, None)),
                           out_specs=(rep, rep))
     compiled = jax.jit(body, donate_argnums=(2,))
+    start = jax.jit(partial(lane_start, fed), static_argnums=4, donate_argnums=2)
+    step = jax.jit(partial(lane_step, fed), donate_argnums=3)
 
     def run(server: ServerState, data: ClientData, inputs: ClientInput):
         steps = np.asarray(inputs.num_steps)
         sched = pack_lanes(steps, num_lanes, quantum=max(1, cap // 8), cap=cap, multiple=devices)
-        return compiled(server.params, server.batch_stats, server.client_states, data, inputs, jnp.asarray(sched))
+        if not host_loop:
+            return compiled(server.params, server.batch_stats, server.client_states, data, inputs, jnp.asarray(sched))
+        consts, carry = start(server.params, server.batch_stats, server.client_states, inputs, sched.shape[1])
+        for t in range(sched.shape[2]):
+            carry = step(server.params, data, consts, carry, sched[:, :, t])
+        return carry[1], carry[2]
 
-    run.compiled, run.devices = {"lanes": compiled}, devices
+    run.compiled, run.devices, run.loop = {"lanes": compiled, "step": step}, devices, "host" if host_loop else "scan"
     return run
 
 

@@ -112,7 +112,12 @@ def make_execution(config: ml_collections.ConfigDict, fed: Federated, longest: i
         threads = config.client_threads or (2 if jax.default_backend() == "cpu" else 1)
         return name, executions.host(fed, threads)
     mesh = executions.make_mesh(config.num_devices)
-    return name, executions.lanes(fed, config.lanes, longest, mesh if mesh.devices.size > 1 else None)
+    sharded = mesh.devices.size > 1
+    if config.lane_loop == "host" and sharded:
+        raise ConfigError("lane_loop=host runs on one device; use lane_loop=scan (or num_devices=1)")
+    host_loop = config.lane_loop == "host" or (config.lane_loop == "auto" and not sharded
+                                                and jax.default_backend() == "cpu")
+    return name, executions.lanes(fed, config.lanes, longest, mesh if sharded else None, host_loop)
 
 
 def make_eval(model, ds: Dataset, chunk: int = 1000) -> Callable[[ServerState], tuple[float, float]]:
@@ -142,19 +147,28 @@ def load_checkpoint(path: Path, like: ServerState) -> tuple[ServerState, int]:
         return jax.tree.unflatten(treedef, restored), int(f["round"])
 
 
+def _loop(exp: Experiment) -> str:
+    loop = getattr(exp.round.execution, "loop", None)
+    return f" ({loop} loop of lanes)" if loop else ""
+
+
 def run(config: ml_collections.ConfigDict, workdir: str | Path | None = None, progress: bool = False,
         log: Callable[[str], None] | None = None) -> list[dict]:
     """Run ``config.rounds`` rounds; return one record per round (also appended to workdir/metrics.jsonl).
 
-    With a workdir, a run resumes from its last checkpoint there and reproduces the same numbers.
+    With a workdir, a run resumes from its last checkpoint there and reproduces the same numbers. In a
+    multi-process run (``jax.distributed.initialize()``) every process holds the same replicated server
+    state; process 0 writes the workdir (a folder all processes can read, to resume).
     """
     exp = build(config)
     server, start, records = exp.server, 1, []
     metrics_path = ckpt_path = None
+    writer = jax.process_index() == 0
     if workdir is not None:
         workdir = Path(workdir)
-        workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "config.json").write_text(config.to_json(indent=2))
+        if writer:
+            workdir.mkdir(parents=True, exist_ok=True)
+            (workdir / "config.json").write_text(config.to_json(indent=2))
         metrics_path, ckpt_path = workdir / METRICS_FILE, workdir / CHECKPOINT_FILE
         if ckpt_path.exists():
             server, done = load_checkpoint(ckpt_path, server)
@@ -162,12 +176,13 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path | None = None, pr
             if metrics_path.exists():  # keep the records up to the checkpoint, drop any later partial ones
                 lines = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
                 records = [rec for rec in lines if rec["round"] <= done]
-            metrics_path.write_text("".join(json.dumps(rec) + "\n" for rec in records))
-        elif metrics_path.exists():
+            if writer:
+                metrics_path.write_text("".join(json.dumps(rec) + "\n" for rec in records))
+        elif metrics_path.exists() and writer:
             metrics_path.unlink()
     if log:
         log(f"{config.algorithm} on {config.dataset} ({config.partition}): {size_summary(exp.parts)}; "
-            f"execution {exp.round.execution_name} on {jax.default_backend()}, devices: {exp.round.devices}")
+            f"execution {exp.round.execution_name}{_loop(exp)} on {jax.default_backend()}, devices: {exp.round.devices}")
         if exp.dataset.note:
             log(f"note: {config.dataset} data is a {exp.dataset.note}")
         if config.print_histograms:
@@ -188,7 +203,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path | None = None, pr
         if r % config.eval_every == 0 or r == config.rounds:
             rec["test_loss"], rec["test_accuracy"] = exp.evaluate(server)
         records.append(rec)
-        if metrics_path is not None:
+        if metrics_path is not None and writer:
             with metrics_path.open("a") as f:
                 f.write(json.dumps(rec) + "\n")
             if r == config.rounds or (config.checkpoint_every and r % config.checkpoint_every == 0):

@@ -15,6 +15,22 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture
+def xla_cache_env() -> dict:
+    """Environment for a subprocess test: the same persistent XLA cache as this process (reruns compile less)."""
+    import os
+
+    return {"JAX_COMPILATION_CACHE_DIR": os.environ.get("FEDBAT_TEST_XLA_CACHE", _default_cache()),
+            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.5"}
+
+
+def _default_cache() -> str:
+    import os
+    import tempfile
+
+    return os.path.join(tempfile.gettempdir(), "fedbat_jax_test_xla_cache")
+
+
 def pytest_configure(config):
     """Tests build many identical rounds: keep compiled XLA programs in a persistent cache."""
     import os
@@ -22,6 +38,6 @@ def pytest_configure(config):
 
     import jax
 
-    cache = os.environ.get("FEDBAT_TEST_XLA_CACHE", os.path.join(tempfile.gettempdir(), "fedbat_jax_test_xla_cache"))
+    cache = os.environ.get("FEDBAT_TEST_XLA_CACHE", _default_cache())
     jax.config.update("jax_compilation_cache_dir", cache)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)

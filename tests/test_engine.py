@@ -128,7 +128,7 @@ MULTI_DEVICE = textwrap.dedent("""
     c = train.default_config()
     c.update(algorithm="ef_signsgd", dataset="mnist5k", num_clients=8, clients_per_round=4, rounds=1,
              local_epochs=1, batch_size=128, partition="dirichlet", dirichlet_beta=0.5, model_width=4,
-             execution="fused", lanes=4, lr=0.02)
+             execution="fused", lanes=4, lr=0.02, lane_loop="scan")  # the same program, sharded or not
     out, servers = {"devices": jax.local_device_count()}, {}
     for n in (4, 1):
         c.num_devices = n
@@ -150,10 +150,11 @@ MULTI_DEVICE = textwrap.dedent("""
 """)
 
 
-def test_lanes_sharded_over_four_devices_match_one_device():
+def test_lanes_sharded_over_four_devices_match_one_device(xla_cache_env):
     """The same config on 4 (forced) CPU devices and on 1: same round up to rounding, the EF residuals of
     the sampled clients merged from the devices that trained them, and the mesh in the run's first line."""
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", PYTHONPATH=str(ROOT))
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", PYTHONPATH=str(ROOT),
+               **xla_cache_env)
     done = subprocess.run([sys.executable, "-c", MULTI_DEVICE], cwd=ROOT, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     out = json.loads(next(line[7:] for line in done.stdout.splitlines() if line.startswith("RESULT ")))

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import csv
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -23,7 +25,7 @@ def test_reduced_cifar10_round_is_reproducible(shared_data):
     c = paper_config("cifar10", "dirichlet,reduced")
     c.update(data_dir=str(shared_data), num_clients=40, clients_per_round=2, local_epochs=1, model_width=8)
     exp = train.build(c)
-    assert exp.round.local.augment == "crop_flip" and "partial train set" in exp.dataset.note
+    assert exp.round.fed.local.augment == "crop_flip" and "partial train set" in exp.dataset.note
     a, ma = exp.round.run(exp.server, 1)
     b, mb = exp.round.run(exp.server, 1)  # same (seed, round): same cohort, shuffles, crops, flips and draws
     assert all(bool(jnp.array_equal(x, y)) for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)))
@@ -58,3 +60,20 @@ def test_study_bad_field_is_one_line(tmp_path):
                            "--workdir", str(tmp_path), "--out", str(tmp_path / "r"), "--set", "nope=1"],
                           cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "nope" in done.stderr
+
+
+def test_gpu_check_runs_at_tiny_sizes(tmp_path, xla_cache_env):
+    """The prepared GPU script, on the CPU at tiny sizes, so that it cannot rot before a GPU is at hand."""
+    out = tmp_path / "bench_gpu.json"
+    done = subprocess.run(["bash", "experiments/gpu_check.sh", str(out), "--tiny"], cwd=ROOT, capture_output=True,
+                          text=True, env=dict(os.environ, **xla_cache_env))
+    assert done.returncode == 0, (done.stdout[-2000:], done.stderr[-2000:])
+    report = json.loads(out.read_text())
+    assert {"device", "jax_version", "paper_fmnist_round_s", "scale", "resnet10_round"} <= set(report)
+    assert set(report["paper_fmnist_round_s"]) == {"fedbat", "fedavg"}
+    assert all(v > 0 for v in report["paper_fmnist_round_s"].values())
+    assert [r["clients"] for r in report["scale"]] == [2]
+    for r in report["scale"]:
+        assert r["execution"] == "fused" and r["samples_per_s"] > 0 and r["peak_memory_bytes"] > 0
+        assert r["compile_s"] >= 0
+    assert report["resnet10_round"]["samples_per_s"] > 0 and report["resnet10_round"]["width"] == 4

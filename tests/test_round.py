@@ -98,7 +98,8 @@ def test_host_threads_and_fused_lanes_agree():
     # FedBAT's stochastic signs amplify such differences further; phi = 1 binarizes only the upload.
     for algorithm, phi in (("fedavg", 0.5), ("fedbat", 1.0)):
         host = train.build(tiny(algorithm, batch_size=128, phi=phi))
-        fused = train.build(tiny(algorithm, batch_size=128, phi=phi, execution="fused", lanes=2))  # lanes hold 2
+        fused = train.build(tiny(algorithm, batch_size=128, phi=phi, execution="fused", lanes=2,  # lanes hold 2
+                                 lane_loop="scan"))  # the GPU/TPU program
         errors = _relative_update_error(fused, host)
         # (a stochastic sign flips where u sits near a threshold: binarized leaves get a looser bound)
         assert max(errors) < (0.1 if algorithm == "fedavg" else 0.3) and np.median(errors) < 0.05, errors
