@@ -27,9 +27,10 @@ def test_set(ds: Dataset, chunk: int) -> TestSet:
                    jnp.asarray(ds.std, jnp.float32))
 
 
-def make_evaluate(model, n: int, chunk: int) -> Callable[[Any, Any, TestSet], tuple[jax.Array, jax.Array]]:
-    """``evaluate(params, batch_stats, test) -> (loss, accuracy)`` over the ``n`` real test examples,
-    BatchNorm in inference mode, ``chunk`` examples at a time (a ``lax.scan``: memory of one chunk)."""
+def make_evaluate(model, n: int, chunk: int) -> Callable[[Any, Any, TestSet], jax.Array]:
+    """``evaluate(params, batch_stats, test) -> [loss_sum, correct]`` over the ``n`` real test examples,
+    BatchNorm in inference mode, ``chunk`` examples at a time (a ``lax.scan``: memory of one chunk).
+    Divide by ``n`` for the mean loss and the accuracy (on the host, the CLI's numbers are exact ratios)."""
 
     def evaluate(params, batch_stats, test: TestSet):
         num = test.labels.shape[0] // chunk
@@ -45,6 +46,6 @@ def make_evaluate(model, n: int, chunk: int) -> Callable[[Any, Any, TestSet], tu
                                       jnp.sum(valid & (logits.argmax(-1) == y))]), None
 
         total, _ = jax.lax.scan(one, jnp.zeros(2, jnp.float32), jnp.arange(num))
-        return total[0] / n, total[1] / n
+        return total
 
     return evaluate

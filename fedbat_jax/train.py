@@ -126,8 +126,8 @@ def make_eval(model, ds: Dataset, chunk: int = 1000) -> Callable[[ServerState], 
     evaluate = jax.jit(make_evaluate(model, len(ds.y_test), chunk))
 
     def run(server: ServerState) -> tuple[float, float]:
-        loss, acc = evaluate(server.params, server.batch_stats, test)
-        return float(loss), float(acc)
+        loss_sum, correct = np.asarray(evaluate(server.params, server.batch_stats, test), np.float64)
+        return float(loss_sum / len(ds.y_test)), float(correct / len(ds.y_test))
 
     return run
 

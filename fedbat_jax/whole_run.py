@@ -47,7 +47,8 @@ def make_train(config: ml_collections.ConfigDict, dataset: Dataset | None = None
     exp = build(config) if dataset is None else build_from_data(config, dataset)
     fed, roster = exp.round.fed, exp.round.roster
     rounds, every, k, group = config.rounds, config.eval_every, config.clients_per_round, config.lanes
-    evaluate = make_evaluate(exp.model, len(exp.dataset.y_test), EVAL_CHUNK)
+    n_test = len(exp.dataset.y_test)
+    evaluate = make_evaluate(exp.model, n_test, EVAL_CHUNK)
     uplink = float(exp.round.bits["uplink_bits"])
     sample = jnp.zeros((1,) + exp.dataset.input_shape, jnp.float32)
 
@@ -66,7 +67,8 @@ def make_train(config: ml_collections.ConfigDict, dataset: Dataset | None = None
             server, train_loss = f.server_update(server, agg, table)
             nan = jnp.float32(jnp.nan)
             loss, acc = jax.lax.cond((r % every == 0) | (r == rounds),
-                                     lambda s: evaluate(s.params, s.batch_stats, test), lambda s: (nan, nan), server)
+                                     lambda s: tuple(evaluate(s.params, s.batch_stats, test) / n_test),
+                                     lambda s: (nan, nan), server)
             return server, {"test_accuracy": acc, "test_loss": loss, "train_loss": train_loss,
                             "uplink_bits": jnp.float32(uplink)}
 
