@@ -6,7 +6,7 @@ export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 install:  ## install the pinned dependencies into the current Python
 	$(PYTHON) -m pip install -r requirements.txt
 
-test:  ## the whole test suite (about 4-8 minutes on a 2-core CPU)
+test:  ## the whole test suite (about 8-12 minutes on a 2-core CPU; reruns use the XLA cache in /tmp)
 	$(PYTHON) -m pytest -q tests
 
 run:  ## FedBAT vs FedAvg on the bundled mnist5k digits, offline: table + runs/compare/compare.png

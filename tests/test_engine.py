@@ -153,8 +153,8 @@ MULTI_DEVICE = textwrap.dedent("""
 def test_lanes_sharded_over_four_devices_match_one_device(xla_cache_env):
     """The same config on 4 (forced) CPU devices and on 1: same round up to rounding, the EF residuals of
     the sampled clients merged from the devices that trained them, and the mesh in the run's first line."""
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", PYTHONPATH=str(ROOT),
-               **xla_cache_env)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), **xla_cache_env)
+    env["XLA_FLAGS"] += " --xla_force_host_platform_device_count=4"
     done = subprocess.run([sys.executable, "-c", MULTI_DEVICE], cwd=ROOT, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     out = json.loads(next(line[7:] for line in done.stdout.splitlines() if line.startswith("RESULT ")))
