@@ -46,7 +46,8 @@ def make_train(config: ml_collections.ConfigDict, dataset: Dataset | None = None
     """
     exp = build(config) if dataset is None else build_from_data(config, dataset)
     fed, roster = exp.round.fed, exp.round.roster
-    rounds, every, k, group = config.rounds, config.eval_every, config.clients_per_round, config.lanes
+    rounds, every, group = config.rounds, config.eval_every, config.lanes  # read once: later edits don't leak in
+    n, k = config.num_clients, config.clients_per_round
     n_test = len(exp.dataset.y_test)
     evaluate = make_evaluate(exp.model, n_test, EVAL_CHUNK)
     uplink = float(exp.round.bits["uplink_bits"])
@@ -59,7 +60,7 @@ def make_train(config: ml_collections.ConfigDict, dataset: Dataset | None = None
         f = fed._replace(local=fed.local._replace(**(hparams or {})))
         clients, test = data if data is not None else train.data
         variables = exp.model.init(jax.random.fold_in(key, 0), sample)
-        server = init_server(f, variables["params"], variables["batch_stats"], config.num_clients)
+        server = init_server(f, variables["params"], variables["batch_stats"], n)
 
         def one_round(server, r):
             inputs = plan_round(key, r, roster, clients.index, k)
