@@ -85,12 +85,13 @@ def validate(c: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"alpha_min ({c.alpha_min}) must be < alpha_max ({c.alpha_max})")
     if c.bits not in (1, 2, 4, 8):
         raise ConfigError(f"bits must be one of 1, 2, 4, 8, got {c.bits!r}")
-    if c.num_devices > 0:
-        import jax
+    import jax
 
-        if c.num_devices > jax.local_device_count():
-            raise ConfigError(f"num_devices ({c.num_devices}) exceeds the {jax.local_device_count()} local "
-                              f"{jax.default_backend()} devices")
+    if c.num_devices > jax.local_device_count():
+        raise ConfigError(f"num_devices ({c.num_devices}) exceeds the {jax.local_device_count()} local "
+                          f"{jax.default_backend()} devices")
+    if c.lane_loop == "host" and (c.num_devices or jax.local_device_count()) > 1:
+        raise ConfigError("lane_loop=host runs on one device; use lane_loop=scan or num_devices=1")
     if c.labels_per_client < 1:
         raise ConfigError(f"labels_per_client must be >= 1, got {c.labels_per_client!r}")
 

@@ -251,8 +251,7 @@ def padded_round(fed: Federated, server: ServerState, data: ClientData, inputs: 
     num_groups = -(-k // g)
     pad = num_groups * g - k
     padded = jax.tree.map(lambda x: jnp.concatenate([x, jnp.repeat(x[-1:], pad, axis=0)]), inputs)
-    valid = jnp.arange(num_groups * g) < k
-    padded = padded._replace(weight=jnp.where(valid, padded.weight, 0.0))
+    valid = jnp.arange(num_groups * g) < k  # padding slots repeat the last client and are never absorbed
     grouped = jax.tree.map(lambda x: x.reshape((num_groups, g) + x.shape[1:]), (padded, valid))
     step = jax.vmap(fed.client_step, (0, None, None, 0, None))
 

@@ -57,7 +57,7 @@ class Round:
     def __init__(self, fed: Federated, roster: Roster, data: ClientData, execution: Execution, execution_name: str,
                  clients_per_round: int, seed: int, bits: dict):
         self.fed, self.roster, self.data, self.execution = fed, roster, data, execution
-        self.execution_name, self.k, self.seed, self.bits = execution_name, clients_per_round, seed, bits
+        self.execution_name, self.seed, self.bits = execution_name, seed, bits
         self.devices = getattr(execution, "devices", 1)
         self.plan = jax.jit(partial(plan_round, roster=roster, k=clients_per_round))
         self.update = jax.jit(fed.server_update)

@@ -71,6 +71,16 @@ def test_roster_steps_warmup_and_weights():
     np.testing.assert_array_equal(roster.weight, [1, 2, 1])
 
 
+def test_host_lane_loop_with_several_devices_is_refused_before_data_loads(monkeypatch):
+    from fedbat_jax.config import validate
+
+    monkeypatch.setattr(jax, "local_device_count", lambda: 4)
+    with pytest.raises(ConfigError, match="lane_loop=host runs on one device"):
+        validate(tiny(lane_loop="host"))
+    validate(tiny(lane_loop="host", num_devices=1))  # one of the four: fine
+    validate(tiny(lane_loop="scan"))
+
+
 def _leaves_close(a, b, rtol, atol):
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
