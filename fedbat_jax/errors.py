@@ -11,3 +11,16 @@ class ConfigError(FedBatError, ValueError):
 
 class DataError(FedBatError):
     """A dataset is missing, truncated or fails its checksum."""
+
+
+class WorkdirError(FedBatError):
+    """A workdir cannot be used: another run holds it, it holds a different run, or its files are unreadable."""
+
+
+class DivergenceError(FedBatError):
+    """Training diverged: a non-finite training loss or global model. ``round``: the first bad round;
+    ``records``: the good rounds' metrics, as ``train.run`` returns them."""
+
+    def __init__(self, message: str, round: int, records: list):
+        super().__init__(message)
+        self.round, self.records = round, records

@@ -6,11 +6,12 @@
 """
 from __future__ import annotations
 
-import json
-import os
+import contextlib
+import math
 import time
+import warnings
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Iterable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -20,19 +21,16 @@ import numpy as np
 from fedbat_jax.algorithms import get_algorithm
 from fedbat_jax.config import default_config, validate
 from fedbat_jax.data import Dataset, format_histograms, label_histograms, load_dataset, partition, size_summary
-from fedbat_jax.errors import ConfigError
+from fedbat_jax.errors import ConfigError, DivergenceError
 from fedbat_jax import executions
 from fedbat_jax.evaluation import make_evaluate, test_set
 from fedbat_jax.federated import Federated, ServerState, make_roster
 from fedbat_jax.local import ClientData, LocalConfig, binarized_mask
 from fedbat_jax.models import make_model
 from fedbat_jax.round import Round, init_server, round_key, wire_bits
+from fedbat_jax.workdir import Workdir
 
 __all__ = ["default_config", "Experiment", "build", "build_from_data", "run", "make_eval"]
-
-METRICS_FILE = "metrics.jsonl"
-CHECKPOINT_FILE = "checkpoint.npz"
-
 
 class Experiment(NamedTuple):
     config: ml_collections.ConfigDict
@@ -123,26 +121,11 @@ def make_eval(model, ds: Dataset, chunk: int = 1000) -> Callable[[ServerState], 
     test = test_set(ds, chunk)
     evaluate = jax.jit(make_evaluate(model, len(ds.y_test), chunk))
 
-    def run(server: ServerState) -> tuple[float, float]:
+    def evaluate_server(server: ServerState) -> tuple[float, float]:
         loss_sum, correct = np.asarray(evaluate(server.params, server.batch_stats, test), np.float64)
         return float(loss_sum / len(ds.y_test)), float(correct / len(ds.y_test))
 
-    return run
-
-
-# ---- checkpoints: the server state's leaves and the round, written atomically -------------------------
-def save_checkpoint(path: Path, server: ServerState, r: int) -> None:
-    leaves = {f"leaf_{i}": np.asarray(x) for i, x in enumerate(jax.tree.leaves(server))}
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, round=r, **leaves)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: Path, like: ServerState) -> tuple[ServerState, int]:
-    with np.load(path, allow_pickle=False) as f:
-        leaves, treedef = jax.tree.flatten(like)
-        restored = [jnp.asarray(f[f"leaf_{i}"], x.dtype) for i, x in enumerate(leaves)]
-        return jax.tree.unflatten(treedef, restored), int(f["round"])
+    return evaluate_server
 
 
 def _loop(exp: Experiment) -> str:
@@ -151,65 +134,73 @@ def _loop(exp: Experiment) -> str:
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | Path | None = None, progress: bool = False,
-        log: Callable[[str], None] | None = None) -> list[dict]:
+        log: Callable[[str], None] | None = None, allow_change: Iterable[str] = ()) -> list[dict]:
     """Run ``config.rounds`` rounds; return one record per round (also appended to workdir/metrics.jsonl).
 
-    With a workdir, a run resumes from its last checkpoint there and reproduces the same numbers. In a
-    multi-process run (``jax.distributed.initialize()``) every process holds the same replicated server
-    state; process 0 writes the workdir (a folder all processes can read, to resume).
+    With a workdir (``fedbat_jax.workdir``), a run resumes from its last checkpoint there and reproduces
+    the same numbers; a resume whose settings would change the numbers raises ``WorkdirError`` unless
+    each changed field is named in ``allow_change`` (``rounds``, or an execution setting). A non-finite
+    training loss or global model raises ``DivergenceError`` before that round is written or checkpointed.
+    In a multi-process run (``jax.distributed.initialize()``) every process holds the same replicated
+    server state; process 0 writes the workdir (a folder all processes can read, to resume).
     """
-    exp = build(config)
-    server, start, records = exp.server, 1, []
-    metrics_path = ckpt_path = None
-    writer = jax.process_index() == 0
-    if workdir is not None:
-        workdir = Path(workdir)
-        if writer:
-            workdir.mkdir(parents=True, exist_ok=True)
-            (workdir / "config.json").write_text(config.to_json(indent=2))
-        metrics_path, ckpt_path = workdir / METRICS_FILE, workdir / CHECKPOINT_FILE
-        if ckpt_path.exists():
-            server, done = load_checkpoint(ckpt_path, server)
-            start = done + 1
-            if metrics_path.exists():  # keep the records up to the checkpoint, drop any later partial ones
-                lines = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
-                records = [rec for rec in lines if rec["round"] <= done]
-            if writer:
-                metrics_path.write_text("".join(json.dumps(rec) + "\n" for rec in records))
-        elif metrics_path.exists() and writer:
-            metrics_path.unlink()
-    if log:
-        log(f"{config.algorithm} on {config.dataset} ({config.partition}): {size_summary(exp.parts)}; "
-            f"execution {exp.round.execution_name}{_loop(exp)} on {jax.default_backend()}, devices: {exp.round.devices}")
-        if exp.dataset.note:
-            log(f"note: {config.dataset} data is a {exp.dataset.note}")
-        if config.print_histograms:
-            log(format_histograms(label_histograms(exp.parts, exp.dataset.y_train, exp.dataset.num_classes)))
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+    validate(config)  # before the workdir is touched or any data loads
+    warn = (lambda s: log(f"warning: {s}")) if log else (lambda s: warnings.warn(s, stacklevel=3))
+    folder = (Workdir(workdir, config, allow_change, warn, writer=jax.process_index() == 0)
+              if workdir is not None else contextlib.nullcontext())
+    with folder as wd:
+        exp = build(config)
+        server, done, records = wd.restore(exp.server) if wd else (exp.server, 0, [])
+        if log:
+            _log_start(exp, log)
+            if wd and wd.changes:
+                log("resuming with " + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in wd.changes.items()))
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
 
-        bar = tqdm(total=config.rounds, initial=start - 1, desc=config.algorithm, unit="round")
-    for r in range(start, config.rounds + 1):
-        t0 = time.perf_counter()
-        server, m = exp.round.run(server, r)
-        train_loss = float(m["train_loss"])  # waits for the round to finish
-        seconds = time.perf_counter() - t0
-        rec = {"round": r, "test_accuracy": None, "test_loss": None, "train_loss": train_loss,
-               "uplink_bits": int(m["uplink_bits"]), "downlink_bits": int(m["downlink_bits"]),
-               "round_seconds": round(seconds, 4)}
-        if r % config.eval_every == 0 or r == config.rounds:
-            rec["test_loss"], rec["test_accuracy"] = exp.evaluate(server)
-        records.append(rec)
-        if metrics_path is not None and writer:
-            with metrics_path.open("a") as f:
-                f.write(json.dumps(rec) + "\n")
-            if r == config.rounds or (config.checkpoint_every and r % config.checkpoint_every == 0):
-                save_checkpoint(ckpt_path, server, r)
+            bar = tqdm(total=config.rounds, initial=done, desc=config.algorithm, unit="round")
+        for r in range(done + 1, config.rounds + 1):
+            t0 = time.perf_counter()
+            server, m = exp.round.run(server, r)
+            train_loss = float(m["train_loss"])  # waits for the round to finish
+            seconds = time.perf_counter() - t0
+            if not (math.isfinite(train_loss) and bool(_all_finite(server))):
+                kept = ("" if not wd else f"; the last good checkpoint (round {wd.checkpoint_round}) is kept"
+                        if wd.checkpoint_round else "; no checkpoint was written before it")
+                raise DivergenceError(f"round {r} diverged (training loss {train_loss}, global model "
+                                      f"{'finite' if _all_finite(server) else 'non-finite'}){kept}; try a smaller lr",
+                                      r, records)
+            rec = {"round": r, "test_accuracy": None, "test_loss": None, "train_loss": train_loss,
+                   "uplink_bits": int(m["uplink_bits"]), "downlink_bits": int(m["downlink_bits"]),
+                   "round_seconds": round(seconds, 4)}
+            if r % config.eval_every == 0 or r == config.rounds:
+                rec["test_loss"], rec["test_accuracy"] = exp.evaluate(server)
+            records.append(rec)
+            if wd:
+                wd.append(rec)
+                if r == config.rounds or (config.checkpoint_every and r % config.checkpoint_every == 0):
+                    wd.save(server, r)
+            if bar is not None:
+                acc = rec["test_accuracy"]
+                bar.set_postfix_str(f"acc {acc:.4f}" if acc is not None else f"loss {train_loss:.4f}")
+                bar.update(1)
         if bar is not None:
-            acc = rec["test_accuracy"]
-            bar.set_postfix_str(f"acc {acc:.4f}" if acc is not None else f"loss {train_loss:.4f}")
-            bar.update(1)
-    if bar is not None:
-        bar.close()
+            bar.close()
     return records
+
+
+@jax.jit
+def _all_finite(tree: Any) -> jax.Array:
+    leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in leaves])) if leaves else jnp.array(True)
+
+
+def _log_start(exp: Experiment, log: Callable[[str], None]) -> None:
+    config = exp.config
+    log(f"{config.algorithm} on {config.dataset} ({config.partition}): {size_summary(exp.parts)}; "
+        f"execution {exp.round.execution_name}{_loop(exp)} on {jax.default_backend()}, devices: {exp.round.devices}")
+    if exp.dataset.note:
+        log(f"note: {config.dataset} data is a {exp.dataset.note}")
+    if config.print_histograms:
+        log(format_histograms(label_histograms(exp.parts, exp.dataset.y_train, exp.dataset.num_classes)))

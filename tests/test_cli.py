@@ -48,7 +48,13 @@ def test_tiny_run_writes_metrics(tmp_path, capsys):
     ("--config.lane_loop=vectorised", "unknown lane_loop"),
     ("--config.num_devices=64", "num_devices (64) exceeds"),
     ("--config.num_devices=-1", "num_devices must be >= 0"),
-    ("--config.no_such_field=1", "unknown config field"),
+    ("--config.lr=inf", "lr must be a finite number"),
+    ("--config.rho=nan", "rho must be a finite number"),
+    ("--config.alpha_max=inf", "alpha_max must be a finite number"),
+    ("--config.partition_seed=-5", "partition_seed must be in [0, 2**32)"),
+    ("--allow_change=lr", "--allow_change takes rounds"),
+    ("--config.no_such_field=1", "unknown config field 'no_such_field'"),
+    ("--config.lrr=0.001", "unknown config field 'lrr'; did you mean 'lr'?"),
     ("--config.lr=fast", "could not convert"),
     ("--config=experiments/configs/nope.py", "nope.py"),
 ])
@@ -80,3 +86,38 @@ def test_corrupt_data_file(tmp_path, capsys, shared_data):
     code, _, err = run_cli(capsys, f"--workdir={tmp_path / 'w'}", "--config.dataset=fashion_mnist",
                            f"--config.data_dir={tmp_path / 'data'}")
     assert code == 2 and "t10k-labels-idx1-ubyte.gz" in err and len(err.strip().splitlines()) == 1
+
+
+def test_help_lists_every_setting_with_its_default(capsys):
+    from fedbat_jax.config import SETTINGS
+
+    code, out, _ = run_cli(capsys, "--help")
+    assert code == 0 and "--workdir=DIR" in out and "--allow_change" in out
+    for name, default, _ in SETTINGS:
+        assert f"--config.{name}={default}" in out
+
+
+@pytest.mark.parametrize("kind", ["a file", "not creatable"])
+def test_unusable_workdir_is_one_line_before_data_loads(tmp_path, capsys, kind):
+    target = tmp_path / "file"
+    target.write_text("keep me")
+    workdir = target if kind == "a file" else target / "sub"
+    code, _, err = run_cli(capsys, f"--workdir={workdir}", "--config.dataset=fashion_mnist",
+                           f"--config.data_dir={tmp_path / 'nowhere'}")  # data would fail: the workdir fails first
+    assert code == 2 and len(err.strip().splitlines()) == 1 and str(workdir) in err and "nowhere" not in err
+    assert target.read_text() == "keep me"
+
+
+def test_divergence_is_one_line_exit_3_and_strict_json(tmp_path, capsys):
+    args = [a for a in TINY if "rounds" not in a]
+    code, _, err = run_cli(capsys, f"--workdir={tmp_path}", "--config=experiments/configs/mnist5k.py", *args,
+                           "--config.rounds=3", "--config.lr=1000", "--config.checkpoint_every=1")
+    lines = err.strip().splitlines()
+    assert code == 3 and len(lines) == 1 and "diverged" in lines[0] and "Traceback" not in err, err
+    bad = int(lines[0].split("round ")[1].split()[0])
+
+    def refuse(token):
+        raise ValueError(token)
+
+    records = [json.loads(x, parse_constant=refuse) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in records] == list(range(1, bad))  # the diverged round is not written

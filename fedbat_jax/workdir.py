@@ -1,0 +1,273 @@
+"""A run's folder: one run at a time, the settings behind its numbers, and files that survive a crash.
+
+    WORKDIR/config.json          the run's settings; a resume with different ones is refused
+    WORKDIR/metrics.jsonl        one strict-JSON line per round (a non-finite value is written as null)
+    WORKDIR/checkpoint.npz       the newest checkpoint: the round and the server state's leaves by tree path
+    WORKDIR/checkpoint.prev.npz  the one before it, kept until the newest is complete on disk
+    WORKDIR/.lock                held (``flock``) while a run uses the folder; the kernel frees it if the run dies
+
+``Workdir(path, config)`` checks all of this before any data loads; ``restore`` then returns the server
+state, the last checkpointed round and the metrics up to it; ``append`` and ``save`` write as the run goes.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import zipfile
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from fedbat_jax.config import RESUMABLE_FIELDS, RUNTIME_FIELDS, SETTINGS
+from fedbat_jax.errors import ConfigError, WorkdirError
+
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.jsonl"
+CHECKPOINT_FILE = "checkpoint.npz"
+PREVIOUS_CHECKPOINT_FILE = "checkpoint.prev.npz"
+LOCK_FILE = ".lock"
+_ROUND = "__round__"
+
+
+# ---- checkpoints: leaves by tree path, written durably, checked on load ---------------------------------
+def leaf_names(tree: Any) -> list[tuple[str, Any]]:
+    """``[(path, leaf)]`` with paths like ``params/Conv_0/kernel`` (the names a checkpoint stores)."""
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+    return [(jax.tree_util.keystr(path, simple=True, separator="/"), leaf) for path, leaf in flat]
+
+
+def save_checkpoint(path: Path, tree: Any, r: int) -> None:
+    """Write ``tree`` and round ``r`` to ``path``: a complete, fsynced file replaces the old one, which is
+    kept as ``checkpoint.prev.npz`` (so one complete checkpoint exists at every instant)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, **{_ROUND: np.int64(r)}, **{name: np.asarray(x) for name, x in leaf_names(tree)})
+        f.flush()
+        os.fsync(f.fileno())
+    if path.exists():
+        os.replace(path, path.with_name(PREVIOUS_CHECKPOINT_FILE))
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def read_checkpoint(path: Path) -> tuple[int, dict[str, np.ndarray]]:
+    """The round and every array of a checkpoint, read in full (a truncated or corrupt file raises here)."""
+    with np.load(path, allow_pickle=False) as f:
+        arrays = {name: f[name] for name in f.files}
+    if _ROUND not in arrays:
+        raise ValueError("no round recorded")
+    return int(arrays.pop(_ROUND)), arrays
+
+
+def restore_tree(arrays: dict[str, np.ndarray], like: Any, source: str = "checkpoint") -> Any:
+    """``like`` with its leaves from ``arrays``; a missing, extra or reshaped leaf is one clear line."""
+    if "leaf_0" in arrays:
+        raise WorkdirError(f"{source} was written by an older fedbat-jax (leaves stored by index); "
+                           "start this run in a new --workdir")
+    named = leaf_names(like)
+    mismatch = None
+    for name, leaf in named:
+        if name not in arrays:
+            mismatch = f"it has no {name}"
+        elif arrays[name].shape != leaf.shape or arrays[name].dtype != leaf.dtype:
+            a = arrays[name]
+            mismatch = f"{name} is {a.dtype}{list(a.shape)}, this config's is {leaf.dtype}{list(leaf.shape)}"
+        if mismatch:
+            break
+    extra = sorted(arrays.keys() - {name for name, _ in named})
+    if mismatch is None and extra:
+        mismatch = f"it has {extra[0]}, which this config's state does not"
+    if mismatch:
+        raise WorkdirError(f"{source} does not match this config ({mismatch}); use a new --workdir")
+    leaves = [jnp.asarray(arrays[name]) for name, _ in named]
+    return jax.tree.unflatten(jax.tree.structure(like), leaves)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# ---- metrics: strict JSON lines ----------------------------------------------------------------------
+def strict_json(record: dict) -> str:
+    """One JSON line; non-finite floats become null (``NaN`` is not JSON)."""
+    clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+    return json.dumps(clean, allow_nan=False)
+
+
+def read_metrics(path: Path, warn: Callable[[str], None]) -> list[dict]:
+    """The records of ``metrics.jsonl``, last one per round; a truncated last line is dropped with a warning."""
+    lines = path.read_text().splitlines() if path.exists() else []
+    by_round = {}
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            by_round[int(rec["round"])] = rec
+        except (ValueError, KeyError, TypeError):
+            if i == len(lines) - 1:
+                warn(f"{path}: dropped an incomplete last line (the run stopped while writing it)")
+            else:
+                raise WorkdirError(f"{path} line {i + 1} is not a metrics record; repair or delete that line")
+    return [by_round[r] for r in sorted(by_round)]
+
+
+# ---- the folder ---------------------------------------------------------------------------------------
+def result_changes(old: dict, new: dict) -> dict[str, tuple[Any, Any]]:
+    """``{field: (old, new)}`` for the settings that change a run's numbers (a field that an older
+    config.json lacks counts as its default: the behaviour before the field existed)."""
+    defaults = {name: default for name, default, _ in SETTINGS}
+    return {name: (old.get(name, defaults[name]), new[name]) for name in defaults
+            if name not in RUNTIME_FIELDS and old.get(name, defaults[name]) != new[name]}
+
+
+class Workdir:
+    """A run's folder, opened for one run: locked, its settings checked, its newest good checkpoint found.
+
+    Use as a context manager (the lock is released on exit). ``writer=False`` (the other processes of a
+    multi-process run) reads and checks but neither locks nor writes.
+    """
+
+    def __init__(self, path: str | Path, config: ml_collections.ConfigDict, allow_change: Iterable[str] = (),
+                 warn: Callable[[str], None] = print, writer: bool = True):
+        self.path, self.config, self.warn, self.writer = Path(path), config, warn, writer
+        self.metrics_path = self.path / METRICS_FILE
+        self.allow_change = set(allow_change)
+        unknown = self.allow_change - set(RESUMABLE_FIELDS)
+        if unknown:
+            raise ConfigError(f"--allow_change takes {', '.join(RESUMABLE_FIELDS)}; got {', '.join(sorted(unknown))}")
+        self._lock = None
+        self._open_folder()
+        try:
+            self.checkpoint = self._newest_checkpoint()  # (file, round, arrays) or None
+            self.changes = self._check_settings()
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def checkpoint_round(self) -> int:
+        return self.checkpoint[1] if self.checkpoint else 0
+
+    def _open_folder(self) -> None:
+        if self.path.exists() and not self.path.is_dir():
+            raise WorkdirError(f"workdir {self.path} is a file, not a folder")
+        if not self.writer:
+            return
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self._lock = open(self.path / LOCK_FILE, "a+")
+        except OSError as e:
+            raise WorkdirError(f"cannot create workdir {self.path}: {e.strerror or e}") from None
+        import fcntl
+
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.seek(0)
+            holder = self._lock.read().strip() or "unknown"
+            self._lock.close()
+            self._lock = None
+            raise WorkdirError(f"workdir {self.path} is in use by another run (pid {holder}); wait for it to "
+                               "finish or use another --workdir") from None
+        self._lock.seek(0)
+        self._lock.truncate()
+        self._lock.write(f"{os.getpid()}\n")
+        self._lock.flush()
+
+    def _newest_checkpoint(self):
+        for name in (CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE):
+            file = self.path / name
+            if not file.exists():
+                continue
+            try:
+                r, arrays = read_checkpoint(file)
+            except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
+                self.warn(f"{file} is unreadable ({type(e).__name__}: {' '.join(str(e).split())})")
+                continue
+            if name != CHECKPOINT_FILE:
+                self.warn(f"resuming from the previous checkpoint {file} (round {r})")
+            return file, r, arrays
+        if (self.path / CHECKPOINT_FILE).exists() or (self.path / PREVIOUS_CHECKPOINT_FILE).exists():
+            raise WorkdirError(f"no readable checkpoint in {self.path}; delete checkpoint*.npz there to start "
+                               "the run over, or use a new --workdir")
+        return None
+
+    def _check_settings(self) -> dict:
+        """Refuse (one line) to resume a run under settings that would change its numbers."""
+        if self.checkpoint is None:
+            return {}  # nothing kept from an earlier run: it starts over
+        file = self.path / CONFIG_FILE
+        try:
+            old = json.loads(file.read_text())
+        except (OSError, ValueError) as e:
+            raise WorkdirError(f"{file} is missing or unreadable ({type(e).__name__}), so the checkpoint's settings "
+                               "are unknown; use a new --workdir") from None
+        done = self.checkpoint_round
+        if self.config.rounds < done:
+            raise WorkdirError(f"{self.path} has completed {done} rounds; rounds must be >= {done}")
+        changes = result_changes(old, self.config.to_dict())
+        refused = {k: v for k, v in changes.items() if k not in self.allow_change}
+        if refused:
+            diff = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in refused.items())
+            hint = (f", or add --allow_change={','.join(refused)} to continue it with them"
+                    if set(refused) <= set(RESUMABLE_FIELDS) else "")
+            raise WorkdirError(f"{self.path} holds a run with other settings ({diff}); use a new --workdir{hint}")
+        return changes
+
+    def restore(self, like: Any) -> tuple[Any, int, list[dict]]:
+        """(state, last checkpointed round, its metrics records); ``like`` when starting over. Writes the
+        settings and the records kept (a later partial round's are dropped) back to the folder."""
+        state, done, records = like, 0, []
+        if self.checkpoint is not None:
+            file, done, arrays = self.checkpoint
+            state = restore_tree(arrays, like, str(file))
+            self.checkpoint = (file, done, None)  # the arrays are on the device now
+            records = [rec for rec in read_metrics(self.metrics_path, self.warn) if rec["round"] <= done]
+        if self.writer:
+            _write_atomic(self.path / CONFIG_FILE, self.config.to_json(indent=2) + "\n")
+            _write_atomic(self.metrics_path, "".join(strict_json(rec) + "\n" for rec in records))
+        return state, done, records
+
+    def append(self, record: dict) -> None:
+        if self.writer:
+            with self.metrics_path.open("a") as f:
+                f.write(strict_json(record) + "\n")
+
+    def save(self, state: Any, r: int) -> None:
+        """Checkpoint round ``r`` (after making the metrics up to it durable)."""
+        if self.writer:
+            with self.metrics_path.open("a") as f:
+                os.fsync(f.fileno())
+            save_checkpoint(self.path / CHECKPOINT_FILE, state, r)
+            self.checkpoint = (self.path / CHECKPOINT_FILE, r, None)
+
+    def close(self) -> None:
+        if self._lock is not None:
+            self._lock.close()  # closing the file releases the flock
+            self._lock = None
+
+    def __enter__(self) -> "Workdir":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

@@ -1,0 +1,222 @@
+"""Runs that never lie: a workdir holds one run, divergence stops it, and crashes lose nothing."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from fedbat_jax import train
+from fedbat_jax.errors import ConfigError, DivergenceError, WorkdirError
+from fedbat_jax.round import Round
+from fedbat_jax.workdir import Workdir, read_checkpoint, restore_tree, save_checkpoint, strict_json
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = ("round", "test_accuracy", "test_loss", "train_loss", "uplink_bits", "downlink_bits")
+
+
+def tiny(**overrides):
+    c = train.default_config()
+    c.update(dataset="mnist5k", num_clients=6, clients_per_round=2, rounds=2, local_epochs=1, batch_size=64,
+             checkpoint_every=1, client_threads=1)
+    c.update(**overrides)
+    return c
+
+
+def results(records):
+    return [{k: r[k] for k in RESULTS} for r in records]
+
+
+def snapshot(folder: Path) -> dict:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file() and p.name != ".lock"}
+
+
+def strict_lines(path: Path) -> list[dict]:
+    def refuse(token):
+        raise ValueError(f"non-JSON token {token}")
+
+    return [json.loads(line, parse_constant=refuse) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A finished 2-round run (checkpoints after rounds 1 and 2) and its records."""
+    folder = tmp_path_factory.mktemp("finished")
+    return folder, train.run(tiny(), folder)
+
+
+@pytest.fixture
+def workdir(finished, tmp_path):
+    folder = tmp_path / "run"
+    shutil.copytree(finished[0], folder)
+    return folder
+
+
+@pytest.mark.parametrize("change,needle", [
+    (dict(lr=0.05), "other settings (lr 0.1 -> 0.05); use a new --workdir"),
+    (dict(algorithm="fedavg"), "algorithm 'fedbat' -> 'fedavg'"),
+    (dict(num_clients=8), "num_clients 6 -> 8"),
+    (dict(model_width=16), "model_width 0 -> 16"),
+    (dict(algorithm="ef_signsgd", seed=3), "algorithm 'fedbat' -> 'ef_signsgd', seed 0 -> 3"),
+    (dict(rounds=1), "has completed 2 rounds; rounds must be >= 2"),
+    (dict(rounds=4), "(rounds 2 -> 4); use a new --workdir, or add --allow_change=rounds to continue"),
+])
+def test_a_resume_with_other_settings_is_refused_and_writes_nothing(workdir, change, needle):
+    before = snapshot(workdir)
+    with pytest.raises(WorkdirError) as e:
+        train.run(tiny(**change), workdir)
+    assert needle in str(e.value) and "\n" not in str(e.value)
+    assert snapshot(workdir) == before
+
+
+def test_settings_that_do_not_change_numbers_resume_freely(workdir, finished):
+    records = train.run(tiny(eval_every=2, checkpoint_every=5, client_threads=2, data_dir=""), workdir)
+    assert results(records) == results(finished[1])
+
+
+def test_an_allowed_change_extends_the_run(workdir, finished, tmp_path):
+    records = train.run(tiny(rounds=3), workdir, allow_change=["rounds"])
+    straight = train.run(tiny(rounds=3), tmp_path / "straight")
+    assert results(records) == results(straight) and results(records[:2]) == results(finished[1])
+    assert json.loads((workdir / "config.json").read_text())["rounds"] == 3
+    with pytest.raises(ConfigError, match="--allow_change takes rounds"):
+        train.run(tiny(lr=0.2), workdir, allow_change=["lr"])
+
+
+def test_one_run_per_workdir(tmp_path):
+    config = tiny()
+    with Workdir(tmp_path, config):
+        with pytest.raises(WorkdirError, match=f"in use by another run \\(pid {os.getpid()}\\)"):
+            Workdir(tmp_path, config)
+    Workdir(tmp_path, config).close()  # released on exit
+    (tmp_path / ".lock").write_text("999999\n")  # left behind by a killed run: not held, so no block
+    Workdir(tmp_path, config).close()
+
+
+def test_a_checkpoint_stores_leaves_by_path_and_refuses_a_mismatch(tmp_path):
+    tree = {"params": {"Dense_0": {"kernel": jnp.ones((3, 2)), "bias": jnp.zeros(2)}}, "step": jnp.int32(4)}
+    save_checkpoint(tmp_path / "c.npz", tree, 7)
+    r, arrays = read_checkpoint(tmp_path / "c.npz")
+    assert r == 7 and set(arrays) == {"params/Dense_0/kernel", "params/Dense_0/bias", "step"}
+    back = restore_tree(arrays, tree)
+    assert jax.tree.all(jax.tree.map(lambda a, b: np.array_equal(a, b) and a.dtype == b.dtype, back, tree))
+    wider = {"params": {"Dense_0": {"kernel": jnp.ones((3, 4)), "bias": jnp.zeros(4)}}, "step": jnp.int32(4)}
+    with pytest.raises(WorkdirError, match=r"params/Dense_0/bias is float32\[2\], this config's is float32\[4\]"):
+        restore_tree(arrays, wider)
+    with pytest.raises(WorkdirError, match="it has no params/Dense_1/kernel"):
+        restore_tree(arrays, {**tree, "params": {**tree["params"], "Dense_1": {"kernel": jnp.ones(1)}}})
+    with pytest.raises(WorkdirError, match="it has step, which this config's state does not"):
+        restore_tree(arrays, {"params": tree["params"]})
+    save_checkpoint(tmp_path / "c.npz", tree, 8)  # the previous one is kept until the new one is complete
+    assert read_checkpoint(tmp_path / "checkpoint.prev.npz")[0] == 7 and not list(tmp_path.glob("*.tmp"))
+
+
+@pytest.mark.parametrize("damage", ["truncate", "empty", "garbage"])
+def test_a_corrupt_checkpoint_falls_back_to_the_previous_one(workdir, finished, damage):
+    ckpt = workdir / "checkpoint.npz"
+    data = ckpt.read_bytes()
+    ckpt.write_bytes({"truncate": data[: len(data) // 2], "empty": b"", "garbage": os.urandom(len(data))}[damage])
+    warnings = []
+    records = train.run(tiny(), workdir, log=lambda s: warnings.append(s) if s.startswith("warning") else None)
+    assert results(records) == results(finished[1])  # round 2 recomputed from round 1's checkpoint
+    assert any("checkpoint.npz is unreadable" in w for w in warnings)
+    assert any("previous checkpoint" in w and "(round 1)" in w for w in warnings)
+    assert read_checkpoint(ckpt)[0] == 2
+
+
+def test_no_readable_checkpoint_is_one_line_and_keeps_the_files(workdir):
+    for name in ("checkpoint.npz", "checkpoint.prev.npz"):
+        (workdir / name).write_bytes(b"PK\x03\x04 not really")
+    before = snapshot(workdir)
+    with pytest.raises(WorkdirError, match="no readable checkpoint"):
+        train.run(tiny(), workdir)
+    assert snapshot(workdir) == before
+
+
+def test_a_truncated_last_metrics_line_is_dropped_with_a_warning(workdir, finished):
+    # A crash while writing round 2's line: round 1 is the last checkpoint.
+    os.replace(workdir / "checkpoint.prev.npz", workdir / "checkpoint.npz")
+    metrics = workdir / "metrics.jsonl"
+    text = metrics.read_text()
+    metrics.write_text(text[: len(text) - 40])
+    warnings = []
+    records = train.run(tiny(), workdir, log=lambda s: warnings.append(s) if s.startswith("warning") else None)
+    assert any("dropped an incomplete last line" in w for w in warnings)
+    assert results(records) == results(finished[1]) == results(strict_lines(metrics))
+
+
+def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(workdir, finished, monkeypatch):
+    good = (workdir / "checkpoint.npz").read_bytes()
+    plain_run = Round.run
+
+    def poisoned(self, server, r):  # the global model turns non-finite in round 3
+        server, m = plain_run(self, server, r)
+        if r == 3:
+            server = server._replace(params=jax.tree.map(lambda x: x * jnp.nan, server.params))
+        return server, m
+
+    monkeypatch.setattr(Round, "run", poisoned)
+    with pytest.raises(DivergenceError, match=r"round 3 diverged .*global model non-finite.*checkpoint \(round 2\) "
+                                              "is kept") as e:
+        train.run(tiny(rounds=4), workdir, allow_change=["rounds"])
+    assert e.value.round == 3 and results(e.value.records) == results(finished[1])
+    assert (workdir / "checkpoint.npz").read_bytes() == good
+    assert results(strict_lines(workdir / "metrics.jsonl")) == results(finished[1])  # round 3 not written
+
+
+def test_non_finite_values_are_written_as_null():
+    line = strict_json({"round": 1, "test_loss": float("inf"), "train_loss": float("nan"), "test_accuracy": 0.5})
+    assert json.loads(line) == {"round": 1, "test_loss": None, "train_loss": None, "test_accuracy": 0.5}
+
+
+def test_the_python_config_refuses_unknown_fields_and_run_validates_like_the_cli(tmp_path):
+    c = train.default_config()
+    with pytest.raises(AttributeError, match="lrr"):
+        c.lrr = 0.001
+    with pytest.raises(KeyError, match="nonexistent"):
+        c.update(nonexistent=1)
+    loose = ml_collections.ConfigDict({**tiny().to_dict(), "lrr": 0.001})
+    with pytest.raises(ConfigError, match="unknown config field 'lrr'; did you mean 'lr'"):
+        train.run(loose, tmp_path / "w")
+    for bad in (dict(lr=float("inf")), dict(rho=float("nan")), dict(alpha_max=float("inf")), dict(partition_seed=-5)):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            train.run(tiny(**bad), tmp_path / "w")
+    assert not (tmp_path / "w").exists()  # refused before the workdir (or the data) was touched
+
+
+def test_sigkill_mid_round_then_resume_equals_an_uninterrupted_run(tmp_path, xla_cache_env):
+    """A real crash: SIGKILL while round 3 of 4 trains, then the same command again."""
+    args = [sys.executable, "-m", "fedbat_jax.main", "--config=experiments/configs/mnist5k.py", "--progress=false",
+            "--config.num_clients=6", "--config.clients_per_round=2", "--config.rounds=4", "--config.local_epochs=1",
+            "--config.checkpoint_every=1", "--config.client_threads=1"]
+    env = {**os.environ, **xla_cache_env, "PYTHONPATH": str(REPO)}
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([*args, f"--workdir={killed}"], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        metrics = killed / "metrics.jsonl"
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+    proc.send_signal(signal.SIGKILL)  # round 3 is training (or round 2 is being checkpointed)
+    assert proc.wait() == -signal.SIGKILL
+    assert len((killed / "metrics.jsonl").read_text().splitlines()) < 4
+    for folder in (killed, tmp_path / "straight"):  # resume; and the same run uninterrupted
+        done = subprocess.run([*args, f"--workdir={folder}"], cwd=REPO, env=env, capture_output=True, text=True,
+                              timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+    assert results(strict_lines(killed / "metrics.jsonl")) == results(strict_lines(tmp_path / "straight" /
+                                                                                     "metrics.jsonl"))
+    assert [r["round"] for r in strict_lines(killed / "metrics.jsonl")] == [1, 2, 3, 4]
