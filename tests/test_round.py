@@ -141,7 +141,7 @@ def test_pack_lanes_covers_every_step_once():
 def test_run_writes_metrics_and_resumes_exactly(tmp_path):
     full = train.run(tiny(rounds=3, checkpoint_every=1), tmp_path / "a")
     part = train.run(tiny(rounds=2, checkpoint_every=1), tmp_path / "b")
-    resumed = train.run(tiny(rounds=3, checkpoint_every=1), tmp_path / "b")
+    resumed = train.run(tiny(rounds=3, checkpoint_every=1), tmp_path / "b", allow_change=["rounds"])
     lines = [json.loads(x) for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in lines] == [1, 2, 3] and len(part) == 2
     for key in ("round", "test_accuracy", "test_loss", "train_loss", "uplink_bits", "downlink_bits"):
