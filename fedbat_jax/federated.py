@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from fedbat_jax.binarize import warmup_steps
 from fedbat_jax.compressors import Compressor
@@ -33,6 +34,7 @@ class ServerState(NamedTuple):
     params: Params
     batch_stats: Any
     client_states: Any  # compressor state of all N clients, stacked on a leading axis (``()`` if none)
+    opt_state: Any  # the server optimizer's state (``Federated.server_optimizer.init(params)``)
 
 
 class Roster(NamedTuple):
@@ -54,6 +56,7 @@ class ClientInput(NamedTuple):
     n_warm: jax.Array  # int32 warm-up steps
     weight: jax.Array  # float32 p_k, normalised over the cohort (0 for a padding slot)
     key: jax.Array  # the client's key for this round
+    first_step: jax.Array  # int32 (r - 1) * S_k: the client's step count at the round's start (lr schedules)
 
 
 class Client(NamedTuple):
@@ -94,7 +97,8 @@ def plan_round(root: jax.Array, r, roster: Roster, index: jax.Array, k: int) -> 
     keys = jax.vmap(lambda c: jax.random.fold_in(base, c))(cohort)
     w = jnp.asarray(roster.weight)[cohort]
     return ClientInput(cohort.astype(jnp.int32), index[cohort], jnp.asarray(roster.sizes)[cohort],
-                       jnp.asarray(roster.num_steps)[cohort], jnp.asarray(roster.n_warm)[cohort], w / w.sum(), keys)
+                       jnp.asarray(roster.num_steps)[cohort], jnp.asarray(roster.n_warm)[cohort], w / w.sum(), keys,
+                       (r - 1) * jnp.asarray(roster.num_steps)[cohort])
 
 
 class Federated(NamedTuple):
@@ -105,9 +109,10 @@ class Federated(NamedTuple):
     compressor: Compressor
     local: LocalConfig  # its floats may be traced (a grid of lr values as one vmapped program)
     local_epochs: int
+    server_optimizer: optax.GradientTransformation = optax.sgd(1.0)  # plain averaging
 
     def fresh_state(self, params: Params, batch_stats: Any) -> ClientState:
-        return init_client(params, batch_stats, self.train_mask)
+        return init_client(params, batch_stats, self.train_mask, self.local)
 
     def orders(self, inp: ClientInput) -> jax.Array:
         return epoch_orders(jax.random.fold_in(inp.key, SHUFFLE), inp.index, inp.size, self.local_epochs)
@@ -117,10 +122,12 @@ class Federated(NamedTuple):
         return Client(self.fresh_state(params, batch_stats), self.orders(inp))
 
     def client_step(self, client: Client, params: Params, data: ClientData, inp: ClientInput, t) -> Client:
-        """Local step ``t`` (0-based) of ``S_k``: one SGD step on the t-th mini-batch."""
+        """Local step ``t`` (0-based) of ``S_k``: one optimizer step on the t-th mini-batch."""
         step = make_local_step(self.model, self.train_mask, self.local)
         key = jax.random.fold_in(jax.random.fold_in(inp.key, STEPS), t)
-        return client._replace(state=step(client.state, params, data, client.orders, inp.size, inp.n_warm, t, key))
+        lr = self.local.lr_at(inp.first_step + t, inp.num_steps)
+        return client._replace(state=step(client.state, params, data, client.orders, inp.size, inp.n_warm, t, key,
+                                          lr))
 
     def client_final(self, params: Params, client: Client, comp_state: Any, inp: ClientInput):
         """Upload: encode the finished update, decode the payload as the server does, weight it by p_k.
@@ -137,9 +144,13 @@ class Federated(NamedTuple):
                          s.seen), comp_state
 
     def server_update(self, server: ServerState, agg: Aggregate, client_states: Any) -> tuple[ServerState, jax.Array]:
-        """The new global model: ``w + sum_k p_k decode(payload_k)``; BatchNorm statistics averaged."""
-        params = jax.tree.map(lambda w, m: w + m, server.params, agg.update)
-        return ServerState(params, agg.batch_stats, client_states), agg.loss_sum / jnp.maximum(agg.seen, 1.0)
+        """The new global model: the server optimizer's step on the pseudo-gradient ``-sum_k p_k
+        decode(payload_k)`` (plain averaging: ``w + sum_k p_k decode(payload_k)``); BatchNorm statistics averaged."""
+        pseudo_gradient = jax.tree.map(jnp.negative, agg.update)
+        updates, opt_state = self.server_optimizer.update(pseudo_gradient, server.opt_state, server.params)
+        params = optax.apply_updates(server.params, updates)
+        return (ServerState(params, agg.batch_stats, client_states, opt_state),
+                agg.loss_sum / jnp.maximum(agg.seen, 1.0))
 
 
 # ---- helpers the executions share ----------------------------------------------------------------------

@@ -7,7 +7,9 @@ after it. Every other leaf (BatchNorm scale and bias) is trained directly in ful
 FedAvg is the same client with no leaf binarized.
 
 The trainable pytree ``theta`` therefore holds ``u`` on binarized leaves and the parameter itself on
-the others; plain SGD (no momentum, no weight decay) updates ``theta`` and ``a``.
+the others. ``theta`` follows the client optimizer (``fedbat_jax.optimizers``: plain SGD by default, as the
+reference; optional momentum and weight decay, the decay acting on the full-precision weights ``w + u``);
+``a`` takes plain SGD steps at the same learning rate.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import optax
 
 from fedbat_jax.augment import AUGMENTATIONS
 from fedbat_jax.binarize import binarize, leaf_keys, quantize, step_size
+from fedbat_jax.optimizers import client_direction, learning_rate
 
 Params = Any
 # The step key feeds the binarization draw; augmentation draws from this fold of it.
@@ -41,7 +44,7 @@ def binarized_mask(params: Params, predicate: Callable[[tuple, jax.Array], bool]
 
 
 class LocalConfig(NamedTuple):
-    """Hyper-parameters of local training (static: changing one recompiles)."""
+    """Hyper-parameters of local training (static: changing one recompiles; ``TRACEABLE`` floats may be traced)."""
 
     lr: float
     batch_size: int
@@ -50,6 +53,17 @@ class LocalConfig(NamedTuple):
     alpha_max: float = 5e-2
     bits: int = 1  # levels 2^bits of the operator (1: FedBAT's binarization)
     augment: str = "none"  # a name in fedbat_jax.augment.AUGMENTATIONS
+    alpha_rule: str = "learned"  # learned (the paper) | max_abs (alpha = max|u|: the theorem's)
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    schedule: str = "constant"  # constant | inverse_time | cosine (fedbat_jax.optimizers.learning_rate)
+    beta: float = 1.0  # inverse_time: beta / (gamma + t)
+    gamma: float = 1.0
+    rounds: int = 1  # the run's length (cosine schedule)
+
+    def lr_at(self, t, steps_per_round):
+        """The learning rate at the client's step ``t``, counted over the whole run."""
+        return learning_rate(self.schedule, self.lr, self.beta, self.gamma, t, self.rounds * steps_per_round)
 
 
 class ClientState(NamedTuple):
@@ -59,18 +73,23 @@ class ClientState(NamedTuple):
     a: Params  # step-size exponent per leaf (a scalar; only binarized leaves use it)
     alpha0: Params  # per leaf scalar: mean|u| taken when warm-up ends
     batch_stats: Any
+    opt: Any  # the client optimizer's state for theta (empty for plain SGD)
     loss_sum: jax.Array  # sum of per-example training losses seen so far
     seen: jax.Array  # number of (real, unpadded) examples trained on
 
 
-def init_client(params: Params, batch_stats: Any, mask: Params) -> ClientState:
+def init_client(params: Params, batch_stats: Any, mask: Params, cfg: LocalConfig) -> ClientState:
     """The state a sampled client starts its round from (the broadcast global model)."""
     theta = jax.tree.map(lambda w, b: jnp.zeros_like(w) if b else w, params, mask)
     scalars = lambda v: jax.tree.map(lambda w: jnp.asarray(v, jnp.float32), params)  # noqa: E731
-    return ClientState(theta, scalars(0.0), scalars(ALPHA0_INIT), batch_stats, jnp.float32(0), jnp.float32(0))
+    opt = client_direction(cfg.momentum, cfg.weight_decay).init(theta)
+    return ClientState(theta, scalars(0.0), scalars(ALPHA0_INIT), batch_stats, opt, jnp.float32(0), jnp.float32(0))
 
 
-def step_sizes(a: Params, alpha0: Params, cfg: LocalConfig) -> Params:
+def step_sizes(a: Params, alpha0: Params, cfg: LocalConfig, theta: Params) -> Params:
+    """Each leaf's alpha: learned, ``clip(alpha0 exp(rho a))``; or (``max_abs``) ``max|u|``, not trained."""
+    if cfg.alpha_rule == "max_abs":
+        return jax.tree.map(lambda u: jax.lax.stop_gradient(jnp.maximum(jnp.max(jnp.abs(u)), 1e-12)), theta)
     return jax.tree.map(lambda a_, a0: step_size(a_, a0, cfg.rho, cfg.alpha_min, cfg.alpha_max), a, alpha0)
 
 
@@ -95,7 +114,7 @@ def client_update(params: Params, state: ClientState, mask: Params, cfg: LocalCo
     """The client's finished update ``m`` (latent ``u`` on binarized leaves, ``theta - w`` elsewhere)
     and its learned step size per leaf (what FedBAT's upload binarizes with)."""
     update = jax.tree.map(lambda w, th, b: th if b else th - w, params, state.theta, mask)
-    return update, step_sizes(state.a, state.alpha0, cfg)
+    return update, step_sizes(state.a, state.alpha0, cfg, state.theta)
 
 
 class ClientData(NamedTuple):
@@ -132,26 +151,28 @@ def batch_at(orders: jax.Array, n: jax.Array, t: jax.Array, batch_size: int) -> 
 
 
 def make_local_step(model, mask: Params, cfg: LocalConfig) -> Callable:
-    """``step(state, params, data, orders, n, n_warm, t, key) -> state``: one SGD step of one client.
+    """``step(state, params, data, orders, n, n_warm, t, key, lr) -> state``: one local step of one client.
 
     ``t`` is the 0-based local step; steps ``t < n_warm`` are warm-up (full precision) and at
-    ``t == n_warm`` alpha0 is set to ``mean|u|`` before the first binarized forward pass.
+    ``t == n_warm`` alpha0 is set to ``mean|u|`` before the first binarized forward pass. ``lr``: this
+    step's learning rate (``LocalConfig.lr_at``).
     """
+    direction = client_direction(cfg.momentum, cfg.weight_decay)
 
     def loss_fn(trainable, params, batch_stats, x, y, valid, binarizing, key):
         theta, a, alpha0 = trainable
-        alpha = step_sizes(a, alpha0, cfg)
+        alpha = step_sizes(a, alpha0, cfg, theta)
         eff = effective_params(params, theta, alpha, mask, binarizing, key, cfg.bits)
         logits, new_vars = model.apply(
             {"params": eff, "batch_stats": batch_stats}, x, train=True, mask=valid, mutable=["batch_stats"]
         )
         ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), y)
         ce_sum = jnp.sum(jnp.where(valid, ce, 0.0))
-        return ce_sum / jnp.maximum(valid.sum(), 1), (new_vars["batch_stats"], ce_sum)
+        return ce_sum / jnp.maximum(valid.sum(), 1), (new_vars.get("batch_stats", batch_stats), ce_sum)
 
     grad_fn = jax.grad(loss_fn, has_aux=True)
 
-    def step(state: ClientState, params, data: ClientData, orders, n, n_warm, t, key) -> ClientState:
+    def step(state: ClientState, params, data: ClientData, orders, n, n_warm, t, key, lr) -> ClientState:
         idx, valid = batch_at(orders, n, t, cfg.batch_size)
         x = data.images[idx]
         if cfg.augment != "none":
@@ -167,8 +188,10 @@ def make_local_step(model, mask: Params, cfg: LocalConfig) -> Callable:
         trainable = (state.theta, state.a, alpha0)
         grads, (batch_stats, ce_sum) = grad_fn(trainable, params, state.batch_stats, x, y, valid, binarizing, key)
         g_theta, g_a, _ = grads
-        theta = jax.tree.map(lambda p, g: p - cfg.lr * g, state.theta, g_theta)
-        a = jax.tree.map(lambda p, g: p - cfg.lr * g, state.a, g_a)
-        return ClientState(theta, a, alpha0, batch_stats, state.loss_sum + ce_sum, state.seen + valid.sum())
+        weights = jax.tree.map(lambda w, th, b: w + th if b else th, params, state.theta, mask)
+        d_theta, opt = direction.update(g_theta, state.opt, weights)
+        theta = jax.tree.map(lambda p, d: p - lr * d, state.theta, d_theta)
+        a = jax.tree.map(lambda p, g: p - lr * g, state.a, g_a)
+        return ClientState(theta, a, alpha0, batch_stats, opt, state.loss_sum + ce_sum, state.seen + valid.sum())
 
     return step

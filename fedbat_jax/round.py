@@ -48,7 +48,7 @@ def wire_bits(fed: Federated, params: Params, batch_stats: Any, k: int) -> dict:
 def init_server(fed: Federated, params: Params, batch_stats: Any, num_clients: int) -> ServerState:
     one = fed.compressor.init(params)
     table = jax.tree.map(lambda x: jnp.zeros((num_clients,) + x.shape, x.dtype), one)
-    return ServerState(params, batch_stats, table)
+    return ServerState(params, batch_stats, table, fed.server_optimizer.init(params))
 
 
 class Round:

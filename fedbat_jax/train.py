@@ -27,6 +27,7 @@ from fedbat_jax.evaluation import make_evaluate, test_set
 from fedbat_jax.federated import Federated, ServerState, make_roster
 from fedbat_jax.local import ClientData, LocalConfig, binarized_mask
 from fedbat_jax.models import make_model
+from fedbat_jax.optimizers import server_optimizer
 from fedbat_jax.round import Round, init_server, round_key, wire_bits
 from fedbat_jax.workdir import Workdir
 
@@ -78,10 +79,11 @@ def _assemble(config: ml_collections.ConfigDict, ds: Dataset) -> Experiment:
     roster = make_roster([len(p) for p in parts], config.local_epochs, config.batch_size, config.phi,
                          config.aggregation_weights)
     name, execution = make_execution(config, fed, int(roster.num_steps.max()))
-    bits = wire_bits(fed, variables["params"], variables["batch_stats"], config.clients_per_round)
+    batch_stats = variables.get("batch_stats", {})
+    bits = wire_bits(fed, variables["params"], batch_stats, config.clients_per_round)
     rnd = Round(fed, roster, client_data(ds, parts, config.batch_size), execution, name, config.clients_per_round,
                 config.seed, bits)
-    server = init_server(fed, variables["params"], variables["batch_stats"], config.num_clients)
+    server = init_server(fed, variables["params"], batch_stats, config.num_clients)
     return Experiment(config, ds, parts, model, rnd, server, make_eval(model, ds))
 
 
@@ -92,8 +94,12 @@ def make_federated(config: ml_collections.ConfigDict, model, params: Any, ds: Da
     compressor = algorithm.make_compressor(binarized_mask(params, algorithm.upload_predicate), params, config.bits)
     local = LocalConfig(lr=config.lr, batch_size=config.batch_size, rho=config.rho, alpha_min=config.alpha_min,
                         alpha_max=config.alpha_max, bits=config.bits,
-                        augment=(ds.augment or "none") if config.augment == "auto" else config.augment)
-    return Federated(model, train_mask, compressor, local, config.local_epochs)
+                        augment=(ds.augment or "none") if config.augment == "auto" else config.augment,
+                        alpha_rule=config.alpha_rule, momentum=config.momentum, weight_decay=config.weight_decay,
+                        schedule=config.lr_schedule, beta=config.lr_beta, gamma=config.lr_gamma, rounds=config.rounds)
+    server = server_optimizer(config.server_optimizer, config.server_lr, config.server_b1, config.server_b2,
+                              config.server_eps)
+    return Federated(model, train_mask, compressor, local, config.local_epochs, server)
 
 
 def execution_name(config: ml_collections.ConfigDict) -> str:

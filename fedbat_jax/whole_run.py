@@ -60,7 +60,7 @@ def make_train(config: ml_collections.ConfigDict, dataset: Dataset | None = None
         f = fed._replace(local=fed.local._replace(**(hparams or {})))
         clients, test = data if data is not None else train.data
         variables = exp.model.init(jax.random.fold_in(key, 0), sample)
-        server = init_server(f, variables["params"], variables["batch_stats"], n)
+        server = init_server(f, variables["params"], variables.get("batch_stats", {}), n)
 
         def one_round(server, r):
             inputs = plan_round(key, r, roster, clients.index, k)

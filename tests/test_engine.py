@@ -47,14 +47,15 @@ def test_aggregate_is_the_weighted_sum_of_finished_clients(jit):
     """FedAvg on a toy model: two finished clients of three lanes (the third idle) against hand numbers."""
     params = {"Dense_0": {"kernel": jnp.ones((2, 2)), "bias": jnp.zeros(2)}}
     fed = Federated(Toy(), binarized_mask(params, None), full_precision(), LocalConfig(0.1, 4), 1)
-    server = ServerState(params, {}, ())
+    server = ServerState(params, {}, (), fed.server_optimizer.init(params))
     theta = [jax.tree.map(lambda w: w + d, params) for d in (1.0, 3.0, 100.0)]  # each client's trained weights
     states = jax.vmap(fed.fresh_state, (None, None), axis_size=3)(params, {})
     stacked = jax.tree.map(lambda *x: jnp.stack(x), *theta)
     states = states._replace(theta=stacked, loss_sum=jnp.array([2.0, 4.0, 9.0]), seen=jnp.array([4.0, 8.0, 9.0]))
     clients = Client(states, jnp.zeros((3, 1, 8), jnp.int32))
     inputs = ClientInput(jnp.arange(3), jnp.zeros((3, 8), jnp.int32), jnp.array([4, 8, 9]), jnp.ones(3, jnp.int32),
-                         jnp.zeros(3, jnp.int32), jnp.array([1 / 3, 2 / 3, 0.5]), jax.random.split(jax.random.PRNGKey(0), 3))
+                         jnp.zeros(3, jnp.int32), jnp.array([1 / 3, 2 / 3, 0.5]), jax.random.split(jax.random.PRNGKey(0), 3),
+                         jnp.zeros(3, jnp.int32))
     f = (lambda *a: absorb(fed, *a))
     f = jax.jit(f) if jit else f
     acc, _ = f(params, empty_aggregate(server), (), clients, inputs, jnp.array([True, True, False]))

@@ -61,10 +61,10 @@ def test_any_model_and_any_predicate():
     cfg = LocalConfig(lr=0.1, batch_size=8)
     step = jax.jit(make_local_step(model, mask, cfg))
     data = _data()
-    state = init_client(params, variables["batch_stats"], mask)
+    state = init_client(params, variables["batch_stats"], mask, cfg)
     orders = epoch_orders(jax.random.PRNGKey(1), data.index[0], data.sizes[0], 1)
     for t in range(3):
-        state = step(state, params, data, orders, data.sizes[0], 1, t, jax.random.PRNGKey(t))
+        state = step(state, params, data, orders, data.sizes[0], 1, t, jax.random.PRNGKey(t), cfg.lr)
     # The binarized leaf holds a latent update (started at 0); the others hold the parameter itself.
     assert float(jnp.abs(state.theta["Dense_0"]["kernel"]).max()) < 1.0
     assert not jnp.allclose(state.theta["Dense_1"]["kernel"], params["Dense_1"]["kernel"])
@@ -84,10 +84,10 @@ def test_warmup_switch_sets_alpha0_and_freezes_a_before():
     num_steps = 2 * 4  # 2 epochs of ceil(30 / 8) = 4 batches
     n_warm = warmup_steps(0.5, num_steps)
     orders = epoch_orders(jax.random.PRNGKey(1), data.index[0], n, 2)
-    state = init_client(params, variables["batch_stats"], mask)
+    state = init_client(params, variables["batch_stats"], mask, cfg)
     for t in range(num_steps):
         before = state
-        state = step(state, params, data, orders, n, n_warm, t, jax.random.PRNGKey(100 + t))
+        state = step(state, params, data, orders, n, n_warm, t, jax.random.PRNGKey(100 + t), cfg.lr)
         k = state.alpha0["Conv_1"]["kernel"]
         if t < n_warm:
             assert float(k) == np.float32(ALPHA0_INIT)
@@ -142,9 +142,10 @@ def test_augmentation_in_the_step_is_keyed():
     orders = epoch_orders(jax.random.PRNGKey(1), data.index[0], data.sizes[0], 1)
 
     def one_step(augment, key):
-        step = jax.jit(make_local_step(model, mask, LocalConfig(lr=0.1, batch_size=8, augment=augment)))
-        state = init_client(params, variables["batch_stats"], mask)
-        return step(state, params, data, orders, data.sizes[0], 10, 0, key).theta  # warm-up: no binarization
+        cfg = LocalConfig(lr=0.1, batch_size=8, augment=augment)
+        step = jax.jit(make_local_step(model, mask, cfg))
+        state = init_client(params, variables["batch_stats"], mask, cfg)
+        return step(state, params, data, orders, data.sizes[0], 10, 0, key, cfg.lr).theta  # warm-up: no binarization
 
     plain = one_step("none", jax.random.PRNGKey(5))
     aug = one_step("crop_flip", jax.random.PRNGKey(5))

@@ -12,11 +12,13 @@ import flax.linen as nn
 
 from fedbat_jax.errors import ConfigError
 from fedbat_jax.models.cnn4 import CNN4
+from fedbat_jax.models.logreg import LogReg
 from fedbat_jax.models.resnet import ResNet10
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "cnn4": CNN4,  # Fashion-MNIST, SVHN
     "resnet10": ResNet10,  # CIFAR-10, CIFAR-100
+    "logreg": LogReg,  # convex: convergence-rate studies
 }
 
 
