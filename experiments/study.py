@@ -11,6 +11,10 @@
 Each run lives in WORKDIR/<dataset>[_reduced]/<partition>/<algorithm>[_bK]/seed<S> and resumes if interrupted
 (a finished run is read back, not rerun). Writes OUT.md, OUT.csv and OUT_<dataset>_<partition>.png (accuracy
 against round and against cumulative uplink MB). ``--set FIELD=VALUE`` overrides any config field for every run.
+
+``--vmap-seeds`` runs each cell's seeds as one ``jax.jit(jax.vmap(train))`` program (``fedbat_jax.make_train``;
+the seeds of a cell share every shape) instead of one run after another; such runs keep no workdir (no
+resume) and their seconds are the cell's wall time split evenly over its seeds.
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ from pathlib import Path
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 from report import gap_table, plot_curves, summarize, write_table  # noqa: E402
 
+import fedbat_jax  # noqa: E402
 from fedbat_jax.errors import FedBatError  # noqa: E402
 from fedbat_jax.train import run  # noqa: E402
 
@@ -47,6 +52,24 @@ def apply_overrides(c, overrides: list[str]) -> None:
         c[field] = value.lower() in ("1", "true") if isinstance(current, bool) else type(current)(value)
 
 
+def vmapped_runs(config, seeds: list[int]) -> dict[int, list[dict]]:
+    """Every seed of one config as one vmapped program; records shaped like ``train.run``'s."""
+    import jax
+    import numpy as np
+
+    t0 = time.perf_counter()
+    train = fedbat_jax.make_train(config)
+    keys = jax.numpy.stack([jax.random.PRNGKey(s) for s in seeds])
+    _, metrics = jax.block_until_ready(jax.jit(jax.vmap(train))(keys))
+    seconds = (time.perf_counter() - t0) / len(seeds) / config.rounds
+    metrics = {k: np.asarray(v, np.float64) for k, v in metrics.items()}
+    value = lambda x: None if np.isnan(x) else float(x)  # noqa: E731
+    return {seed: [{"round": r + 1, "test_accuracy": value(metrics["test_accuracy"][i, r]),
+                    "test_loss": value(metrics["test_loss"][i, r]), "train_loss": float(metrics["train_loss"][i, r]),
+                    "uplink_bits": int(metrics["uplink_bits"][i, r]), "round_seconds": seconds}
+                   for r in range(config.rounds)] for i, seed in enumerate(seeds)}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--datasets", default="", help="comma list of experiments/configs/<name>.py (the paper's)")
@@ -63,6 +86,7 @@ def main() -> int:
     ap.add_argument("--workdir", default="runs/study")
     ap.add_argument("--out", default="docs/results/study")
     ap.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE")
+    ap.add_argument("--vmap-seeds", action="store_true", help="each cell's seeds as one vmapped program")
     args = ap.parse_args()
     out = Path(args.out)
     configs = [args.config] if args.config else [str(CONFIGS / f"{d}.py") for d in args.datasets.split(",") if d]
@@ -71,9 +95,11 @@ def main() -> int:
     rows, curves, notes = [], {}, {}
     started = time.time()
     try:
+        seeds = [int(s) for s in args.seeds.split(",")]
         for config_path, partition, algorithm, seed in itertools.product(
-                configs, args.partitions.split(","), args.algorithms.split(","),
-                [int(s) for s in args.seeds.split(",")]):
+                configs, args.partitions.split(","), args.algorithms.split(","), seeds):
+            if args.vmap_seeds and seed != seeds[0]:
+                continue  # ran with the cell's first seed
             c = load_config(config_path, partition + (",reduced" if args.reduced else ""))
             c.algorithm, c.seed = algorithm, seed
             if args.data_dir:
@@ -93,13 +119,18 @@ def main() -> int:
                 if line.startswith("note: "):  # the dataset's provenance caveat (e.g. a pseudo split)
                     notes.setdefault(setting, line.removeprefix("note: "))
 
-            records = run(c, Path(args.workdir) / setting / partition / name / f"seed{seed}", progress=True, log=log)
-            s = summarize(records, args.target)
-            rows.append({"dataset": setting, "partition": partition, "algorithm": name, "seed": seed,
-                         "rounds": s["rounds"], "local_epochs": c.local_epochs, "final_acc": s["final"],
-                         "best_acc": s["best"], f"rounds_to_{args.target:g}": s["rounds_to_target"],
-                         "uplink_MB": s["uplink_mb"], "train_s": s["seconds"]})
-            curves.setdefault((setting, partition), {})[f"{name} s{seed}"] = records
+            if args.vmap_seeds:
+                runs = vmapped_runs(c, seeds)
+            else:
+                runs = {seed: run(c, Path(args.workdir) / setting / partition / name / f"seed{seed}", progress=True,
+                                  log=log)}
+            for seed, records in runs.items():
+                s = summarize(records, args.target)
+                rows.append({"dataset": setting, "partition": partition, "algorithm": name, "seed": seed,
+                             "rounds": s["rounds"], "local_epochs": c.local_epochs, "final_acc": s["final"],
+                             "best_acc": s["best"], f"rounds_to_{args.target:g}": s["rounds_to_target"],
+                             "uplink_MB": s["uplink_mb"], "train_s": s["seconds"]})
+                curves.setdefault((setting, partition), {})[f"{name} s{seed}"] = records
             write_table(rows, out.with_suffix(".md"), out.with_suffix(".csv"))
     except (FedBatError, ValueError, TypeError) as e:
         print(f"study: error: {' '.join(str(e).split())}", file=sys.stderr)

@@ -37,12 +37,15 @@ TRACEABLE = ("lr", "rho", "alpha_min", "alpha_max")
 EVAL_CHUNK = 1000
 
 
-def make_train(config: ml_collections.ConfigDict, dataset: Dataset | None = None) -> Callable[..., tuple[Any, dict]]:
+def make_train(config: ml_collections.ConfigDict, dataset: Dataset | None = None,
+               metrics_fn: Callable[[Any, Any], dict] | None = None) -> Callable[..., tuple[Any, dict]]:
     """``train(key, hparams=None, data=None) -> (server_state, metrics)``, pure and jittable.
 
     ``hparams``: a dict of any of ``TRACEABLE`` (scalars, traced or not) overriding the config's values.
     ``data``: ``(client_data, test_set)`` as device arrays (default ``train.data``); pass it as an argument
     of ``jax.jit`` to keep a large dataset out of the compiled program's constants.
+    ``metrics_fn(server_state, client_data) -> {name: scalar}``: extra metrics recorded after every round
+    (e.g. the training objective over all clients' data, for a convergence-rate study).
     """
     exp = build(config) if dataset is None else build_from_data(config, dataset)
     fed, roster = exp.round.fed, exp.round.roster
@@ -70,8 +73,9 @@ def make_train(config: ml_collections.ConfigDict, dataset: Dataset | None = None
             loss, acc = jax.lax.cond((r % every == 0) | (r == rounds),
                                      lambda s: tuple(evaluate(s.params, s.batch_stats, test) / n_test),
                                      lambda s: (nan, nan), server)
+            extra = metrics_fn(server, clients) if metrics_fn is not None else {}
             return server, {"test_accuracy": acc, "test_loss": loss, "train_loss": train_loss,
-                            "uplink_bits": jnp.float32(uplink)}
+                            "uplink_bits": jnp.float32(uplink), **extra}
 
         return jax.lax.scan(one_round, server, jnp.arange(1, rounds + 1))
 

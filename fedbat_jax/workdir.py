@@ -217,6 +217,9 @@ class Workdir:
         if self.config.rounds < done:
             raise WorkdirError(f"{self.path} has completed {done} rounds; rounds must be >= {done}")
         changes = result_changes(old, self.config.to_dict())
+        if "rounds" in changes and self.config.lr_schedule == "cosine":
+            raise WorkdirError(f"{self.path}: rounds sets the length of the cosine learning-rate schedule, so a "
+                               "cosine run cannot be extended; use a new --workdir")
         refused = {k: v for k, v in changes.items() if k not in self.allow_change}
         if refused:
             diff = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in refused.items())

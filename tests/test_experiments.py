@@ -55,6 +55,21 @@ def test_study_writes_table_csv_and_plots(tmp_path):
     assert "| mnist5k | iid | 0 | " in md.split("FedBAT against FedAvg")[1]
 
 
+def test_study_vmapped_seeds_equal_the_runs_one_by_one(tmp_path):
+    """--vmap-seeds: each cell's seeds as one make_train program, the same numbers as the CLI runs."""
+    common = ["--config", "experiments/configs/mnist5k.py", "--partitions", "iid", "--algorithms", "fedbat",
+              "--seeds", "0,1", "--rounds", "2", "--target", "0.5", "--workdir", str(tmp_path / "w"), "--set",
+              "model=logreg", "num_clients=4", "clients_per_round=2", "local_epochs=1", "execution=fused"]
+    for name, extra in (("vmapped", ["--vmap-seeds"]), ("runs", [])):
+        done = subprocess.run([sys.executable, "experiments/study.py", "--out", str(tmp_path / name), *extra, *common],
+                              cwd=ROOT, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-2000:]
+    vmapped, runs = (list(csv.DictReader((tmp_path / f"{n}.csv").open())) for n in ("vmapped", "runs"))
+    assert [r["seed"] for r in vmapped] == ["0", "1"]
+    for a, b in zip(vmapped, runs):
+        assert abs(float(a["final_acc"]) - float(b["final_acc"])) <= 0.01 and a["uplink_MB"] == b["uplink_MB"]
+
+
 def test_study_bad_field_is_one_line(tmp_path):
     done = subprocess.run([sys.executable, "experiments/study.py", "--config", "experiments/configs/mnist5k.py",
                            "--workdir", str(tmp_path), "--out", str(tmp_path / "r"), "--set", "nope=1"],
@@ -77,3 +92,42 @@ def test_gpu_check_runs_at_tiny_sizes(tmp_path, xla_cache_env):
         assert r["execution"] == "fused" and r["samples_per_s"] > 0 and r["peak_memory_bytes"] > 0
         assert r["compile_s"] >= 0
     assert report["resnet10_round"]["samples_per_s"] > 0 and report["resnet10_round"]["width"] == 4
+
+
+def test_convergence_study_quick(tmp_path, xla_cache_env):
+    out = tmp_path / "conv"
+    done = subprocess.run([sys.executable, "experiments/convergence.py", "--quick", "--partitions=iid",
+                           "--rows=fedavg,fedbat_alpha_max", f"--out={out}"], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, **xla_cache_env, "PYTHONPATH": str(ROOT)}, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = list(csv.DictReader(out.with_suffix(".csv").open()))
+    assert [r["algorithm"] for r in rows] == ["fedavg", "fedbat_alpha_max"]
+    assert {"algorithm", "partition", "seeds", "rounds", "slope", "slope_lo", "slope_hi",
+            "final_suboptimality"} <= set(rows[0])
+    for r in rows:
+        assert r["seeds"] == "2" and r["rounds"] == "30"
+        assert float(r["final_suboptimality"]) > 0  # F* is below every iterate: the float64 optimum is right
+        assert float(r["slope_lo"]) <= float(r["slope"]) <= float(r["slope_hi"]) < 0  # converging
+    md = out.with_suffix(".md").read_text()
+    assert "Command: `python experiments/convergence.py" in md and "gamma = max(8 kappa, E)" in md
+    assert out.with_suffix(".png").stat().st_size > 0
+
+
+def test_convergence_slope_fit_and_optimum():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("convergence", ROOT / "experiments" / "convergence.py")
+    conv = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(conv)
+    r = np.arange(1, 201)
+    rng = np.random.default_rng(0)
+    curves = np.stack([3.0 / r**2 * np.exp(0.3 * rng.standard_normal(200)) for _ in range(8)])
+    slope, lo, hi = conv.slopes(curves)
+    assert lo < -2.0 < hi and abs(slope + 2.0) < 0.1
+    # L-BFGS finds the optimum of a small strongly convex problem: gradient ~0, and no point is lower.
+    X = np.hstack([rng.standard_normal((50, 3)), np.ones((50, 1))])
+    y = rng.integers(0, 3, 50)
+    f_star, grad, _ = conv.optimum(X, y, 0.1, 3)
+    assert grad < 1e-6
+    for _ in range(20):
+        assert conv.objective64(rng.standard_normal(12) * 0.1, X, y, 0.1, 3)[0] >= f_star

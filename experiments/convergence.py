@@ -1,0 +1,274 @@
+"""Convergence rates on a strongly convex federated problem: the paper's theorem checked (REFERENCE.md 5).
+
+    python experiments/convergence.py                 # the study: docs/results/convergence.{csv,md,png}
+    python experiments/convergence.py --quick --out /tmp/conv     # a few rounds and seeds (the tests)
+    python experiments/convergence.py --config.rounds=300 --seeds=16
+
+The problem is ``experiments/configs/convergence.py``: multinomial logistic regression with an L2 term
+``lambda/2 ||w||^2`` (``mu = lambda``), full participation. From the data the script computes the
+smoothness ``L = lambda_max(X^T X / n) / 2 + lambda`` (the softmax Hessian is at most 1/2) and sets the
+theorem's schedule ``eta_t = 2 / (mu (gamma + t))`` with ``gamma = max(8 L / mu, E)``, ``E`` the local
+steps per round and ``t`` the local steps over the run. ``F*`` comes from L-BFGS in float64 (scipy).
+
+Every row runs its seeds as one ``jax.jit(jax.vmap(train))`` program (``fedbat_jax.make_train``) that
+records the training objective ``F(w_t)`` after every round. The slope of ``log(F(w_t) - F*)`` against
+``log t`` is fitted per seed over the last decade of rounds; the table gives its mean and 95% interval.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import app, flags
+from ml_collections import config_flags
+
+import fedbat_jax
+from fedbat_jax.data import load_dataset
+from fedbat_jax.models import make_model
+
+ROWS = {  # table row -> settings on top of the problem's config
+    "fedavg": dict(algorithm="fedavg"),
+    "fedbat": dict(algorithm="fedbat"),
+    "fedbat_alpha_max": dict(algorithm="fedbat", alpha_rule="max_abs"),
+    "stoch_binary": dict(algorithm="stoch_binary"),
+    "signsgd": dict(algorithm="signsgd"),
+    "ef_signsgd": dict(algorithm="ef_signsgd"),
+    "qsgd2": dict(algorithm="qsgd", bits=2),
+    # Diagnosis of learned-alpha FedBAT: the same with the clip floor alpha_min 100x lower.
+    "fedbat_floor_div100": dict(algorithm="fedbat", alpha_min=5e-6),
+}
+DEFAULT_ROWS = [name for name in ROWS if name != "fedbat_floor_div100"]
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", str(Path(__file__).parent / "configs" / "convergence.py"),
+                                "The problem (a config file with get_config()).")
+flags.DEFINE_string("out", "docs/results/convergence", "Output prefix: PREFIX.csv, PREFIX.md, PREFIX.png.")
+flags.DEFINE_integer("seeds", 8, "Seeds per cell, run as one vmapped program.")
+flags.DEFINE_list("rows", DEFAULT_ROWS, "Table rows: " + ", ".join(ROWS))
+flags.DEFINE_list("partitions", ["iid", "label_count"], "Partitions.")
+flags.DEFINE_bool("quick", False, "30 rounds, 2 seeds (for the tests).")
+flags.DEFINE_integer("sweep_bench", 0, "Also time N seeds of fedbat vmapped against N runs one after another.")
+flags.DEFINE_integer("sweep_rounds", 100, "Rounds of each run in --sweep_bench.")
+
+
+# ---- the problem in float64: constants and optimum -----------------------------------------------------
+def design(ds) -> tuple[np.ndarray, np.ndarray]:
+    """The model's features of every training sample, float64, with a bias column: ``[n, d + 1]``."""
+    x = ((ds.x_train.astype(np.float64) / 255.0 - ds.mean) / ds.std).reshape(len(ds.y_train), -1)
+    x /= math.sqrt(x.shape[1])  # as the logreg model scales its input
+    return np.hstack([x, np.ones((len(x), 1))]), np.asarray(ds.y_train)
+
+
+def objective64(theta: np.ndarray, X: np.ndarray, y: np.ndarray, lam: float, k: int):
+    W = theta.reshape(X.shape[1], k)
+    z = X @ W
+    z -= z.max(axis=1, keepdims=True)
+    p = np.exp(z)
+    p /= p.sum(axis=1, keepdims=True)
+    n = len(y)
+    f = -np.mean(np.log(p[np.arange(n), y])) + 0.5 * lam * np.sum(W * W)
+    p[np.arange(n), y] -= 1.0
+    return f, (X.T @ p / n + lam * W).ravel()
+
+
+def optimum(X, y, lam, k) -> tuple[float, float, np.ndarray]:
+    """``F*``, the gradient norm there and the minimiser ``[d + 1, k]``, by L-BFGS in float64."""
+    from scipy.optimize import minimize
+
+    res = minimize(objective64, np.zeros(X.shape[1] * k), args=(X, y, lam, k), jac=True, method="L-BFGS-B",
+                   options=dict(maxiter=20000, gtol=1e-12, ftol=1e-16, maxcor=30))
+    return float(res.fun), float(np.linalg.norm(objective64(res.x, X, y, lam, k)[1])), res.x.reshape(-1, k)
+
+
+def constants(X, lam, steps_per_round) -> dict:
+    L = 0.5 * float(np.linalg.eigvalsh(X.T @ X / len(X))[-1]) + lam
+    mu = lam
+    gamma = max(8.0 * L / mu, float(steps_per_round))
+    return dict(L=L, mu=mu, kappa=L / mu, gamma=gamma, beta=2.0 / mu, lr0=2.0 / (mu * gamma), E=steps_per_round)
+
+
+def suboptimality_metric(model, lam: float, X: np.ndarray, w_star: np.ndarray):
+    """``metrics_fn`` for make_train: ``F(w_t) - F*`` over every client's data, accurate far below float32's
+    resolution of F itself (about 1e-7 of F): it is computed from ``delta = logits(w) - logits(w*)``, which
+    the model (linear in its parameters) gives exactly as ``logits(w - w*)``, as
+    ``mean_i [log(sum_j p*_ij exp(delta_ij)) - delta_i,y_i] + lambda/2 (w - w*).(w + w*)``."""
+    z = X @ w_star
+    p_star = np.exp(z - z.max(axis=1, keepdims=True))
+    p_star = jnp.asarray(p_star / p_star.sum(axis=1, keepdims=True), jnp.float32)
+    star = {"Dense_0": {"kernel": jnp.asarray(w_star[:-1], jnp.float32), "bias": jnp.asarray(w_star[-1], jnp.float32)}}
+
+    def metric(server, clients):
+        x = (clients.images.astype(jnp.float32) / 255.0 - clients.mean) / clients.std
+        diff = jax.tree.map(jnp.subtract, server.params, star)
+        delta = model.apply({"params": diff}, x)
+        picked = jnp.take_along_axis(delta, clients.labels[:, None], axis=1)[:, 0]
+        ce_gap = jnp.mean(jnp.log1p(jnp.sum(p_star * jnp.expm1(delta), axis=1)) - picked)
+        l2_gap = sum(jnp.sum(d * (w + s)) for d, w, s in
+                     zip(jax.tree.leaves(diff), jax.tree.leaves(server.params), jax.tree.leaves(star)))
+        return {"suboptimality": ce_gap + 0.5 * lam * l2_gap}
+
+    return metric
+
+
+# ---- slopes --------------------------------------------------------------------------------------------
+def slopes(subopt: np.ndarray) -> tuple[float, float, float]:
+    """Mean slope of log(subopt) vs log(round) over the last decade of rounds, with a 95% t-interval over seeds."""
+    from scipy import stats
+
+    rounds = subopt.shape[1]
+    r = np.arange(1, rounds + 1)
+    window = r >= max(rounds // 10, 1)
+    per_seed = [np.polyfit(np.log(r[window]), np.log(np.maximum(s[window], 1e-12)), 1)[0] for s in subopt]
+    per_seed = np.asarray(per_seed)
+    mean = float(per_seed.mean())
+    if len(per_seed) < 2:
+        return mean, mean, mean
+    half = float(stats.t.ppf(0.975, len(per_seed) - 1) * per_seed.std(ddof=1) / math.sqrt(len(per_seed)))
+    return mean, mean - half, mean + half
+
+
+# ---- the study -----------------------------------------------------------------------------------------
+def run_cell(config, ds, seeds: int, metric):
+    train = fedbat_jax.make_train(config, ds, metrics_fn=metric)
+    keys = jax.random.split(jax.random.PRNGKey(config.seed), seeds)
+    t0 = time.perf_counter()
+    compiled = jax.jit(jax.vmap(train)).lower(keys).compile()
+    t1 = time.perf_counter()
+    _, metrics = jax.block_until_ready(compiled(keys))
+    t2 = time.perf_counter()
+    return np.asarray(metrics["suboptimality"], np.float64), t1 - t0, t2 - t1  # [seeds, rounds]
+
+
+def sweep_bench(config, ds, n: int, metric) -> dict:
+    """N seeds as one vmapped program against the same N runs one after another (each compiled once)."""
+    train = fedbat_jax.make_train(config, ds, metrics_fn=metric)
+    keys = jax.random.split(jax.random.PRNGKey(config.seed), n)
+    vmapped = jax.jit(jax.vmap(train)).lower(keys).compile()
+    single = jax.jit(train).lower(keys[0]).compile()
+    t0 = time.perf_counter()
+    batched = jax.block_until_ready(vmapped(keys))
+    t1 = time.perf_counter()
+    one_by_one = [jax.block_until_ready(single(k)) for k in keys]
+    t2 = time.perf_counter()
+    same = np.allclose(np.asarray(batched[1]["suboptimality"]),
+                       np.stack([np.asarray(m["suboptimality"]) for _, m in one_by_one]), rtol=1e-3, atol=1e-9)
+    return dict(seeds=n, rounds=config.rounds, vmapped_s=t1 - t0, sequential_s=t2 - t1, speedup=(t2 - t1) / (t1 - t0),
+                results_agree=bool(same))
+
+
+def main(argv):
+    base = FLAGS.config
+    if FLAGS.quick:
+        base.rounds = 30
+    seeds = 2 if FLAGS.quick and FLAGS.seeds == 8 else FLAGS.seeds
+    unknown = set(FLAGS.rows) - set(ROWS)
+    if unknown:
+        raise app.UsageError(f"unknown rows {sorted(unknown)}; choose from {', '.join(ROWS)}")
+    ds = load_dataset(base.dataset, base.data_dir or None)
+    lam = base.weight_decay
+    X, y = design(ds)
+    n_k = len(y) // base.num_clients
+    steps = base.local_epochs * math.ceil(n_k / base.batch_size)
+    const = constants(X, lam, steps)
+    f_star, grad_norm, w_star = optimum(X, y, lam, ds.num_classes)
+    metric = suboptimality_metric(make_model(base.model, ds.num_classes), lam, X, w_star)
+    print(f"L {const['L']:.4f}  mu {const['mu']}  kappa {const['kappa']:.2f}  gamma {const['gamma']:.1f}  "
+          f"beta {const['beta']:.1f}  eta_0 {const['lr0']:.4f}  E {steps}  F* {f_star:.10f} (|grad| {grad_norm:.1e})",
+          flush=True)
+    rows, curves = [], {}
+    for partition in FLAGS.partitions:
+        for name in FLAGS.rows:
+            c = base.copy_and_resolve_references()
+            c.update(partition=partition, lr_beta=const["beta"], lr_gamma=const["gamma"], **ROWS[name])
+            subopt, compile_s, run_s = run_cell(c, ds, seeds, metric)
+            slope, lo, hi = slopes(subopt)
+            bound, _, _ = slopes(1.0 / (const["gamma"] + steps * np.arange(1, c.rounds + 1))[None])
+            curves[(partition, name)] = subopt.mean(axis=0)
+            rows.append(dict(algorithm=name, partition=partition, seeds=seeds, rounds=c.rounds, slope=round(slope, 3),
+                             slope_lo=round(lo, 3), slope_hi=round(hi, 3), bound_slope=round(bound, 3),
+                             final_suboptimality=float(f"{subopt[:, -1].mean():.4e}"),
+                             compile_s=round(compile_s, 1), run_s=round(run_s, 1)))
+            print(json.dumps(rows[-1]), flush=True)
+    bench = None
+    if FLAGS.sweep_bench:
+        c = base.copy_and_resolve_references()
+        c.update(rounds=FLAGS.sweep_rounds, lr_beta=const["beta"], lr_gamma=const["gamma"])
+        bench = sweep_bench(c, ds, FLAGS.sweep_bench, metric)
+    if bench:
+        print(json.dumps(bench), flush=True)
+    write(Path(FLAGS.out), rows, curves, const, f_star, grad_norm, bench, base)
+
+
+def write(prefix: Path, rows, curves, const, f_star, grad_norm, bench, base) -> None:
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    with open(prefix.with_suffix(".csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+    lines = [
+        "# Convergence rates on strongly convex federated logistic regression",
+        "",
+        f"Command: `{command}`  ",
+        f"Machine: {platform.processor() or platform.machine()}, {jax.device_count()} x {jax.devices()[0].device_kind}"
+        f" ({jax.default_backend()}), jax {jax.__version__}, {time.strftime('%Y-%m-%d')}",
+        "",
+        f"Problem: {base.dataset} ({base.num_clients} clients, all sampled each round), logreg with "
+        f"lambda = {const['mu']}, {base.local_epochs} local epoch(s) of batch {base.batch_size} "
+        f"(E = {const['E']} local steps per round), {base.rounds} rounds.",
+        f"Constants: L = {const['L']:.4f}, mu = {const['mu']}, kappa = L/mu = {const['kappa']:.2f}, "
+        f"gamma = max(8 kappa, E) = {const['gamma']:.1f}, beta = 2/mu = {const['beta']:.1f}, "
+        f"eta_t = beta / (gamma + t), eta_0 = {const['lr0']:.4f}.",
+        f"F* = {f_star:.10f} (L-BFGS, float64; gradient norm there {grad_norm:.1e}).",
+        "",
+        "Slope: log(F(w_t) - F*) against log(round), fitted per seed over the last decade of rounds; mean and 95% "
+        "interval over seeds. -1 is the theorem's O(1/T); `bound` is the slope of the theorem's bound "
+        "1/(gamma + t) itself over the same rounds (t = E x round): what O(1/T) looks like before t >> gamma.",
+        "",
+        "| algorithm | partition | seeds | rounds | slope | 95% interval | bound | final F - F* |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    lines += [f"| {r['algorithm']} | {r['partition']} | {r['seeds']} | {r['rounds']} | {r['slope']:.3f} | "
+              f"[{r['slope_lo']:.3f}, {r['slope_hi']:.3f}] | {r['bound_slope']:.3f} | {r['final_suboptimality']:.3e} |"
+              for r in rows]
+    if bench:
+        lines += ["", f"Sweep speed: {bench['seeds']} seeds of fedbat ({bench['rounds']} rounds) as one vmapped program "
+                  f"{bench['vmapped_s']:.1f} s, one after another {bench['sequential_s']:.1f} s: "
+                  f"**{bench['speedup']:.1f}x** (compile excluded; results agree: {bench['results_agree']})."]
+    prefix.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    plot(prefix.with_suffix(".png"), curves)
+
+
+def plot(path: Path, curves) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    partitions = sorted({p for p, _ in curves})
+    fig, axes = plt.subplots(1, len(partitions), figsize=(6 * len(partitions), 4.5), squeeze=False)
+    for ax, partition in zip(axes[0], partitions):
+        for (p, name), mean in curves.items():
+            if p == partition:
+                r = np.arange(1, len(mean) + 1)
+                ax.loglog(r, np.maximum(mean, 1e-12), label=name)
+        r = np.arange(1, len(mean) + 1)
+        anchor = curves[(partition, "fedavg")] if (partition, "fedavg") in curves else mean
+        ax.loglog(r, anchor[len(r) // 10] * (len(r) // 10 + 1) / r, "k--", lw=0.8, label="slope -1")
+        ax.set(title=partition, xlabel="round", ylabel="F(w_t) - F* (mean over seeds)")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    app.run(main)
