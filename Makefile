@@ -3,8 +3,9 @@ export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 
 .PHONY: install test run bench
 
-install:  ## install the pinned dependencies into the current Python
+install:  ## install the pinned dependencies, then this package (editable: scripts run from any directory)
 	$(PYTHON) -m pip install -r requirements.txt
+	$(PYTHON) -m pip install -e .
 
 test:  ## the whole test suite (about 8-12 minutes on a 2-core CPU; reruns use the XLA cache in /tmp)
 	$(PYTHON) -m pytest -q tests

@@ -12,18 +12,15 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import sys
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere
-from fedbat_jax import train  # noqa: E402
-from fedbat_jax.data import Dataset  # noqa: E402
-from fedbat_jax.errors import FedBatError  # noqa: E402
+from fedbat_jax import train
+from fedbat_jax.data import Dataset
+from fedbat_jax.errors import FedBatError
 
 
 def make_config(algorithm: str, epochs: int, execution: str = "auto", threads: int = 0, dataset: str = "mnist5k",

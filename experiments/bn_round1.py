@@ -9,13 +9,10 @@ BatchNorm normalising with the test set's own statistics (train mode, nothing wr
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import jax.numpy as jnp
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from fedbat_jax import train  # noqa: E402
+from fedbat_jax import train
 
 
 def main() -> None:

@@ -11,13 +11,12 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
-from report import plot_curves, summarize  # noqa: E402
-from study import apply_overrides  # noqa: E402
-from study import load_config as load_study_config  # noqa: E402
+from report import plot_curves, summarize
+from study import apply_overrides
+from study import load_config as load_study_config
 
-from fedbat_jax.errors import FedBatError  # noqa: E402
-from fedbat_jax.train import run  # noqa: E402
+from fedbat_jax.errors import FedBatError
+from fedbat_jax.train import run
 
 ALGORITHMS = ("fedbat", "fedavg")
 

@@ -28,7 +28,6 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -44,10 +43,11 @@ ROWS = {  # table row -> settings on top of the problem's config
     "signsgd": dict(algorithm="signsgd"),
     "ef_signsgd": dict(algorithm="ef_signsgd"),
     "qsgd2": dict(algorithm="qsgd", bits=2),
-    # Diagnosis of learned-alpha FedBAT: the same with the clip floor alpha_min 100x lower.
+    # Diagnosis of learned-alpha FedBAT: the clip floor alpha_min 100x lower; the clip bounds following eta_t.
     "fedbat_floor_div100": dict(algorithm="fedbat", alpha_min=5e-6),
+    "fedbat_bounds_lr": dict(algorithm="fedbat", alpha_bounds="lr"),
 }
-DEFAULT_ROWS = [name for name in ROWS if name != "fedbat_floor_div100"]
+DEFAULT_ROWS = [name for name in ROWS if name not in ("fedbat_floor_div100", "fedbat_bounds_lr")]
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", str(Path(__file__).parent / "configs" / "convergence.py"),
                                 "The problem (a config file with get_config()).")

@@ -19,15 +19,14 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "experiments"), str(ROOT)]  # run from anywhere
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-from bench import random_pixels  # noqa: E402
+import jax
+import numpy as np
+from bench import random_pixels
 
-from fedbat_jax import train  # noqa: E402
-from fedbat_jax.config import paper_config  # noqa: E402
-from fedbat_jax.errors import FedBatError  # noqa: E402
+from fedbat_jax import train
+from fedbat_jax.config import paper_config
+from fedbat_jax.errors import FedBatError
 
 
 def timed(config, rounds: int, data=None) -> dict:

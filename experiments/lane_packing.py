@@ -9,15 +9,12 @@ client of the cohort is padded to the longest one (K lanes x max_k S_k) with the
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere
-from fedbat_jax import train  # noqa: E402
-from fedbat_jax.executions import pack_lanes  # noqa: E402
-from fedbat_jax.round import cohort  # noqa: E402
+from fedbat_jax import train
+from fedbat_jax.executions import pack_lanes
+from fedbat_jax.round import cohort
 
 
 def main() -> None:

@@ -26,12 +26,11 @@ import sys
 import time
 from pathlib import Path
 
-sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
-from report import gap_table, plot_curves, summarize, write_table  # noqa: E402
+from report import gap_table, plot_curves, summarize, write_table
 
-import fedbat_jax  # noqa: E402
-from fedbat_jax.errors import FedBatError  # noqa: E402
-from fedbat_jax.train import run  # noqa: E402
+import fedbat_jax
+from fedbat_jax.errors import FedBatError
+from fedbat_jax.train import run
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 

@@ -1,13 +1,52 @@
 """fedbat-jax: FedBAT (learnable binarization for federated learning) in JAX/Flax, as pure functions.
 
-``fedbat_jax.make_train(config)`` returns a pure ``train(key) -> (server_state, metrics)`` (a whole run,
-jittable and vmappable); ``fedbat_jax.train`` has the run loop with metrics and checkpoints.
+    import fedbat_jax as fb
+    cfg = fb.default_config()                 # every setting; fb.run / fb.build / fb.make_train take it
+    records = fb.run(cfg)                     # the run loop: one dict per round
+    train = fb.make_train(cfg)                # a whole run as one pure, jittable, vmappable function
+
+The names below are the public API (``__all__``); they load lazily, so ``import fedbat_jax`` stays light.
 """
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    # the operator
+    "binarize": "fedbat_jax.binarization",  # Q(u, alpha): stochastic 1-bit, straight-through gradients
+    "quantize": "fedbat_jax.binarization",  # its k-bit form
+    # configs and runs
+    "default_config": "fedbat_jax.config",
+    "validate": "fedbat_jax.config",
+    "build": "fedbat_jax.train",
+    "run": "fedbat_jax.train",
+    "make_train": "fedbat_jax.whole_run",
+    # registries
+    "ALGORITHMS": "fedbat_jax.algorithms",
+    "MODELS": "fedbat_jax.models",
+    "DATASETS": "fedbat_jax.data",
+    # pieces to compose
+    "Compressor": "fedbat_jax.compressors",
+    "full_precision": "fedbat_jax.compressors",
+    "stochastic_levels": "fedbat_jax.compressors",
+    "scaled_sign": "fedbat_jax.compressors",
+    "partition": "fedbat_jax.data",
+    "default_binarize_predicate": "fedbat_jax.local",
+    # errors
+    "FedBatError": "fedbat_jax.errors",
+    "ConfigError": "fedbat_jax.errors",
+    "DataError": "fedbat_jax.errors",
+    "WorkdirError": "fedbat_jax.errors",
+    "DivergenceError": "fedbat_jax.errors",
+}
+__all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name):  # lazy: `import fedbat_jax.errors` stays light (the CLI reports bad input fast)
-    if name == "make_train":
-        from fedbat_jax.whole_run import make_train
-
-        return make_train
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'fedbat_jax' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -18,7 +18,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from fedbat_jax.binarize import leaf_keys, level_indices, level_values
+from fedbat_jax.binarization import leaf_keys, level_indices, level_values
 from fedbat_jax.bits import pack_levels, pack_signs, unpack_levels, unpack_signs
 
 Params = Any

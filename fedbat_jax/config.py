@@ -15,6 +15,7 @@ AGGREGATION_WEIGHTS = ("samples", "batches")
 LR_SCHEDULES = ("constant", "inverse_time", "cosine")
 SERVER_OPTIMIZERS = ("sgd", "momentum", "adam", "yogi")
 ALPHA_RULES = ("learned", "max_abs")
+ALPHA_BOUNDS = ("fixed", "lr")
 
 
 # Every setting: (name, default, what it means). The defaults are the reference's where it has one.
@@ -49,6 +50,7 @@ SETTINGS: tuple[tuple[str, Any, str], ...] = (
     ("alpha_max", 5e-2, "[config] fedbat: upper clip of the learned step size"),
     ("alpha_rule", "learned", "fedbat: learned (the paper) | max_abs (alpha = max|u| per tensor, as in the "
                               "convergence theorem)"),
+    ("alpha_bounds", "fixed", "fedbat: fixed (the paper) | lr (alpha_min and alpha_max scaled by lr_t / lr_0)"),
     ("bits", 1, "fedbat: bits of the learned operator (1 = the paper); qsgd: bits per value"),
     ("partition", "iid", "iid | dirichlet | label_count"),
     ("dirichlet_beta", 0.3, "dirichlet partition: concentration"),
@@ -112,6 +114,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
     choice("lr_schedule", LR_SCHEDULES)
     choice("server_optimizer", SERVER_OPTIMIZERS)
     choice("alpha_rule", ALPHA_RULES)
+    choice("alpha_bounds", ALPHA_BOUNDS)
     for field in ("num_clients", "clients_per_round", "rounds", "local_epochs", "batch_size", "eval_every"):
         if int(c[field]) != c[field] or c[field] < 1:
             raise ConfigError(f"{field} must be a positive integer, got {c[field]!r}")

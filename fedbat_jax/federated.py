@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from fedbat_jax.binarize import warmup_steps
+from fedbat_jax.binarization import warmup_steps
 from fedbat_jax.compressors import Compressor
 from fedbat_jax.local import (ClientData, ClientState, LocalConfig, client_update, epoch_orders, init_client,
                               make_local_step)
@@ -134,7 +134,8 @@ class Federated(NamedTuple):
 
         Returns ``(Aggregate contribution, the client's new compressor state)``.
         """
-        update, scales = client_update(params, client.state, self.train_mask, self.local)
+        last_lr = self.local.lr_at(inp.first_step + inp.num_steps - 1, inp.num_steps)
+        update, scales = client_update(params, client.state, self.train_mask, self.local, last_lr)
         payload, comp_state = self.compressor.encode(update, scales, comp_state,
                                                      jax.random.fold_in(inp.key, UPLOAD))
         p = inp.weight

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import optax
 
 from fedbat_jax.augment import AUGMENTATIONS
-from fedbat_jax.binarize import binarize, leaf_keys, quantize, step_size
+from fedbat_jax.binarization import binarize, leaf_keys, quantize, step_size
 from fedbat_jax.optimizers import client_direction, learning_rate
 
 Params = Any
@@ -54,6 +54,7 @@ class LocalConfig(NamedTuple):
     bits: int = 1  # levels 2^bits of the operator (1: FedBAT's binarization)
     augment: str = "none"  # a name in fedbat_jax.augment.AUGMENTATIONS
     alpha_rule: str = "learned"  # learned (the paper) | max_abs (alpha = max|u|: the theorem's)
+    alpha_bounds: str = "fixed"  # fixed (the paper) | lr (alpha_min, alpha_max scaled by lr_t / lr_0)
     momentum: float = 0.0
     weight_decay: float = 0.0
     schedule: str = "constant"  # constant | inverse_time | cosine (fedbat_jax.optimizers.learning_rate)
@@ -64,6 +65,10 @@ class LocalConfig(NamedTuple):
     def lr_at(self, t, steps_per_round):
         """The learning rate at the client's step ``t``, counted over the whole run."""
         return learning_rate(self.schedule, self.lr, self.beta, self.gamma, t, self.rounds * steps_per_round)
+
+    def bounds_scale(self, lr):
+        """What the clip bounds of alpha are multiplied by at learning rate ``lr`` (1 unless ``alpha_bounds=lr``)."""
+        return lr / self.lr_at(0, 1) if self.alpha_bounds == "lr" else 1.0
 
 
 class ClientState(NamedTuple):
@@ -86,11 +91,13 @@ def init_client(params: Params, batch_stats: Any, mask: Params, cfg: LocalConfig
     return ClientState(theta, scalars(0.0), scalars(ALPHA0_INIT), batch_stats, opt, jnp.float32(0), jnp.float32(0))
 
 
-def step_sizes(a: Params, alpha0: Params, cfg: LocalConfig, theta: Params) -> Params:
-    """Each leaf's alpha: learned, ``clip(alpha0 exp(rho a))``; or (``max_abs``) ``max|u|``, not trained."""
+def step_sizes(a: Params, alpha0: Params, cfg: LocalConfig, theta: Params, scale=1.0) -> Params:
+    """Each leaf's alpha: learned, ``clip(alpha0 exp(rho a), scale alpha_min, scale alpha_max)``; or
+    (``max_abs``) ``max|u|``, not trained."""
     if cfg.alpha_rule == "max_abs":
         return jax.tree.map(lambda u: jax.lax.stop_gradient(jnp.maximum(jnp.max(jnp.abs(u)), 1e-12)), theta)
-    return jax.tree.map(lambda a_, a0: step_size(a_, a0, cfg.rho, cfg.alpha_min, cfg.alpha_max), a, alpha0)
+    lo, hi = cfg.alpha_min * scale, cfg.alpha_max * scale
+    return jax.tree.map(lambda a_, a0: step_size(a_, a0, cfg.rho, lo, hi), a, alpha0)
 
 
 def effective_params(params: Params, theta: Params, alpha: Params, mask: Params, binarizing: jax.Array, key,
@@ -110,11 +117,13 @@ def effective_params(params: Params, theta: Params, alpha: Params, mask: Params,
     return jax.tree.map(leaf, params, theta, alpha, mask, keys)
 
 
-def client_update(params: Params, state: ClientState, mask: Params, cfg: LocalConfig) -> tuple[Params, Params]:
+def client_update(params: Params, state: ClientState, mask: Params, cfg: LocalConfig, lr=None) -> tuple[Params, Params]:
     """The client's finished update ``m`` (latent ``u`` on binarized leaves, ``theta - w`` elsewhere)
-    and its learned step size per leaf (what FedBAT's upload binarizes with)."""
+    and its learned step size per leaf (what FedBAT's upload binarizes with); ``lr``: the learning rate of
+    its last step (``alpha_bounds=lr`` only)."""
     update = jax.tree.map(lambda w, th, b: th if b else th - w, params, state.theta, mask)
-    return update, step_sizes(state.a, state.alpha0, cfg, state.theta)
+    scale = cfg.bounds_scale(lr) if lr is not None else 1.0
+    return update, step_sizes(state.a, state.alpha0, cfg, state.theta, scale)
 
 
 class ClientData(NamedTuple):
@@ -159,9 +168,9 @@ def make_local_step(model, mask: Params, cfg: LocalConfig) -> Callable:
     """
     direction = client_direction(cfg.momentum, cfg.weight_decay)
 
-    def loss_fn(trainable, params, batch_stats, x, y, valid, binarizing, key):
+    def loss_fn(trainable, params, batch_stats, x, y, valid, binarizing, key, scale):
         theta, a, alpha0 = trainable
-        alpha = step_sizes(a, alpha0, cfg, theta)
+        alpha = step_sizes(a, alpha0, cfg, theta, scale)
         eff = effective_params(params, theta, alpha, mask, binarizing, key, cfg.bits)
         logits, new_vars = model.apply(
             {"params": eff, "batch_stats": batch_stats}, x, train=True, mask=valid, mutable=["batch_stats"]
@@ -186,7 +195,8 @@ def make_local_step(model, mask: Params, cfg: LocalConfig) -> Callable:
             state.alpha0, state.theta, mask,
         )
         trainable = (state.theta, state.a, alpha0)
-        grads, (batch_stats, ce_sum) = grad_fn(trainable, params, state.batch_stats, x, y, valid, binarizing, key)
+        grads, (batch_stats, ce_sum) = grad_fn(trainable, params, state.batch_stats, x, y, valid, binarizing, key,
+                                               cfg.bounds_scale(lr))
         g_theta, g_a, _ = grads
         weights = jax.tree.map(lambda w, th, b: w + th if b else th, params, state.theta, mask)
         d_theta, opt = direction.update(g_theta, state.opt, weights)

@@ -95,7 +95,8 @@ def make_federated(config: ml_collections.ConfigDict, model, params: Any, ds: Da
     local = LocalConfig(lr=config.lr, batch_size=config.batch_size, rho=config.rho, alpha_min=config.alpha_min,
                         alpha_max=config.alpha_max, bits=config.bits,
                         augment=(ds.augment or "none") if config.augment == "auto" else config.augment,
-                        alpha_rule=config.alpha_rule, momentum=config.momentum, weight_decay=config.weight_decay,
+                        alpha_rule=config.alpha_rule, alpha_bounds=config.alpha_bounds, momentum=config.momentum,
+                        weight_decay=config.weight_decay,
                         schedule=config.lr_schedule, beta=config.lr_beta, gamma=config.lr_gamma, rounds=config.rounds)
     server = server_optimizer(config.server_optimizer, config.server_lr, config.server_b1, config.server_b2,
                               config.server_eps)

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fedbat_jax.binarize import binarize, level_indices, level_values, quantize, step_size, warmup_steps
+from fedbat_jax.binarization import binarize, level_indices, level_values, quantize, step_size, warmup_steps
 
 KEY = jax.random.PRNGKey(0)
 

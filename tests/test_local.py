@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fedbat_jax.binarize import warmup_steps
+from fedbat_jax.binarization import warmup_steps
 from fedbat_jax.local import (
     ALPHA0_INIT,
     ClientData,

@@ -130,3 +130,14 @@ def test_resume_is_exact_with_server_optimizer_state(tmp_path):
     keys = ("round", "train_loss", "test_loss", "test_accuracy")
     assert [[r[k] for k in keys] for r in straight] == [[r[k] for k in keys] for r in resumed]
     assert len(leaf_names(train.build(c).server.opt_state)) > 0
+
+
+def test_alpha_bounds_follow_the_learning_rate():
+    from fedbat_jax.local import step_sizes
+
+    cfg = LocalConfig(lr=0.1, batch_size=8, schedule="inverse_time", beta=2.0, gamma=4.0, alpha_bounds="lr")
+    assert cfg.bounds_scale(cfg.lr_at(12, 1)) == pytest.approx((2.0 / 16) / (2.0 / 4))
+    assert LocalConfig(lr=0.1, batch_size=8).bounds_scale(0.01) == 1.0  # the paper's fixed bounds
+    a = {"k": jnp.float32(10.0)}  # exp(rho a) huge: alpha clips at the (scaled) upper bound
+    alpha = step_sizes(a, {"k": jnp.float32(0.01)}, cfg, {"k": jnp.ones(3)}, scale=0.25)
+    assert float(alpha["k"]) == pytest.approx(0.25 * cfg.alpha_max)
