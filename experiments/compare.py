@@ -1,7 +1,7 @@
 """FedBAT vs FedAvg (make run): run both, print final/best accuracy and uplink, plot the curves.
 
-    python experiments/compare.py [--config experiments/configs/mnist5k.py] [--workdir runs/compare]
-                                  [--set FIELD=VALUE ...]
+    python experiments/compare.py [--config experiments/configs/mnist5k.py[:ARG]] [--workdir runs/compare]
+                                  [--config.FIELD=VALUE ...]
 
 Each algorithm runs in WORKDIR/<algorithm> (resumed if interrupted); the plot is WORKDIR/compare.png.
 """
@@ -12,33 +12,28 @@ import sys
 from pathlib import Path
 
 from report import plot_curves, summarize
-from study import apply_overrides
-from study import load_config as load_study_config
 
+from fedbat_jax.config import apply_overrides, load_config
 from fedbat_jax.errors import FedBatError
 from fedbat_jax.train import run
 
 ALGORITHMS = ("fedbat", "fedavg")
 
 
-def load_config(path: str, algorithm: str, overrides: list[str]):
-    c = load_study_config(path, "")
-    c.algorithm = algorithm
-    apply_overrides(c, overrides)
-    return c
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default=str(Path(__file__).parent / "configs" / "mnist5k.py"))
     ap.add_argument("--workdir", default="runs/compare")
-    ap.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE")
-    args = ap.parse_args()
+    args, overrides = ap.parse_known_args()
     workdir = Path(args.workdir)
     results = {}
     try:
         for name in ALGORITHMS:
-            config = load_config(args.config, name, args.set)
+            config = load_config(args.config)
+            config.algorithm = name
+            unknown = apply_overrides(config, overrides)
+            if unknown:
+                ap.error(f"unrecognized arguments: {' '.join(unknown)} (fields are set as --config.FIELD=VALUE)")
             results[name] = run(config, workdir / name, progress=True, log=print)
     except (FedBatError, ValueError, TypeError) as e:
         print(f"compare: error: {' '.join(str(e).split())}", file=sys.stderr)

@@ -10,7 +10,8 @@
 
 Each run lives in WORKDIR/<dataset>[_reduced]/<partition>/<algorithm>[_bK]/seed<S> and resumes if interrupted
 (a finished run is read back, not rerun). Writes OUT.md, OUT.csv and OUT_<dataset>_<partition>.png (accuracy
-against round and against cumulative uplink MB). ``--set FIELD=VALUE`` overrides any config field for every run.
+against round and against cumulative uplink MB). ``--config.FIELD=VALUE`` (the CLI's syntax) overrides a field
+for every run.
 
 ``--vmap-seeds`` runs each cell's seeds as one ``jax.jit(jax.vmap(train))`` program (``fedbat_jax.make_train``;
 the seeds of a cell share every shape) instead of one run after another; such runs keep no workdir (no
@@ -19,7 +20,6 @@ resume) and their seconds are the cell's wall time split evenly over its seeds.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import itertools
 import platform
 import sys
@@ -29,26 +29,11 @@ from pathlib import Path
 from report import gap_table, plot_curves, summarize, write_table
 
 import fedbat_jax
+from fedbat_jax.config import apply_overrides, load_config
 from fedbat_jax.errors import FedBatError
 from fedbat_jax.train import run
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
-
-
-def load_config(path: str, arg: str):
-    spec = importlib.util.spec_from_file_location("experiment_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg) if arg else module.get_config()
-
-
-def apply_overrides(c, overrides: list[str]) -> None:
-    for item in overrides:
-        field, _, value = item.partition("=")
-        if field not in c:
-            raise FedBatError(f"unknown config field {field!r} in --set {item}")
-        current = c[field]
-        c[field] = value.lower() in ("1", "true") if isinstance(current, bool) else type(current)(value)
 
 
 def vmapped_runs(config, seeds: list[int]) -> dict[int, list[dict]]:
@@ -84,9 +69,8 @@ def main() -> int:
     ap.add_argument("--target", type=float, default=0.8, help="accuracy for the rounds-to-target column")
     ap.add_argument("--workdir", default="runs/study")
     ap.add_argument("--out", default="docs/results/study")
-    ap.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE")
     ap.add_argument("--vmap-seeds", action="store_true", help="each cell's seeds as one vmapped program")
-    args = ap.parse_args()
+    args, overrides = ap.parse_known_args()
     out = Path(args.out)
     configs = [args.config] if args.config else [str(CONFIGS / f"{d}.py") for d in args.datasets.split(",") if d]
     if not configs:
@@ -99,7 +83,7 @@ def main() -> int:
                 configs, args.partitions.split(","), args.algorithms.split(","), seeds):
             if args.vmap_seeds and seed != seeds[0]:
                 continue  # ran with the cell's first seed
-            c = load_config(config_path, partition + (",reduced" if args.reduced else ""))
+            c = load_config(f"{config_path}:{partition}" + (",reduced" if args.reduced else ""))
             c.algorithm, c.seed = algorithm, seed
             if args.data_dir:
                 c.data_dir = args.data_dir
@@ -109,7 +93,9 @@ def main() -> int:
                 c.local_epochs = args.local_epochs
             if algorithm == "qsgd":
                 c.bits = args.bits
-            apply_overrides(c, args.set)
+            unknown = apply_overrides(c, overrides)
+            if unknown:
+                ap.error(f"unrecognized arguments: {' '.join(unknown)} (fields are set as --config.FIELD=VALUE)")
             setting = c.dataset + ("_reduced" if args.reduced else "")
             name = algorithm + (f"_{c.bits}bit" if algorithm == "qsgd" or c.bits != 1 else "")
 

@@ -67,10 +67,11 @@ SETTINGS: tuple[tuple[str, Any, str], ...] = (
     ("num_devices", 0, "fused execution: local devices the lanes are sharded over (0 = all)"),
     ("checkpoint_every", 10, "rounds between checkpoints in the workdir (0 = only at the end)"),
     ("print_histograms", False, "print each client's label histogram at start"),
+    ("tensorboard", False, "also write each round's metrics as TensorBoard scalars in the workdir (tensorboardX)"),
 )
 # Settings that do not change a run's numbers: a resume may change them freely. ``client_threads`` only
 # changes which thread trains a client (absorption stays in cohort order, so not one bit changes).
-RUNTIME_FIELDS = ("data_dir", "eval_every", "checkpoint_every", "print_histograms", "client_threads")
+RUNTIME_FIELDS = ("data_dir", "eval_every", "checkpoint_every", "print_histograms", "client_threads", "tensorboard")
 # Settings a resume may change when asked explicitly (``--allow_change``): more rounds extend a run; the
 # execution settings move it to other hardware, with a result equal up to floating-point summation order.
 RESUMABLE_FIELDS = ("rounds", "execution", "lanes", "lane_loop", "num_devices")
@@ -213,3 +214,46 @@ def paper_config(dataset: str, arg: str = "") -> ml_collections.ConfigDict:
 def get_config() -> ml_collections.ConfigDict:
     """So that this file is itself a valid ``--config`` (the CLI's default)."""
     return default_config()
+
+
+# ---- configs from the command line: --config=FILE[:ARG] and --config.FIELD=VALUE ---------------------
+def load_config(spec: str) -> ml_collections.ConfigDict:
+    """The config of ``FILE[:ARG]``: a Python file defining ``get_config([ARG])`` (the CLI's ``--config``)."""
+    import importlib.util
+    from pathlib import Path
+
+    path, _, arg = spec.partition(":")
+    if not Path(path).is_file():
+        raise ConfigError(f"config file {path} not found")
+    module_spec = importlib.util.spec_from_file_location("fedbat_experiment_config", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg) if arg else module.get_config()
+
+
+def apply_overrides(c: ml_collections.ConfigDict, args: list[str]) -> list[str]:
+    """Apply every ``--config.FIELD=VALUE`` in ``args`` to ``c`` (the CLI's syntax; the value is read as the
+    field's type); return the other arguments. An unknown field or a bad value is a one-line ConfigError."""
+    rest = []
+    for arg in args:
+        if not arg.startswith("--config."):
+            rest.append(arg)
+            continue
+        field, eq, text = arg[len("--config."):].partition("=")
+        if field not in c:
+            close = difflib.get_close_matches(field, list(c.keys()), n=1)
+            raise ConfigError(f"unknown config field {field!r}" + (f"; did you mean {close[0]!r}?" if close else ""))
+        if not eq:
+            raise ConfigError(f"{arg}: give a value, as --config.{field}=VALUE")
+        kind = type(c[field])
+        try:
+            if kind is bool:
+                if text.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError(text)
+                value = text.lower() in ("true", "1")
+            else:
+                value = kind(text)
+        except ValueError:
+            raise ConfigError(f"--config.{field}: could not convert {text!r} to {kind.__name__}") from None
+        c[field] = value
+    return rest

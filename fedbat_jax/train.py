@@ -152,6 +152,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path | None = None, pr
     server state; process 0 writes the workdir (a folder all processes can read, to resume).
     """
     validate(config)  # before the workdir is touched or any data loads
+    if config.tensorboard and workdir is None:
+        raise ConfigError("tensorboard=True writes into the workdir: give one")
     warn = (lambda s: log(f"warning: {s}")) if log else (lambda s: warnings.warn(s, stacklevel=3))
     folder = (Workdir(workdir, config, allow_change, warn, writer=jax.process_index() == 0)
               if workdir is not None else contextlib.nullcontext())

@@ -5,6 +5,7 @@
     WORKDIR/checkpoint.npz       the newest checkpoint: the round and the server state's leaves by tree path
     WORKDIR/checkpoint.prev.npz  the one before it, kept until the newest is complete on disk
     WORKDIR/.lock                held (``flock``) while a run uses the folder; the kernel frees it if the run dies
+    WORKDIR/events.out.tfevents.*  with ``tensorboard=True``: the same metrics as TensorBoard scalars
 
 ``Workdir(path, config)`` checks all of this before any data loads; ``restore`` then returns the server
 state, the last checkpointed round and the metrics up to it; ``append`` and ``save`` write as the run goes.
@@ -146,7 +147,7 @@ class Workdir:
         unknown = self.allow_change - set(RESUMABLE_FIELDS)
         if unknown:
             raise ConfigError(f"--allow_change takes {', '.join(RESUMABLE_FIELDS)}; got {', '.join(sorted(unknown))}")
-        self._lock = None
+        self._lock = self._tensorboard = None
         self._open_folder()
         try:
             self.checkpoint = self._newest_checkpoint()  # (file, round, arrays) or None
@@ -240,12 +241,21 @@ class Workdir:
         if self.writer:
             _write_atomic(self.path / CONFIG_FILE, self.config.to_json(indent=2) + "\n")
             _write_atomic(self.metrics_path, "".join(strict_json(rec) + "\n" for rec in records))
+            if self.config.tensorboard:
+                from tensorboardX import SummaryWriter
+
+                # purge_step: a resume drops the events of rounds after the checkpoint, as metrics.jsonl does
+                self._tensorboard = SummaryWriter(str(self.path), purge_step=done + 1)
         return state, done, records
 
     def append(self, record: dict) -> None:
         if self.writer:
             with self.metrics_path.open("a") as f:
                 f.write(strict_json(record) + "\n")
+        if self._tensorboard is not None:
+            for name, value in record.items():
+                if name != "round" and isinstance(value, (int, float)) and value is not None:
+                    self._tensorboard.add_scalar(name, value, record["round"])
 
     def save(self, state: Any, r: int) -> None:
         """Checkpoint round ``r`` (after making the metrics up to it durable)."""
@@ -256,6 +266,9 @@ class Workdir:
             self.checkpoint = (self.path / CHECKPOINT_FILE, r, None)
 
     def close(self) -> None:
+        if self._tensorboard is not None:
+            self._tensorboard.close()
+            self._tensorboard = None
         if self._lock is not None:
             self._lock.close()  # closing the file releases the flock
             self._lock = None

@@ -7,12 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from fedbat_jax.config import PAPER_SETTINGS, REDUCED, paper_config, validate
+from fedbat_jax.config import PAPER_SETTINGS, REDUCED, load_config, paper_config, validate
 from fedbat_jax.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "experiments"))
-from study import load_config  # noqa: E402
 
 PARTITIONS = ("iid", "dirichlet", "label_count")
 # dataset: (model, rounds, Dirichlet beta, classes per client in label-count)
@@ -23,7 +21,7 @@ PAPER = {"fashion_mnist": ("cnn4", 100, 0.3, 3), "svhn": ("cnn4", 100, 0.3, 3),
 @pytest.mark.parametrize("dataset", sorted(PAPER))
 @pytest.mark.parametrize("partition", PARTITIONS)
 def test_paper_setting(dataset, partition):
-    c = load_config(str(ROOT / "experiments" / "configs" / f"{dataset}.py"), partition)
+    c = load_config(f"{ROOT / 'experiments' / 'configs' / dataset}.py:{partition}")
     validate(c)
     model, rounds, beta, labels = PAPER[dataset]
     assert (c.dataset, c.model, c.rounds, c.partition) == (dataset, model, rounds, partition)

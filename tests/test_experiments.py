@@ -40,7 +40,7 @@ def test_study_writes_table_csv_and_plots(tmp_path):
     out = tmp_path / "res"
     cmd = [sys.executable, "experiments/study.py", "--config", "experiments/configs/mnist5k.py", "--partitions",
            "iid", "--algorithms", "fedavg,fedbat", "--rounds", "1", "--target", "0.5", "--workdir", str(tmp_path / "w"),
-           "--out", str(out), "--set", "num_clients=4", "clients_per_round=2", "local_epochs=1"]
+           "--out", str(out), "--config.num_clients=4", "--config.clients_per_round=2", "--config.local_epochs=1"]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     rows = list(csv.DictReader((tmp_path / "res.csv").open()))
@@ -58,8 +58,9 @@ def test_study_writes_table_csv_and_plots(tmp_path):
 def test_study_vmapped_seeds_equal_the_runs_one_by_one(tmp_path):
     """--vmap-seeds: each cell's seeds as one make_train program, the same numbers as the CLI runs."""
     common = ["--config", "experiments/configs/mnist5k.py", "--partitions", "iid", "--algorithms", "fedbat",
-              "--seeds", "0,1", "--rounds", "2", "--target", "0.5", "--workdir", str(tmp_path / "w"), "--set",
-              "model=logreg", "num_clients=4", "clients_per_round=2", "local_epochs=1", "execution=fused"]
+              "--seeds", "0,1", "--rounds", "2", "--target", "0.5", "--workdir", str(tmp_path / "w"),
+              "--config.model=logreg", "--config.num_clients=4", "--config.clients_per_round=2",
+              "--config.local_epochs=1", "--config.execution=fused"]
     for name, extra in (("vmapped", ["--vmap-seeds"]), ("runs", [])):
         done = subprocess.run([sys.executable, "experiments/study.py", "--out", str(tmp_path / name), *extra, *common],
                               cwd=ROOT, capture_output=True, text=True)
@@ -72,7 +73,7 @@ def test_study_vmapped_seeds_equal_the_runs_one_by_one(tmp_path):
 
 def test_study_bad_field_is_one_line(tmp_path):
     done = subprocess.run([sys.executable, "experiments/study.py", "--config", "experiments/configs/mnist5k.py",
-                           "--workdir", str(tmp_path), "--out", str(tmp_path / "r"), "--set", "nope=1"],
+                           "--workdir", str(tmp_path), "--out", str(tmp_path / "r"), "--config.nope=1"],
                           cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "nope" in done.stderr
 

@@ -220,3 +220,31 @@ def test_sigkill_mid_round_then_resume_equals_an_uninterrupted_run(tmp_path, xla
     assert results(strict_lines(killed / "metrics.jsonl")) == results(strict_lines(tmp_path / "straight" /
                                                                                      "metrics.jsonl"))
     assert [r["round"] for r in strict_lines(killed / "metrics.jsonl")] == [1, 2, 3, 4]
+
+
+def read_scalars(folder: Path) -> dict:
+    """``{tag: [(step, value)]}`` from the TensorBoard event files in ``folder`` (TFRecord framing)."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    out = {}
+    for file in sorted(folder.glob("events.out.tfevents.*")):
+        data, i = file.read_bytes(), 0
+        while i < len(data):
+            (n,) = struct.unpack("<Q", data[i:i + 8])
+            event = event_pb2.Event.FromString(data[i + 12:i + 12 + n])
+            i += 12 + n + 4
+            for v in event.summary.value:
+                out.setdefault(v.tag, []).append((event.step, v.simple_value))
+    return out
+
+
+def test_tensorboard_scalars_are_the_metrics(tmp_path):
+    records = train.run(tiny(tensorboard=True), tmp_path)
+    scalars = read_scalars(tmp_path)
+    assert [s for s, _ in scalars["train_loss"]] == [1, 2]
+    np.testing.assert_allclose([v for _, v in scalars["train_loss"]], [r["train_loss"] for r in records], rtol=1e-6)
+    assert {"test_accuracy", "uplink_bits", "round_seconds"} <= set(scalars)
+    with pytest.raises(ConfigError, match="needs|workdir"):
+        train.run(tiny(tensorboard=True))
