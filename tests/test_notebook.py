@@ -1,0 +1,22 @@
+"""The tour notebook runs top to bottom (offline, CPU), so it cannot rot."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbclient
+import nbformat
+
+NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "tour.ipynb"
+
+
+def test_tour_notebook_executes(tmp_path, xla_cache_env, monkeypatch):
+    for name, value in xla_cache_env.items():  # the kernel inherits the persistent XLA cache and fast compiles
+        monkeypatch.setenv(name, value)
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    assert all(not cell.get("outputs") for cell in nb.cells if cell.cell_type == "code")  # stored without outputs
+    nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
+                            resources={"metadata": {"path": str(tmp_path)}}).execute()
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+    assert not errors
+    printed = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert "a client's upload:" in printed and "lr 0.2: test accuracy per round" in printed
