@@ -1,5 +1,4 @@
 PYTHON ?= python3
-export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 
 .PHONY: install test run bench
 

@@ -154,13 +154,18 @@ def validate(c: ml_collections.ConfigDict) -> None:
             raise ConfigError(f"{field} must be in [0, 2**32), got {c[field]!r}")
 
 
+def unknown_field(name: str) -> ConfigError:
+    """The one-line error for a field that does not exist, with the closest real one."""
+    close = difflib.get_close_matches(name, [n for n, _, _ in SETTINGS], n=1)
+    return ConfigError(f"unknown config field {name!r}" + (f"; did you mean {close[0]!r}?" if close else ""))
+
+
 def _check_fields_and_types(c) -> None:
     """The config has exactly the known fields, each of its default's type, and no float is inf or nan."""
     known = {name: default for name, default, _ in SETTINGS}
     given = set(c.keys())
     for name in sorted(given - known.keys()):
-        close = difflib.get_close_matches(name, known, n=1)
-        raise ConfigError(f"unknown config field {name!r}" + (f"; did you mean {close[0]!r}?" if close else ""))
+        raise unknown_field(name)
     for name in sorted(known.keys() - given):
         raise ConfigError(f"config field {name!r} is missing; start from fedbat_jax.config.default_config()")
     for name, default in known.items():
@@ -241,8 +246,7 @@ def apply_overrides(c: ml_collections.ConfigDict, args: list[str]) -> list[str]:
             continue
         field, eq, text = arg[len("--config."):].partition("=")
         if field not in c:
-            close = difflib.get_close_matches(field, list(c.keys()), n=1)
-            raise ConfigError(f"unknown config field {field!r}" + (f"; did you mean {close[0]!r}?" if close else ""))
+            raise unknown_field(field)
         if not eq:
             raise ConfigError(f"{arg}: give a value, as --config.{field}=VALUE")
         kind = type(c[field])

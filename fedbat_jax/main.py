@@ -36,14 +36,14 @@ Runs (or resumes) one federated run in DIR. FILE defines get_config(ARG), e.g. e
 
 def _unknown_field(e: BaseException) -> str:
     """ml_collections' message for a misspelt field, as one readable line."""
+    from fedbat_jax.config import unknown_field
+
     while e.args and isinstance(e.args[0], BaseException):  # AttributeError(KeyError(message))
         e = e.args[0]
     text = str(e.args[0]) if e.args else str(e)
     name = re.search(r'Key "([^"]+)"|\'([^\']+)\'', text)
-    close = re.search(r'Did you mean "([^"]+)"', text)
     field = next(g for g in name.groups() if g) if name else _one_line(e)
-    return (f"unknown config field {field!r}" + (f"; did you mean {close.group(1)!r}?" if close else "")
-            + " (python -m fedbat_jax.main --help lists the fields)")
+    return f"{unknown_field(field)} (python -m fedbat_jax.main --help lists the fields)"
 
 
 def _parse(argv: list[str]):
