@@ -159,10 +159,13 @@ def sweep_bench(config, ds, n: int, metric) -> dict:
     t1 = time.perf_counter()
     one_by_one = [jax.block_until_ready(single(k)) for k in keys]
     t2 = time.perf_counter()
-    same = np.allclose(np.asarray(batched[1]["suboptimality"]),
-                       np.stack([np.asarray(m["suboptimality"]) for _, m in one_by_one]), rtol=1e-3, atol=1e-9)
+    # Bit-equality is not expected: batching changes the matmuls' summation order in the last bits, and
+    # stochastic rounding turns such differences into different draws. The runs agree in distribution.
+    a = np.asarray(batched[1]["suboptimality"])[:, -1]
+    b = np.asarray([np.asarray(m["suboptimality"])[-1] for _, m in one_by_one])
     return dict(seeds=n, rounds=config.rounds, vmapped_s=t1 - t0, sequential_s=t2 - t1, speedup=(t2 - t1) / (t1 - t0),
-                results_agree=bool(same))
+                final_mean_vmapped=float(a.mean()), final_mean_sequential=float(b.mean()),
+                final_std_vmapped=float(a.std(ddof=1)), final_std_sequential=float(b.std(ddof=1)))
 
 
 def main(argv):
@@ -243,7 +246,10 @@ def write(prefix: Path, rows, curves, const, f_star, grad_norm, bench, base) -> 
     if bench:
         lines += ["", f"Sweep speed: {bench['seeds']} seeds of fedbat ({bench['rounds']} rounds) as one vmapped program "
                   f"{bench['vmapped_s']:.1f} s, one after another {bench['sequential_s']:.1f} s: "
-                  f"**{bench['speedup']:.1f}x** (compile excluded; results agree: {bench['results_agree']})."]
+                  f"**{bench['speedup']:.2f}x** (compile excluded). Final F - F*: vmapped "
+                  f"{bench['final_mean_vmapped']:.3e} +- {bench['final_std_vmapped']:.1e}, one by one "
+                  f"{bench['final_mean_sequential']:.3e} +- {bench['final_std_sequential']:.1e} (mean +- sd over seeds; "
+                  "not bit-equal: batching changes summation order and stochastic rounding amplifies it)."]
     prefix.with_suffix(".md").write_text("\n".join(lines) + "\n")
     plot(prefix.with_suffix(".png"), curves)
 
