@@ -95,14 +95,14 @@ def test_host_threads_and_fused_lanes_agree():
     threaded = train.build(tiny("fedavg", batch_size=128, client_threads=2))
     _leaves_close(threaded.round.run(threaded.server, 1)[0].params, host.round.run(host.server, 1)[0].params,
                   rtol=0, atol=0)
-    # FedBAT's stochastic signs amplify such differences further; phi = 1 binarizes only the upload.
-    for algorithm, phi in (("fedavg", 0.5), ("fedbat", 1.0)):
-        host = train.build(tiny(algorithm, batch_size=128, phi=phi))
-        fused = train.build(tiny(algorithm, batch_size=128, phi=phi, execution="fused", lanes=2,  # lanes hold 2
-                                 lane_loop="scan"))  # the GPU/TPU program
-        errors = _relative_update_error(fused, host)
-        # (a stochastic sign flips where u sits near a threshold: binarized leaves get a looser bound)
-        assert max(errors) < (0.1 if algorithm == "fedavg" else 0.3) and np.median(errors) < 0.05, errors
+    # FedBAT with phi = 1 trains in full precision, as FedAvg does, and binarizes only the upload, whose
+    # stochastic signs amplify such differences further.
+    host = train.build(tiny("fedbat", batch_size=128, phi=1.0))
+    fused = train.build(tiny("fedbat", batch_size=128, phi=1.0, execution="fused", lanes=2,  # lanes hold 2
+                             lane_loop="scan"))  # the GPU/TPU program
+    errors = _relative_update_error(fused, host)
+    # (a stochastic sign flips where u sits near a threshold: binarized leaves get a looser bound)
+    assert max(errors) < 0.3 and np.median(errors) < 0.05, errors
 
 
 def test_no_retrace_across_rounds(fedbat_exp):
