@@ -55,7 +55,7 @@ flags.DEFINE_string("out", "docs/results/convergence", "Output prefix: PREFIX.cs
 flags.DEFINE_integer("seeds", 8, "Seeds per cell, run as one vmapped program.")
 flags.DEFINE_list("rows", DEFAULT_ROWS, "Table rows: " + ", ".join(ROWS))
 flags.DEFINE_list("partitions", ["iid", "label_count"], "Partitions.")
-flags.DEFINE_bool("quick", False, "30 rounds, 2 seeds (for the tests).")
+flags.DEFINE_bool("quick", False, "30 rounds (unless --config.rounds is given) and 2 seeds (for the tests).")
 flags.DEFINE_integer("sweep_bench", 0, "Also time N seeds of fedbat vmapped against N runs one after another.")
 flags.DEFINE_integer("sweep_rounds", 100, "Rounds of each run in --sweep_bench.")
 
@@ -170,7 +170,7 @@ def sweep_bench(config, ds, n: int, metric) -> dict:
 
 def main(argv):
     base = FLAGS.config
-    if FLAGS.quick:
+    if FLAGS.quick and not any(a.startswith("--config.rounds=") for a in sys.argv):
         base.rounds = 30
     seeds = 2 if FLAGS.quick and FLAGS.seeds == 8 else FLAGS.seeds
     unknown = set(FLAGS.rows) - set(ROWS)
