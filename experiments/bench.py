@@ -6,7 +6,10 @@ warm-up round (compilation excluded); the figure is training samples per second 
 (local steps of every client + upload + aggregation). Results go to a JSON file.
 
     python experiments/bench.py --out bench_results.json [--rounds 3] [--epochs 2] [--execution host]
-                                [--config.FIELD=VALUE ...]   # any setting of the CNN4 rounds, the CLI's syntax
+                                [--config=FILE[:ARG]] [--config.FIELD=VALUE ...]
+
+``--config`` times the rounds of that config instead of the built-in CNN4 federation (each of
+``--algorithms`` in turn); ``--config.FIELD=VALUE`` overrides a setting of those rounds (the CLI's syntax).
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fedbat_jax import train
-from fedbat_jax.config import apply_overrides
+from fedbat_jax.config import apply_overrides, load_config
 from fedbat_jax.data import Dataset
 from fedbat_jax.errors import FedBatError
 
@@ -144,14 +147,18 @@ def main() -> None:
     ap.add_argument("--resnet-clients", type=int, default=4)
     ap.add_argument("--resnet-samples", type=int, default=128, help="samples per client (1 local epoch)")
     ap.add_argument("--resnet-width", type=int, default=64, help="64: the paper's ResNet-10")
+    ap.add_argument("--config", default="", help="FILE[:ARG]: time this config's rounds instead of the CNN4 ones")
     args, overrides = ap.parse_known_args()
     try:
-        configs = [make_config(a, args.epochs, args.execution, args.threads, args.dataset, args.paper, args.data_dir)
-                   for a in args.algorithms.split(",") if a]
-        for c in configs:
+        configs = []
+        for a in (a for a in args.algorithms.split(",") if a):
+            c = (load_config(args.config) if args.config else
+                 make_config(a, args.epochs, args.execution, args.threads, args.dataset, args.paper, args.data_dir))
+            c.algorithm = a
             unknown = apply_overrides(c, overrides)
             if unknown:
                 ap.error(f"unrecognized arguments: {' '.join(unknown)} (fields are set as --config.FIELD=VALUE)")
+            configs.append(c)
         results = bench(configs, args.rounds) if configs else []
         resnet = (resnet_bench(args.resnet_algorithms.split(","), max(2, args.rounds // 2), args.resnet_clients,
                                args.resnet_samples, args.resnet_width, args.execution)
