@@ -174,11 +174,10 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path | None = None, pr
             server, m = exp.round.run(server, r)
             train_loss = float(m["train_loss"])  # waits for the round to finish
             seconds = time.perf_counter() - t0
-            if not (math.isfinite(train_loss) and bool(_all_finite(server))):
-                kept = ("" if not wd else f"; the last good checkpoint (round {wd.checkpoint_round}) is kept"
-                        if wd.checkpoint_round else "; no checkpoint was written before it")
+            model_finite = bool(_all_finite(server))
+            if not (math.isfinite(train_loss) and model_finite):
                 raise DivergenceError(f"round {r} diverged (training loss {train_loss}, global model "
-                                      f"{'finite' if _all_finite(server) else 'non-finite'}){kept}; try a smaller lr",
+                                      f"{'finite' if model_finite else 'non-finite'}){_kept(wd)}; try a smaller lr",
                                       r, records)
             rec = {"round": r, "test_accuracy": None, "test_loss": None, "train_loss": train_loss,
                    "uplink_bits": int(m["uplink_bits"]), "downlink_bits": int(m["downlink_bits"]),
@@ -197,6 +196,15 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path | None = None, pr
         if bar is not None:
             bar.close()
     return records
+
+
+def _kept(wd: Workdir | None) -> str:
+    """What a diverged run leaves behind, for its error line."""
+    if wd is None:
+        return ""
+    if wd.checkpoint_round:
+        return f"; the last good checkpoint (round {wd.checkpoint_round}) is kept"
+    return "; no checkpoint was written before it"
 
 
 @jax.jit

@@ -254,7 +254,7 @@ class Workdir:
                 f.write(strict_json(record) + "\n")
         if self._tensorboard is not None:
             for name, value in record.items():
-                if name != "round" and isinstance(value, (int, float)) and value is not None:
+                if name != "round" and isinstance(value, (int, float)):
                     self._tensorboard.add_scalar(name, value, record["round"])
 
     def save(self, state: Any, r: int) -> None:
