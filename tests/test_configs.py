@@ -52,3 +52,20 @@ def test_cli_rejects_a_bad_config_argument(tmp_path):
                           f"--workdir={tmp_path}"], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 2
     assert out.stderr.count("\n") == 1 and "PARTITION[,reduced]" in out.stderr
+
+
+def test_script_overrides_use_the_cli_syntax_and_refuse_bad_input(tmp_path):
+    from fedbat_jax.config import apply_overrides, default_config
+
+    c = default_config()
+    rest = apply_overrides(c, ["--config.lr=0.05", "--config.tensorboard=true", "--rounds", "3"])
+    assert (c.lr, c.tensorboard, rest) == (0.05, True, ["--rounds", "3"])
+    for bad, needle in (("--config.lrr=1", "unknown config field 'lrr'; did you mean 'lr'?"),
+                        ("--config.lr=fast", "could not convert 'fast' to float"),
+                        ("--config.tensorboard=maybe", "could not convert 'maybe' to bool"),
+                        ("--config.lr", "give a value")):
+        with pytest.raises(ConfigError) as e:
+            apply_overrides(default_config(), [bad])
+        assert needle in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(str(tmp_path / "nope.py"))
