@@ -16,6 +16,7 @@ LR_SCHEDULES = ("constant", "inverse_time", "cosine")
 SERVER_OPTIMIZERS = ("sgd", "momentum", "adam", "yogi")
 ALPHA_RULES = ("learned", "max_abs")
 ALPHA_BOUNDS = ("fixed", "lr")
+ERROR_FEEDBACK = ("none", "ef", "ef21")  # fedbat_jax.compressors.with_error_feedback
 
 
 # Every setting: (name, default, what it means). The defaults are the reference's where it has one.
@@ -46,6 +47,8 @@ SETTINGS: tuple[tuple[str, Any, str], ...] = (
     ("server_eps", 1e-3, "server optimizer: adaptivity tau (adam, yogi)"),
     ("rho", 6.0, "fedbat: step-size learning-rate multiplier"),
     ("phi", 0.5, "[config] fraction of local steps trained in full precision before binarizing"),
+    ("error_feedback", "none", "compressed algorithms: none | ef (the client keeps the residual of its upload) | "
+                               "ef21 (it sends the compressed change of its last estimate; the server keeps theirs)"),
     ("alpha_min", 5e-4, "[config] fedbat: lower clip of the learned step size"),
     ("alpha_max", 5e-2, "[config] fedbat: upper clip of the learned step size"),
     ("alpha_rule", "learned", "fedbat: learned (the paper) | max_abs (alpha = max|u| per tensor, as in the "
@@ -116,6 +119,11 @@ def validate(c: ml_collections.ConfigDict) -> None:
     choice("server_optimizer", SERVER_OPTIMIZERS)
     choice("alpha_rule", ALPHA_RULES)
     choice("alpha_bounds", ALPHA_BOUNDS)
+    choice("error_feedback", ERROR_FEEDBACK)
+    if c.error_feedback != "none" and c.algorithm in ("fedavg", "ef_signsgd"):
+        raise ConfigError(f"error_feedback={c.error_feedback} does not apply to {c.algorithm}: "
+                          + ("it sends every value exactly" if c.algorithm == "fedavg" else
+                             "it is signsgd with error_feedback=ef already; use algorithm=signsgd"))
     for field in ("num_clients", "clients_per_round", "rounds", "local_epochs", "batch_size", "eval_every"):
         if int(c[field]) != c[field] or c[field] < 1:
             raise ConfigError(f"{field} must be a positive integer, got {c[field]!r}")

@@ -1,6 +1,6 @@
 """How a round's clients execute: interchangeable backends over the pure functions of ``federated``.
 
-Each backend is ``run(server, data, inputs) -> (Aggregate, client_states)``: it trains every client of
+Each backend is ``run(server, data, inputs) -> (Aggregate, compressor_states)``: it trains every client of
 ``inputs`` (a stacked ``ClientInput``) from the broadcast model and folds each finished client into the
 server's running ``Aggregate``, so memory holds a few clients' states, never the whole cohort's.
 
@@ -30,12 +30,39 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fedbat_jax.federated import (Aggregate, Client, ClientInput, Federated, ServerState, absorb, empty_aggregate,
-                                  select_rows)
+from fedbat_jax.federated import Aggregate, Client, ClientInput, Federated, ServerState
 from fedbat_jax.local import ClientData
 
 Execution = Callable[[ServerState, ClientData, ClientInput], "tuple[Aggregate, Any]"]
 MESH_AXIS = "clients"
+
+
+# ---- what every backend does with finished clients -------------------------------------------------------
+def empty_aggregate(server: ServerState) -> Aggregate:
+    zeros = lambda t: jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), t)  # noqa: E731
+    return Aggregate(zeros(server.params), zeros(server.batch_stats), jnp.float32(0), jnp.float32(0))
+
+
+def absorb(fed: Federated, params, acc: Aggregate, table: Any, clients: Client, inputs: ClientInput,
+           done: jax.Array) -> tuple[Aggregate, Any]:
+    """Add the finished clients among a batch of lanes (leading axis; ``done`` marks them) to ``acc``, and
+    write their new compressor state into the all-clients ``table`` (other rows untouched)."""
+    n = jax.tree.leaves(table)[0].shape[0] if jax.tree.leaves(table) else 0
+    rows = jax.tree.map(lambda x: x[inputs.client], table)
+    contrib, rows = jax.vmap(fed.client_final, (None, 0, 0, 0))(params, clients, rows, inputs)
+
+    def add(a, c):
+        keep = done.reshape(done.shape + (1,) * (c.ndim - 1))
+        return a + jnp.sum(jnp.where(keep, c, 0.0), axis=0)
+
+    dest = jnp.where(done, inputs.client, n)  # n is out of bounds: dropped
+    table = jax.tree.map(lambda t, r: t.at[dest].set(r, mode="drop"), table, rows)
+    return jax.tree.map(add, acc, contrib), table
+
+
+def select_rows(rows: jax.Array, a: Any, b: Any) -> Any:
+    """Per lane (leading axis): ``a`` where ``rows`` is True, else ``b``."""
+    return jax.tree.map(lambda x, y: jnp.where(rows.reshape(rows.shape + (1,) * (x.ndim - 1)), x, y), a, b)
 
 
 def _one(inputs: ClientInput, i: int) -> ClientInput:
@@ -65,7 +92,7 @@ def host(fed: Federated, threads: int = 1) -> Execution:
                 client = step(client, server.params, data, inp, t)
             return client
 
-        acc, table = empty_aggregate(server), server.client_states
+        acc, table = empty_aggregate(server), server.compressor_states
         k = len(num_steps)
         workers = max(1, min(threads, k))
         if workers == 1:
@@ -171,8 +198,8 @@ def lanes(fed: Federated, num_lanes: int, cap: int, mesh: jax.sharding.Mesh | No
         steps = np.asarray(inputs.num_steps)
         sched = pack_lanes(steps, num_lanes, quantum=max(1, cap // 8), cap=cap, multiple=devices)
         if not host_loop:
-            return compiled(server.params, server.batch_stats, server.client_states, data, inputs, jnp.asarray(sched))
-        consts, carry = start(server.params, server.batch_stats, server.client_states, inputs, sched.shape[1])
+            return compiled(server.params, server.batch_stats, server.compressor_states, data, inputs, jnp.asarray(sched))
+        consts, carry = start(server.params, server.batch_stats, server.compressor_states, inputs, sched.shape[1])
         for t in range(sched.shape[2]):
             carry = step(server.params, data, consts, carry, sched[:, :, t])
         return carry[1], carry[2]
@@ -266,5 +293,5 @@ def padded_round(fed: Federated, server: ServerState, data: ClientData, inputs: 
         clients = jax.lax.fori_loop(0, jnp.max(inp.num_steps), body, clients)
         return absorb(fed, server.params, acc, table, clients, inp, real), None
 
-    (acc, table), _ = jax.lax.scan(one_group, (empty_aggregate(server), server.client_states), grouped)
+    (acc, table), _ = jax.lax.scan(one_group, (empty_aggregate(server), server.compressor_states), grouped)
     return acc, table

@@ -2,7 +2,8 @@
 
 In FedJAX's ``fed_avg`` shape: a sampled client runs ``client_init`` -> ``client_step`` x S_k ->
 ``client_final`` (encode its update, decode the payload as the server will, weight it); the server sums
-the clients' weighted contributions into an ``Aggregate`` as they arrive and ``server_update`` applies it.
+the clients' weighted contributions into an ``Aggregate`` as they arrive and ``server_update`` applies it;
+``server_init`` sits beside it, as optax pairs ``init`` and ``update``.
 *How* the cohort's clients execute (a host loop, packed lanes in one scan, lanes sharded over devices,
 padded groups inside a whole-run program) is a backend in ``fedbat_jax.executions``; they all call these
 functions and nothing else.
@@ -33,8 +34,8 @@ SHUFFLE, STEPS, UPLOAD = 0, 1, 2
 class ServerState(NamedTuple):
     params: Params
     batch_stats: Any
-    client_states: Any  # compressor state of all N clients, stacked on a leading axis (``()`` if none)
-    opt_state: Any  # the server optimizer's state (``Federated.server_optimizer.init(params)``)
+    compressor_states: Any  # each of the N clients' compressor state (e.g. an EF residual), stacked on axis 0
+    opt_state: Any  # the server optimizer's state (with EF21: the running estimate, then the optimizer's)
 
 
 class Roster(NamedTuple):
@@ -49,12 +50,13 @@ class Roster(NamedTuple):
 class ClientInput(NamedTuple):
     """What the server hands one sampled client for one round. All arrays: a cohort stacks on axis 0."""
 
-    client: jax.Array  # int32: the client's id (its row of ``ServerState.client_states``)
+    client: jax.Array  # int32: the client's id (its row of ``ServerState.compressor_states``)
     index: jax.Array  # int32 [max_n + B]: its sample indices into the training set, zero-padded
     size: jax.Array  # int32 n_k
     num_steps: jax.Array  # int32 S_k
     n_warm: jax.Array  # int32 warm-up steps
-    weight: jax.Array  # float32 p_k, normalised over the cohort (0 for a padding slot)
+    weight: jax.Array  # float32 p_k, normalised over the cohort
+    share: jax.Array  # float32 w_k, the client's weight normalised over the whole federation (EF21's server)
     key: jax.Array  # the client's key for this round
     first_step: jax.Array  # int32 (r - 1) * S_k: the client's step count at the round's start (lr schedules)
 
@@ -97,8 +99,8 @@ def plan_round(root: jax.Array, r, roster: Roster, index: jax.Array, k: int) -> 
     keys = jax.vmap(lambda c: jax.random.fold_in(base, c))(cohort)
     w = jnp.asarray(roster.weight)[cohort]
     return ClientInput(cohort.astype(jnp.int32), index[cohort], jnp.asarray(roster.sizes)[cohort],
-                       jnp.asarray(roster.num_steps)[cohort], jnp.asarray(roster.n_warm)[cohort], w / w.sum(), keys,
-                       (r - 1) * jnp.asarray(roster.num_steps)[cohort])
+                       jnp.asarray(roster.num_steps)[cohort], jnp.asarray(roster.n_warm)[cohort], w / w.sum(),
+                       w / jnp.asarray(roster.weight).sum(), keys, (r - 1) * jnp.asarray(roster.num_steps)[cohort])
 
 
 class Federated(NamedTuple):
@@ -111,6 +113,7 @@ class Federated(NamedTuple):
     local_epochs: int
     server_optimizer: optax.GradientTransformation = optax.sgd(1.0)  # plain averaging
 
+    # ---- a client -------------------------------------------------------------------------------
     def fresh_state(self, params: Params, batch_stats: Any) -> ClientState:
         return init_client(params, batch_stats, self.train_mask, self.local)
 
@@ -130,7 +133,8 @@ class Federated(NamedTuple):
                                           lr))
 
     def client_final(self, params: Params, client: Client, comp_state: Any, inp: ClientInput):
-        """Upload: encode the finished update, decode the payload as the server does, weight it by p_k.
+        """Upload: encode the finished update, decode the payload as the server does, weight it by p_k (by
+        w_k, the share of the whole federation, when the compressor's server keeps an estimate: EF21).
 
         Returns ``(Aggregate contribution, the client's new compressor state)``.
         """
@@ -138,45 +142,34 @@ class Federated(NamedTuple):
         update, scales = client_update(params, client.state, self.train_mask, self.local, last_lr)
         payload, comp_state = self.compressor.encode(update, scales, comp_state,
                                                      jax.random.fold_in(inp.key, UPLOAD))
-        p = inp.weight
-        weighted = lambda t: jax.tree.map(lambda x: p * x, t)  # noqa: E731
+        p = inp.weight if self.compressor.server is None else inp.share
         s = client.state
-        return Aggregate(weighted(self.compressor.decode(payload)), weighted(s.batch_stats), s.loss_sum,
+        return Aggregate(_scaled(p, self.compressor.decode(payload)), _scaled(inp.weight, s.batch_stats), s.loss_sum,
                          s.seen), comp_state
 
-    def server_update(self, server: ServerState, agg: Aggregate, client_states: Any) -> tuple[ServerState, jax.Array]:
+    # ---- the server -------------------------------------------------------------------------------
+    def server_transform(self) -> optax.GradientTransformation:
+        """What turns the received sum into the server's step: the compressor's server side (EF21's running
+        estimate), if any, then the server optimizer."""
+        if self.compressor.server is None:
+            return self.server_optimizer
+        return optax.chain(self.compressor.server, self.server_optimizer)
+
+    def server_init(self, params: Params, batch_stats: Any, num_clients: int) -> ServerState:
+        """The server before round 1: the initial model, every client's fresh compressor state, the optimizer's."""
+        one = self.compressor.init(params)
+        table = jax.tree.map(lambda x: jnp.zeros((num_clients,) + x.shape, x.dtype), one)
+        return ServerState(params, batch_stats, table, self.server_transform().init(params))
+
+    def server_update(self, server: ServerState, agg: Aggregate, compressor_states: Any) -> tuple[ServerState, jax.Array]:
         """The new global model: the server optimizer's step on the pseudo-gradient ``-sum_k p_k
-        decode(payload_k)`` (plain averaging: ``w + sum_k p_k decode(payload_k)``); BatchNorm statistics averaged."""
+        decode(payload_k)`` (plain averaging: ``w + sum_k p_k decode(payload_k)``); BatchNorm statistics averaged.
+        Returns it with the round's mean training loss."""
         pseudo_gradient = jax.tree.map(jnp.negative, agg.update)
-        updates, opt_state = self.server_optimizer.update(pseudo_gradient, server.opt_state, server.params)
+        updates, opt_state = self.server_transform().update(pseudo_gradient, server.opt_state, server.params)
         params = optax.apply_updates(server.params, updates)
-        return (ServerState(params, agg.batch_stats, client_states, opt_state),
+        return (ServerState(params, agg.batch_stats, compressor_states, opt_state),
                 agg.loss_sum / jnp.maximum(agg.seen, 1.0))
 
-
-# ---- helpers the executions share ----------------------------------------------------------------------
-def empty_aggregate(server: ServerState) -> Aggregate:
-    zeros = lambda t: jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), t)  # noqa: E731
-    return Aggregate(zeros(server.params), zeros(server.batch_stats), jnp.float32(0), jnp.float32(0))
-
-
-def absorb(fed: Federated, params: Params, acc: Aggregate, table: Any, clients: Client, inputs: ClientInput,
-           done: jax.Array) -> tuple[Aggregate, Any]:
-    """Add the finished clients among a batch of lanes (leading axis; ``done`` marks them) to ``acc``, and
-    write their new compressor state into the all-clients ``table`` (other rows untouched)."""
-    n = jax.tree.leaves(table)[0].shape[0] if jax.tree.leaves(table) else 0
-    rows = jax.tree.map(lambda x: x[inputs.client], table)
-    contrib, rows = jax.vmap(fed.client_final, (None, 0, 0, 0))(params, clients, rows, inputs)
-
-    def add(a, c):
-        keep = done.reshape(done.shape + (1,) * (c.ndim - 1))
-        return a + jnp.sum(jnp.where(keep, c, 0.0), axis=0)
-
-    dest = jnp.where(done, inputs.client, n)  # n is out of bounds: dropped
-    table = jax.tree.map(lambda t, r: t.at[dest].set(r, mode="drop"), table, rows)
-    return jax.tree.map(add, acc, contrib), table
-
-
-def select_rows(rows: jax.Array, a: Any, b: Any) -> Any:
-    """Per lane (leading axis): ``a`` where ``rows`` is True, else ``b``."""
-    return jax.tree.map(lambda x, y: jnp.where(rows.reshape(rows.shape + (1,) * (x.ndim - 1)), x, y), a, b)
+def _scaled(p: jax.Array, tree: Any) -> Any:
+    return jax.tree.map(lambda x: p * x, tree)

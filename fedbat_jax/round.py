@@ -45,12 +45,6 @@ def wire_bits(fed: Federated, params: Params, batch_stats: Any, k: int) -> dict:
     return {"uplink_bits": k * (payload_bits(payload) + stats), "downlink_bits": k * (payload_bits(spec(params)) + stats)}
 
 
-def init_server(fed: Federated, params: Params, batch_stats: Any, num_clients: int) -> ServerState:
-    one = fed.compressor.init(params)
-    table = jax.tree.map(lambda x: jnp.zeros((num_clients,) + x.shape, x.dtype), one)
-    return ServerState(params, batch_stats, table, fed.server_optimizer.init(params))
-
-
 class Round:
     """A round of one experiment: ``run(server, r) -> (server, metrics)``, with its execution backend."""
 
@@ -64,6 +58,6 @@ class Round:
 
     def run(self, server: ServerState, r: int) -> tuple[ServerState, dict]:
         inputs = self.plan(jax.random.PRNGKey(self.seed), r, index=self.data.index)
-        agg, client_states = self.execution(server, self.data, inputs)
-        server, train_loss = self.update(server, agg, client_states)
+        agg, compressor_states = self.execution(server, self.data, inputs)
+        server, train_loss = self.update(server, agg, compressor_states)
         return server, {"train_loss": train_loss, **self.bits}

@@ -23,12 +23,13 @@ from fedbat_jax.config import default_config, validate
 from fedbat_jax.data import Dataset, format_histograms, label_histograms, load_dataset, partition, size_summary
 from fedbat_jax.errors import ConfigError, DivergenceError
 from fedbat_jax import executions
+from fedbat_jax.compressors import with_error_feedback
 from fedbat_jax.evaluation import make_evaluate, test_set
 from fedbat_jax.federated import Federated, ServerState, make_roster
 from fedbat_jax.local import ClientData, LocalConfig, binarized_mask
 from fedbat_jax.models import make_model
 from fedbat_jax.optimizers import server_optimizer
-from fedbat_jax.round import Round, init_server, round_key, wire_bits
+from fedbat_jax.round import Round, round_key, wire_bits
 from fedbat_jax.workdir import Workdir
 
 __all__ = ["default_config", "Experiment", "build", "build_from_data", "run", "make_eval"]
@@ -83,7 +84,7 @@ def _assemble(config: ml_collections.ConfigDict, ds: Dataset) -> Experiment:
     bits = wire_bits(fed, variables["params"], batch_stats, config.clients_per_round)
     rnd = Round(fed, roster, client_data(ds, parts, config.batch_size), execution, name, config.clients_per_round,
                 config.seed, bits)
-    server = init_server(fed, variables["params"], batch_stats, config.num_clients)
+    server = fed.server_init(variables["params"], batch_stats, config.num_clients)
     return Experiment(config, ds, parts, model, rnd, server, make_eval(model, ds))
 
 
@@ -91,7 +92,9 @@ def make_federated(config: ml_collections.ConfigDict, model, params: Any, ds: Da
     """The algorithm of ``config`` on this model: binarized leaves, compressor, local-training settings."""
     algorithm = get_algorithm(config.algorithm)
     train_mask = binarized_mask(params, algorithm.train_predicate)
-    compressor = algorithm.make_compressor(binarized_mask(params, algorithm.upload_predicate), params, config.bits)
+    upload_mask = binarized_mask(params, algorithm.upload_predicate)
+    compressor = with_error_feedback(algorithm.make_compressor(upload_mask, params, config.bits), config.error_feedback,
+                                     upload_mask)
     local = LocalConfig(lr=config.lr, batch_size=config.batch_size, rho=config.rho, alpha_min=config.alpha_min,
                         alpha_max=config.alpha_max, bits=config.bits,
                         augment=(ds.augment or "none") if config.augment == "auto" else config.augment,

@@ -29,7 +29,6 @@ from fedbat_jax.errors import ConfigError
 from fedbat_jax.evaluation import make_evaluate, test_set
 from fedbat_jax.executions import padded_round
 from fedbat_jax.federated import plan_round
-from fedbat_jax.round import init_server
 from fedbat_jax.train import build, build_from_data
 
 # Settings that may be traced (passed per run in ``hparams``); the others fix shapes or step counts.
@@ -63,7 +62,7 @@ def make_train(config: ml_collections.ConfigDict, dataset: Dataset | None = None
         f = fed._replace(local=fed.local._replace(**(hparams or {})))
         clients, test = data if data is not None else train.data
         variables = exp.model.init(jax.random.fold_in(key, 0), sample)
-        server = init_server(f, variables["params"], variables.get("batch_stats", {}), n)
+        server = f.server_init(variables["params"], variables.get("batch_stats", {}), n)
 
         def one_round(server, r):
             inputs = plan_round(key, r, roster, clients.index, k)

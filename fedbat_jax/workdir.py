@@ -33,6 +33,8 @@ CHECKPOINT_FILE = "checkpoint.npz"
 PREVIOUS_CHECKPOINT_FILE = "checkpoint.prev.npz"
 LOCK_FILE = ".lock"
 _ROUND = "__round__"
+# Leaf-name prefixes that were renamed since checkpoints began (old -> new): an old checkpoint still loads.
+_RENAMED = {"client_states/": "compressor_states/"}
 
 
 # ---- checkpoints: leaves by tree path, written durably, checked on load ---------------------------------
@@ -71,6 +73,7 @@ def restore_tree(arrays: dict[str, np.ndarray], like: Any, source: str = "checkp
     if "leaf_0" in arrays:
         raise WorkdirError(f"{source} was written by an older fedbat-jax (leaves stored by index); "
                            "start this run in a new --workdir")
+    arrays = {_current_name(name): a for name, a in arrays.items()}
     named = leaf_names(like)
     mismatch = None
     for name, leaf in named:
@@ -88,6 +91,13 @@ def restore_tree(arrays: dict[str, np.ndarray], like: Any, source: str = "checkp
         raise WorkdirError(f"{source} does not match this config ({mismatch}); use a new --workdir")
     leaves = [jnp.asarray(arrays[name]) for name, _ in named]
     return jax.tree.unflatten(jax.tree.structure(like), leaves)
+
+
+def _current_name(name: str) -> str:
+    for old, new in _RENAMED.items():
+        if name.startswith(old):
+            return new + name[len(old):]
+    return name
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -11,7 +11,8 @@ import pytest
 
 from fedbat_jax import train
 from fedbat_jax.bits import pack_levels, payload_bits, unpack_levels
-from fedbat_jax.compressors import full_precision, scaled_sign, stochastic_levels
+from fedbat_jax.compressors import (full_precision, running_sum, scaled_sign, stochastic_levels,
+                                   with_error_feedback)
 
 TEMPLATE = {"conv": {"kernel": jnp.zeros((3, 3, 4, 5))}, "bn": {"scale": jnp.zeros((5,))},
             "dense": {"kernel": jnp.zeros((7, 3))}}
@@ -41,7 +42,7 @@ class CompressorTest(chex.TestCase):
 
     @chex.variants(with_jit=True, without_jit=True)
     def test_error_feedback_keeps_the_residual(self):
-        comp = scaled_sign(MASK, TEMPLATE, error_feedback=True)
+        comp = with_error_feedback(scaled_sign(MASK, TEMPLATE), "ef", MASK)
         state = comp.init(TEMPLATE)
         payload, state = self.variant(comp.encode)(UPDATE, SCALES, state, KEY)
         sent = comp.decode(payload)
@@ -51,6 +52,53 @@ class CompressorTest(chex.TestCase):
         p = UPDATE["conv"][k] + state["conv"][k]
         np.testing.assert_allclose(comp.decode(payload2)["conv"][k],
                                    jnp.mean(jnp.abs(p)) * jnp.where(p >= 0, 1.0, -1.0), atol=1e-7)
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_ef_on_fedbat_upload_keeps_what_the_draw_did_not_send(self):
+        comp = with_error_feedback(stochastic_levels(MASK, TEMPLATE, 1, True), "ef", MASK)
+        residual = jax.tree.map(lambda x: jnp.full_like(x, 0.003), TEMPLATE)
+        residual["bn"]["scale"] = jnp.zeros(())  # leaves sent exactly keep no residual
+        payload, new = self.variant(comp.encode)(UPDATE, SCALES, residual, KEY)
+        plain, _ = stochastic_levels(MASK, TEMPLATE, 1, True).encode(
+            jax.tree.map(lambda m, e, b: m + e if b else m, UPDATE, residual, MASK), SCALES, (), KEY)
+        chex.assert_trees_all_equal(payload, plain)  # the inner compressor sees m + e, same scales and key
+        sent = comp.decode(payload)
+        for k in ("conv", "dense"):
+            np.testing.assert_allclose(new[k]["kernel"], UPDATE[k]["kernel"] + 0.003 - sent[k]["kernel"], atol=1e-7)
+            assert set(np.unique(np.abs(np.asarray(sent[k]["kernel"])))) == {np.float32(0.004)}  # +-alpha
+        np.testing.assert_array_equal(new["bn"]["scale"], 0.0)
+        np.testing.assert_array_equal(sent["bn"]["scale"], UPDATE["bn"]["scale"])
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_ef21_sends_the_compressed_change_of_the_estimate(self):
+        comp = with_error_feedback(scaled_sign(MASK, TEMPLATE), "ef21", MASK)
+        g = jax.tree.map(lambda m: 0.5 * m, UPDATE)
+        payload, new = self.variant(comp.encode)(UPDATE, SCALES, g, KEY)
+        d = UPDATE["conv"]["kernel"] - g["conv"]["kernel"]
+        sent = comp.decode(payload)
+        np.testing.assert_allclose(sent["conv"]["kernel"], jnp.mean(jnp.abs(d)) * jnp.where(d >= 0, 1.0, -1.0),
+                                   rtol=1e-6)
+        np.testing.assert_allclose(new["conv"]["kernel"], g["conv"]["kernel"] + sent["conv"]["kernel"], rtol=1e-6)
+        np.testing.assert_allclose(new["bn"]["scale"], UPDATE["bn"]["scale"], atol=1e-9)  # exact leaves: g = m
+        assert comp.server is not None
+
+    def test_ef21_server_keeps_the_running_sum(self):
+        t = running_sum()
+        state = t.init({"w": jnp.zeros(2)})
+        out, state = t.update({"w": jnp.array([1.0, -2.0])}, state)
+        out, state = t.update({"w": jnp.array([0.5, 0.5])}, state)
+        np.testing.assert_array_equal(out["w"], [1.5, -1.5])
+        np.testing.assert_array_equal(state["w"], [1.5, -1.5])
+
+    def test_error_feedback_leaves_the_payload_size_unchanged(self):
+        for make in (lambda: scaled_sign(MASK, TEMPLATE), lambda: stochastic_levels(MASK, TEMPLATE, 1, True),
+                     lambda: stochastic_levels(MASK, TEMPLATE, 4, False)):
+            sizes = set()
+            for kind in ("none", "ef", "ef21"):
+                comp = with_error_feedback(make(), kind, MASK)
+                payload, _ = comp.encode(UPDATE, SCALES, comp.init(TEMPLATE), KEY)
+                sizes.add(payload_bits(payload))
+            assert len(sizes) == 1
 
     @chex.variants(with_jit=True, without_jit=True)
     def test_stochastic_levels_decode_the_drawn_levels(self):
@@ -120,7 +168,7 @@ def test_every_algorithm_runs_and_reports_its_payload(algorithm, bits, per_value
 def test_error_feedback_state_changes_only_for_sampled_clients():
     exp = train.build(tiny("ef_signsgd"))
     server, _ = exp.round.run(exp.server, 1)
-    residual = np.asarray(server.client_states["Conv_1"]["kernel"])  # [num_clients, ...] (the next round donates it)
+    residual = np.asarray(server.compressor_states["Conv_1"]["kernel"])  # [num_clients, ...] (the next round donates it)
     touched = np.asarray(jnp.abs(residual).reshape(residual.shape[0], -1).max(1) > 0)
     from fedbat_jax.round import cohort
 
@@ -128,4 +176,30 @@ def test_error_feedback_state_changes_only_for_sampled_clients():
     server2, _ = exp.round.run(server, 2)
     again = cohort(exp.config.seed, 2, 6, 2)
     untouched = np.array([c for c in range(6) if c not in again])
-    np.testing.assert_array_equal(server2.client_states["Conv_1"]["kernel"][untouched], residual[untouched])
+    np.testing.assert_array_equal(server2.compressor_states["Conv_1"]["kernel"][untouched], residual[untouched])
+
+
+@pytest.mark.parametrize("kind", ["ef", "ef21"])
+def test_fedbat_with_error_feedback_sends_the_same_bits_as_fedbat(kind):
+    plain = train.build(tiny("fedbat"))
+    fed = train.build(tiny("fedbat", error_feedback=kind))
+    _, m_plain = plain.round.run(plain.server, 1)
+    server, m = fed.round.run(fed.server, 1)
+    assert m["uplink_bits"] == m_plain["uplink_bits"]
+    state = np.asarray(server.compressor_states["Conv_1"]["kernel"])  # [num_clients, ...]
+    touched = np.flatnonzero(np.abs(state).reshape(state.shape[0], -1).max(1) > 0)
+    from fedbat_jax.round import cohort
+
+    np.testing.assert_array_equal(touched, cohort(0, 1, 6, 2))
+
+
+def test_ef21_server_estimate_is_the_federation_weighted_sum_of_client_estimates():
+    exp = train.build(tiny("signsgd", error_feedback="ef21", clients_per_round=3))
+    server, _ = exp.round.run(exp.server, 1)
+    server, _ = exp.round.run(server, 2)
+    shares = exp.round.roster.weight / exp.round.roster.weight.sum()
+    estimate = server.opt_state[0]  # (EF21's running sum, then the server optimizer's state)
+    for name in ("Conv_1", "Dense_0"):
+        g = np.asarray(server.compressor_states[name]["kernel"], np.float64)
+        expected = -np.tensordot(shares, g, axes=1)  # the running sum of the pseudo-gradient: -G
+        np.testing.assert_allclose(estimate[name]["kernel"], expected, atol=1e-6)

@@ -69,3 +69,16 @@ def test_script_overrides_use_the_cli_syntax_and_refuse_bad_input(tmp_path):
         assert needle in str(e.value) and "\n" not in str(e.value)
     with pytest.raises(ConfigError, match="not found"):
         load_config(str(tmp_path / "nope.py"))
+
+
+@pytest.mark.parametrize("algorithm,kind,words", [("fedavg", "ef", "sends every value exactly"),
+                                                  ("ef_signsgd", "ef21", "use algorithm=signsgd"),
+                                                  ("fedbat", "ef3", "unknown error_feedback")])
+def test_error_feedback_is_refused_where_it_does_not_apply(algorithm, kind, words):
+    from fedbat_jax.config import default_config
+    from fedbat_jax.errors import ConfigError
+
+    c = default_config()
+    c.algorithm, c.error_feedback = algorithm, kind
+    with pytest.raises(ConfigError, match=words):
+        validate(c)
