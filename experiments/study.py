@@ -1,43 +1,57 @@
-"""Run a grid of (dataset, partition, algorithm, seed) and write a results table and plots.
+"""Run a grid of (dataset, partition, algorithm, seed) and write results tables (seeds aggregated) and plots.
 
-    # the paper's settings, 20 rounds each (configs: experiments/configs/<dataset>.py)
+    # the paper's settings (experiments/configs/paper.py), 20 rounds each
     python experiments/study.py --datasets fashion_mnist --data-dir ../shared/data --rounds 20 \
         --algorithms fedavg,fedbat --out docs/results/paper_fmnist
     # the reduced CPU variants (20 clients, 5 per round, 2 local epochs, 20 rounds, ResNet-10 width 16)
     python experiments/study.py --datasets cifar10 --reduced --data-dir ../shared/data --out docs/results/reduced_cifar10
-    # any single config file
+    # three seeds a cell, FedBAT with and without error feedback (ALGORITHM+ef, ALGORITHM+ef21)
+    python experiments/study.py --datasets fashion_mnist --reduced --seeds 0,1,2 --algorithms fedbat,fedbat+ef,fedbat+ef21
+    # any single config file (its partition field is set per cell)
     python experiments/study.py --config experiments/configs/mnist5k.py --partitions iid
 
 Each run lives in WORKDIR/<dataset>[_reduced]/<partition>/<algorithm>[_bK]/seed<S> and resumes if interrupted
-(a finished run is read back, not rerun). Writes OUT.md, OUT.csv and OUT_<dataset>_<partition>.png (accuracy
-against round and against cumulative uplink MB). ``--config.FIELD=VALUE`` (the CLI's syntax) overrides a field
-for every run.
+(a finished run is read back, not rerun, so a long grid can be split over several sittings). Writes OUT.csv
+(one row per run), OUT.md (per cell: seeds, mean final accuracy and its 95% t-interval; paired differences
+between methods) and OUT_<dataset>_<partition>.png (mean accuracy curves with 95% bands, against round and
+against cumulative uplink MB). ``--config.FIELD=VALUE`` overrides a field for every run.
 
-``--vmap-seeds`` runs each cell's seeds as one ``jax.jit(jax.vmap(train))`` program (``fedbat_jax.make_train``;
-the seeds of a cell share every shape) instead of one run after another; such runs keep no workdir (no
-resume) and their seconds are the cell's wall time split evenly over its seeds.
+``--vmap-seeds`` runs each cell's seeds as one ``jax.jit(jax.vmap(train))`` program (``fedbat_jax.make_train``)
+instead of one run after another; such runs keep no workdir (no resume) and their seconds are the cell's wall
+time split evenly over its seeds.
 """
 from __future__ import annotations
 
-import argparse
 import itertools
 import platform
 import sys
 import time
 from pathlib import Path
 
-from report import gap_table, plot_curves, summarize, write_table
-
 import fedbat_jax
-from fedbat_jax.config import apply_overrides, load_config
-from fedbat_jax.errors import FedBatError
-from fedbat_jax.train import run
+from fedbat_jax import cli, report
+from fedbat_jax.errors import ConfigError
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
+COMPARISONS = (("fedbat", "fedavg"), ("fedbat", "stoch_binary"), ("fedbat+ef", "fedbat"), ("fedbat+ef21", "fedbat"),
+               ("fedbat+ef", "stoch_binary"), ("fedbat+ef21", "stoch_binary"))
+
+
+def algorithm_fields(spec: str, bits: int) -> dict:
+    """``ALGORITHM[+ef|+ef21]`` as config fields."""
+    algorithm, _, feedback = spec.partition("+")
+    fields = {"algorithm": algorithm, "error_feedback": feedback or "none"}
+    if algorithm == "qsgd":
+        fields["bits"] = bits
+    return fields
+
+
+def run_name(spec: str, config) -> str:
+    return spec + (f"_{config.bits}bit" if config.algorithm == "qsgd" or config.bits != 1 else "")
 
 
 def vmapped_runs(config, seeds: list[int]) -> dict[int, list[dict]]:
-    """Every seed of one config as one vmapped program; records shaped like ``train.run``'s."""
+    """Every seed of one config as one vmapped program; records shaped like ``fedbat_jax.run``'s."""
     import jax
     import numpy as np
 
@@ -54,86 +68,87 @@ def vmapped_runs(config, seeds: list[int]) -> dict[int, list[dict]]:
                    for r in range(config.rounds)] for i, seed in enumerate(seeds)}
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--datasets", default="", help="comma list of experiments/configs/<name>.py (the paper's)")
-    ap.add_argument("--config", default="", help="one config file instead of --datasets")
-    ap.add_argument("--reduced", action="store_true", help="the configs' reduced CPU variants")
+def main(args, overrides: list[str]) -> int:
+    out = Path(args.out)
+    specs = ([args.config] if args.config else
+             [f"{CONFIGS / 'paper.py'}:{d}" for d in args.datasets.split(",") if d])
+    if not specs:
+        raise ConfigError("give --datasets or --config")
+    seeds = args.seeds
+    rows, curves, notes = [], {}, {}
+    started = time.time()
+    for spec, partition, algorithm, seed in itertools.product(specs, args.partitions.split(","),
+                                                              args.algorithms.split(","), seeds):
+        if args.vmap_seeds and seed != seeds[0]:
+            continue  # ran with the cell's first seed
+        fields = dict(partition=partition, seed=seed, **algorithm_fields(algorithm, args.bits))
+        if args.datasets and args.reduced:
+            spec_arg = f"{spec}:{partition},reduced"
+        elif args.datasets:
+            spec_arg = f"{spec}:{partition}"
+        else:
+            spec_arg = spec
+        for name, value in (("data_dir", args.data_dir), ("rounds", args.rounds), ("local_epochs", args.local_epochs)):
+            if value:
+                fields[name] = value
+        c = cli.make_config(spec_arg, overrides, **fields)
+        setting = c.dataset + ("_reduced" if args.reduced else "")
+        name = run_name(algorithm, c)
+
+        def log(line: str, setting: str = setting) -> None:
+            print(line)
+            if line.startswith("note: "):  # the dataset's provenance caveat (e.g. a pseudo split)
+                notes.setdefault(setting, line.removeprefix("note: "))
+
+        if args.vmap_seeds:
+            runs = vmapped_runs(c, seeds)
+        else:
+            runs = {seed: fedbat_jax.run(c, Path(args.workdir) / setting / partition / name / f"seed{seed}",
+                                         progress=True, log=log)}
+        for seed, records in runs.items():
+            s = report.summarize(records, args.target)
+            rows.append({"dataset": setting, "partition": partition, "algorithm": name,
+                         "error_feedback": c.error_feedback, "seed": seed, "rounds": s["rounds"],
+                         "local_epochs": c.local_epochs, "final_acc": s["final"], "best_acc": s["best"],
+                         f"rounds_to_{args.target:g}": s["rounds_to_target"], "uplink_MB": s["uplink_mb"],
+                         "train_s": s["seconds"]})
+            curves.setdefault((setting, partition), {}).setdefault(name, []).append(records)
+        report.write_table(rows, out.with_suffix(".md"), out.with_suffix(".csv"))
+    for (setting, partition), results in curves.items():
+        report.plot_curves(results, Path(f"{out}_{setting}_{partition}.png"), f"{setting} ({partition})")
+    note = (f"Command: `python {' '.join(sys.argv)}`  \nMachine: {platform.machine()} "
+            f"{platform.processor() or ''}, wall time of this invocation {time.time() - started:.0f} s "
+            f"(runs already complete in the workdir are read back, not rerun)."
+            + "".join(f"  \nNote ({k}): {v}." for k, v in notes.items()))
+    text = (note + "\n\nPer cell: the number of seeds, the mean final test accuracy and its 95% t-interval over "
+            "seeds.\n\n" + report.seed_table(rows))
+    for a, b in COMPARISONS:
+        paired = report.paired_table(rows, a, b)
+        if paired:
+            text += f"\n{a} against {b}, seed by seed:\n\n" + paired
+    text += "\nEvery run:\n\n" + report.write_table(rows, out.with_suffix(".md"), out.with_suffix(".csv"))
+    out.with_suffix(".md").write_text(text)
+    print(text)
+    return 0
+
+
+def parser() -> cli.ArgumentParser:
+    ap = cli.ArgumentParser(prog="study", description=__doc__.splitlines()[0])
+    ap.add_argument("--datasets", default="", help="comma list of the paper's datasets (experiments/configs/paper.py)")
+    ap.add_argument("--reduced", action="store_true", help="the paper configs' reduced CPU variants")
     ap.add_argument("--data-dir", default="")
     ap.add_argument("--partitions", default="iid,dirichlet,label_count")
-    ap.add_argument("--algorithms", default="fedavg,fedbat")
+    ap.add_argument("--algorithms", default="fedavg,fedbat", help="comma list of ALGORITHM[+ef|+ef21]")
     ap.add_argument("--bits", type=int, default=4, help="bits for qsgd")
-    ap.add_argument("--seeds", default="0")
+    ap.add_argument("--seeds", type=cli.int_list, default=[0], help="comma list, e.g. 0,1,2")
     ap.add_argument("--rounds", type=int, default=0, help="0: the config's")
     ap.add_argument("--local-epochs", type=int, default=0, help="0: the config's")
     ap.add_argument("--target", type=float, default=0.8, help="accuracy for the rounds-to-target column")
     ap.add_argument("--workdir", default="runs/study")
     ap.add_argument("--out", default="docs/results/study")
     ap.add_argument("--vmap-seeds", action="store_true", help="each cell's seeds as one vmapped program")
-    args, overrides = ap.parse_known_args()
-    out = Path(args.out)
-    configs = [args.config] if args.config else [str(CONFIGS / f"{d}.py") for d in args.datasets.split(",") if d]
-    if not configs:
-        ap.error("give --datasets or --config")
-    rows, curves, notes = [], {}, {}
-    started = time.time()
-    try:
-        seeds = [int(s) for s in args.seeds.split(",")]
-        for config_path, partition, algorithm, seed in itertools.product(
-                configs, args.partitions.split(","), args.algorithms.split(","), seeds):
-            if args.vmap_seeds and seed != seeds[0]:
-                continue  # ran with the cell's first seed
-            c = load_config(f"{config_path}:{partition}" + (",reduced" if args.reduced else ""))
-            c.algorithm, c.seed = algorithm, seed
-            if args.data_dir:
-                c.data_dir = args.data_dir
-            if args.rounds:
-                c.rounds = args.rounds
-            if args.local_epochs:
-                c.local_epochs = args.local_epochs
-            if algorithm == "qsgd":
-                c.bits = args.bits
-            unknown = apply_overrides(c, overrides)
-            if unknown:
-                ap.error(f"unrecognized arguments: {' '.join(unknown)} (fields are set as --config.FIELD=VALUE)")
-            setting = c.dataset + ("_reduced" if args.reduced else "")
-            name = algorithm + (f"_{c.bits}bit" if algorithm == "qsgd" or c.bits != 1 else "")
-
-            def log(line: str, setting: str = setting) -> None:
-                print(line)
-                if line.startswith("note: "):  # the dataset's provenance caveat (e.g. a pseudo split)
-                    notes.setdefault(setting, line.removeprefix("note: "))
-
-            if args.vmap_seeds:
-                runs = vmapped_runs(c, seeds)
-            else:
-                runs = {seed: run(c, Path(args.workdir) / setting / partition / name / f"seed{seed}", progress=True,
-                                  log=log)}
-            for seed, records in runs.items():
-                s = summarize(records, args.target)
-                rows.append({"dataset": setting, "partition": partition, "algorithm": name, "seed": seed,
-                             "rounds": s["rounds"], "local_epochs": c.local_epochs, "final_acc": s["final"],
-                             "best_acc": s["best"], f"rounds_to_{args.target:g}": s["rounds_to_target"],
-                             "uplink_MB": s["uplink_mb"], "train_s": s["seconds"]})
-                curves.setdefault((setting, partition), {})[f"{name} s{seed}"] = records
-            write_table(rows, out.with_suffix(".md"), out.with_suffix(".csv"))
-    except (FedBatError, ValueError, TypeError) as e:
-        print(f"study: error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
-    for (setting, partition), results in curves.items():
-        plot_curves(results, Path(f"{out}_{setting}_{partition}.png"), f"{setting} ({partition})")
-    note = (f"Command: `python {' '.join(sys.argv)}`  \nMachine: {platform.machine()} "
-            f"{platform.processor() or ''}, wall time of this invocation {time.time() - started:.0f} s "
-            f"(runs already complete in the workdir are read back, not rerun)."
-            + "".join(f"  \nNote ({k}): {v}." for k, v in notes.items()))
-    table = write_table(rows, out.with_suffix(".md"), out.with_suffix(".csv"), note)
-    gaps = gap_table(rows)
-    if gaps:
-        table += "\nFedBAT against FedAvg (same setting and seed):\n\n" + gaps
-        out.with_suffix(".md").write_text(table)
-    print(table)
-    return 0
+    return ap
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.guarded("study", lambda: main(*cli.parse_args(parser(), sys.argv[1:]))))

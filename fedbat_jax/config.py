@@ -187,43 +187,6 @@ def _check_fields_and_types(c) -> None:
             raise ConfigError(f"{name} must be a finite number, got {value!r}")
 
 
-# The paper's settings (REFERENCE.md section 3) per dataset; the rest are default_config()'s values.
-PAPER_SETTINGS = {
-    "fashion_mnist": dict(model="cnn4", rounds=100, dirichlet_beta=0.3, labels_per_client=3),
-    "svhn": dict(model="cnn4", rounds=100, dirichlet_beta=0.3, labels_per_client=3),
-    "cifar10": dict(model="resnet10", rounds=200, dirichlet_beta=0.3, labels_per_client=3),
-    "cifar100": dict(model="resnet10", rounds=200, dirichlet_beta=0.1, labels_per_client=10),
-}
-# A reduced variant keeps the dataset, model family, partition and local-training rule but shrinks the
-# federation so that a run takes minutes on a 2-core CPU: 20 clients, 5 per round, 2 local epochs,
-# 20 rounds, and ResNet-10 at width 16 (1/16 of the paper's multiply-adds).
-REDUCED = dict(num_clients=20, clients_per_round=5, local_epochs=2, rounds=20)
-REDUCED_WIDTH = {"resnet10": 16}
-
-
-def paper_config(dataset: str, arg: str = "") -> ml_collections.ConfigDict:
-    """The paper's setting for ``dataset``; ``arg`` = ``PARTITION[,reduced]``, e.g. ``dirichlet,reduced``.
-
-    PARTITION is iid (default), dirichlet (Non-IID-1) or label_count (Non-IID-2).
-    """
-    from fedbat_jax.data import PARTITIONS
-
-    words = [w.strip() for w in (arg or "").split(",") if w.strip()]
-    reduced = "reduced" in words
-    words = [w for w in words if w != "reduced"]
-    if len(words) > 1 or (words and words[0] not in PARTITIONS):
-        raise ConfigError(f"config argument {arg!r} must be PARTITION[,reduced] with PARTITION one of: "
-                          f"{', '.join(sorted(PARTITIONS))}")
-    c = default_config()
-    c.dataset = dataset
-    c.update(PAPER_SETTINGS[dataset])
-    c.partition = words[0] if words else "iid"
-    if reduced:
-        c.update(REDUCED)
-        c.model_width = REDUCED_WIDTH.get(c.model, 0)
-    return c
-
-
 def get_config() -> ml_collections.ConfigDict:
     """So that this file is itself a valid ``--config`` (the CLI's default)."""
     return default_config()
@@ -231,17 +194,38 @@ def get_config() -> ml_collections.ConfigDict:
 
 # ---- configs from the command line: --config=FILE[:ARG] and --config.FIELD=VALUE ---------------------
 def load_config(spec: str) -> ml_collections.ConfigDict:
-    """The config of ``FILE[:ARG]``: a Python file defining ``get_config([ARG])`` (the CLI's ``--config``)."""
+    """The config of ``FILE[:ARG]``: a Python file defining ``get_config([ARG])`` (the CLI's ``--config``).
+
+    Every failure is a one-line ``ConfigError``: no such file, a file that fails to load, ``get_config``
+    missing, rejecting ``ARG`` or raising, or returning something other than a config of these settings.
+    """
     import importlib.util
     from pathlib import Path
 
     path, _, arg = spec.partition(":")
     if not Path(path).is_file():
         raise ConfigError(f"config file {path} not found")
-    module_spec = importlib.util.spec_from_file_location("fedbat_experiment_config", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.get_config(arg) if arg else module.get_config()
+    try:
+        module_spec = importlib.util.spec_from_file_location("fedbat_experiment_config", path)
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+        get_config = module.get_config
+    except Exception as e:
+        raise ConfigError(f"config file {path} failed to load: {type(e).__name__}: {' '.join(str(e).split())}") from e
+    try:
+        config = get_config(arg) if arg else get_config()
+    except ConfigError:
+        raise
+    except TypeError as e:
+        if arg and "positional argument" in str(e):
+            raise ConfigError(f"config file {path} takes no argument (got {arg!r})") from e
+        raise ConfigError(f"config {spec}: get_config() raised TypeError: {' '.join(str(e).split())}") from e
+    except Exception as e:
+        raise ConfigError(f"config {spec}: get_config() raised {type(e).__name__}: {' '.join(str(e).split())}") from e
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ConfigError(f"config {spec}: get_config() must return a config (fedbat_jax.config.default_config() "
+                          f"with fields set), got {type(config).__name__}")
+    return config
 
 
 def apply_overrides(c: ml_collections.ConfigDict, args: list[str]) -> list[str]:

@@ -1,0 +1,99 @@
+"""The command line of every entry point: ``--config=FILE[:ARG]``, ``--config.FIELD=VALUE``, one-line errors.
+
+    ap = cli.ArgumentParser(prog="compare", description=...)   # the script's own flags on top
+    ap.add_argument("--workdir", default="runs/compare")
+    sys.exit(cli.guarded("compare", lambda: main(*cli.parse(ap, sys.argv[1:], DEFAULT_CONFIG))))
+
+A script of several configs (a study grid) calls ``parse_args`` once and ``make_config(spec, overrides,
+**fields)`` per cell.
+
+``python -m fedbat_jax.main`` and every script in ``experiments/`` parse their arguments here, so they read
+the same syntax and fail the same way: a bad argument, config file or setting is one line on stderr and exit
+status 2 (``--help``: 0); a diverged run is exit 3. Only the project's own errors (``FedBatError``) become
+one line; anything else is a bug and keeps its traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable
+
+import ml_collections
+
+from fedbat_jax.config import apply_overrides, load_config, unknown_field
+from fedbat_jax.errors import ConfigError, DivergenceError, FedBatError
+
+EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 3, 130
+
+
+def one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors are one line (``PROG: error: ...``) and exit 2, and which takes no abbreviations."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        raise ConfigError(message)
+
+
+def int_list(text: str) -> list[int]:
+    """An argparse ``type``: ``0,1,2`` -> ``[0, 1, 2]``."""
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def parse_args(ap: argparse.ArgumentParser, argv: list[str], default_config: str | None = None,
+               ) -> tuple[argparse.Namespace, list[str]]:
+    """``ap``'s arguments plus ``--config=FILE[:ARG]`` (``default_config`` if not given), and the
+    ``--config.FIELD=VALUE`` overrides in order (for ``make_config``). A stray or unknown argument is a
+    one-line ``ConfigError``."""
+    ap.add_argument("--config", default=default_config, metavar="FILE[:ARG]",
+                    help="a Python file defining get_config([ARG]); fields are then set as --config.FIELD=VALUE")
+    overrides = [a for a in argv if a.startswith("--config.")]
+    return ap.parse_args([a for a in argv if not a.startswith("--config.")]), overrides
+
+
+def make_config(spec: str, overrides: list[str] = (), **fields) -> ml_collections.ConfigDict:
+    """The config of ``FILE[:ARG]``, with ``fields`` set (a script's own choices) and then the user's
+    ``--config.FIELD=VALUE`` overrides, which win. Every failure is a one-line ``ConfigError``."""
+    if not spec:
+        raise ConfigError("give --config=FILE[:ARG]")
+    config = load_config(spec)
+    for name, value in fields.items():
+        if name not in config:
+            raise unknown_field(name)
+        config[name] = value
+    rest = apply_overrides(config, list(overrides))
+    if rest:
+        raise ConfigError(f"unrecognized arguments: {' '.join(rest)}")
+    return config
+
+
+def parse(ap: argparse.ArgumentParser, argv: list[str], default_config: str | None = None,
+          ) -> tuple[ml_collections.ConfigDict, argparse.Namespace]:
+    """For a script of one config: ``parse_args`` then ``make_config``."""
+    args, overrides = parse_args(ap, argv, default_config)
+    return make_config(args.config, overrides), args
+
+
+def guarded(prog: str, body: Callable[[], int | None]) -> int:
+    """Run ``body``; the project's errors become one line on stderr and an exit status (2 bad input or an
+    unusable workdir, 3 diverged, 130 interrupted). Other exceptions propagate with their traceback."""
+    try:
+        return body() or 0
+    except DivergenceError as e:
+        print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
+        return EXIT_DIVERGED
+    except FedBatError as e:
+        print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)
+        return EXIT_INTERRUPTED

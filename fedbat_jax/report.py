@@ -1,0 +1,136 @@
+"""For the study scripts (experiments/): summarize a run's records, aggregate seeds, write tables, plot accuracy curves."""
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+
+
+def t_interval(values) -> tuple[float, float, float]:
+    """Mean and 95% t-interval of the mean over seeds (the mean itself twice for a single value)."""
+    v = np.asarray(values, np.float64)
+    mean = float(v.mean())
+    if len(v) < 2:
+        return mean, mean, mean
+    from scipy import stats
+
+    half = float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
+    return mean, mean - half, mean + half
+
+
+def seed_table(rows: list[dict], keys=("dataset", "partition", "algorithm"), value: str = "final_acc") -> str:
+    """Markdown: per cell (``keys``), the number of seeds and the mean of ``value`` with its 95% t-interval."""
+    cells: dict[tuple, list[dict]] = {}
+    for r in rows:
+        cells.setdefault(tuple(r[k] for k in keys), []).append(r)
+    lines = ["| " + " | ".join(keys) + f" | seeds | {value} mean | 95% interval | uplink MB |",
+             "|" + "---|" * (len(keys) + 4)]
+    for cell, runs in cells.items():
+        mean, lo, hi = t_interval([r[value] for r in runs])
+        interval = f"[{lo:.4f}, {hi:.4f}]" if len(runs) > 1 else "-"
+        lines.append("| " + " | ".join(map(str, cell)) + f" | {len(runs)} | {mean:.4f} | {interval} | "
+                     f"{runs[0]['uplink_MB']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def paired_table(rows: list[dict], a: str, b: str, value: str = "final_acc") -> str:
+    """Markdown: per (dataset, partition), ``a`` minus ``b`` in points over the seeds both ran (paired: the same
+    seed draws the same model and cohorts), mean and 95% t-interval; "" when no seed has both."""
+    by = {(r["dataset"], r["partition"], r["algorithm"], r["seed"]): r[value] for r in rows}
+    settings = list(dict.fromkeys((r["dataset"], r["partition"]) for r in rows))
+    lines = []
+    for d, p in settings:
+        seeds = sorted(s for (d2, p2, alg, s) in by if (d2, p2, alg) == (d, p, a) and (d, p, b, s) in by)
+        if not seeds:
+            continue
+        diff = [100 * (by[(d, p, a, s)] - by[(d, p, b, s)]) for s in seeds]
+        mean, lo, hi = t_interval(diff)
+        interval = f"[{lo:+.2f}, {hi:+.2f}]" if len(seeds) > 1 else "-"
+        lines.append(f"| {d} | {p} | {len(seeds)} | {mean:+.2f} | {interval} |")
+    if not lines:
+        return ""
+    head = f"| dataset | partition | seeds | {a} - {b} ({value}, points) | 95% interval |\n|---|---|---|---|---|\n"
+    return head + "\n".join(lines) + "\n"
+
+
+def summarize(records: list[dict], target: float | None = None) -> dict:
+    """Final and best test accuracy, rounds to reach ``target``, total uplink MB, training seconds."""
+    evaluated = [r for r in records if r["test_accuracy"] is not None]
+    accs = [r["test_accuracy"] for r in evaluated]
+    reached = next((r["round"] for r in evaluated if target is not None and r["test_accuracy"] >= target), None)
+    return {"rounds": len(records), "final": accs[-1], "best": max(accs), "rounds_to_target": reached,
+            "uplink_mb": sum(r["uplink_bits"] for r in records) / 8e6,
+            "seconds": sum(r["round_seconds"] for r in records)}
+
+
+def write_table(rows: list[dict], md_path: Path, csv_path: Path | None = None, note: str = "") -> str:
+    """A Markdown table (returned and written) and the same rows as CSV."""
+    cols = list(rows[0])
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for row in rows:
+        cells = [f"{v:.4f}" if isinstance(v, float) and v < 1.5 else f"{v:.2f}" if isinstance(v, float)
+                 else "-" if v is None else str(v) for v in row.values()]
+        lines.append("| " + " | ".join(cells) + " |")
+    text = (note + "\n\n" if note else "") + "\n".join(lines) + "\n"
+    md_path.parent.mkdir(parents=True, exist_ok=True)
+    md_path.write_text(text)
+    if csv_path is not None:
+        with csv_path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=cols)
+            writer.writeheader()
+            writer.writerows(rows)
+    return text
+
+
+def gap_table(rows: list[dict], method: str = "fedbat", baseline: str = "fedavg") -> str:
+    """Markdown: per (dataset, partition, seed), ``method`` against ``baseline`` (final and best accuracy in
+    points, uplink ratio); "" when no such pair ran."""
+    by = {(r["dataset"], r["partition"], r["seed"], r["algorithm"]): r for r in rows}
+    lines = []
+    for (d, p, s, a), r in by.items():
+        base = by.get((d, p, s, baseline))
+        if a != method or base is None:
+            continue
+        lines.append(f"| {d} | {p} | {s} | {base['final_acc']:.4f} | {r['final_acc']:.4f} | "
+                     f"{100 * (r['final_acc'] - base['final_acc']):+.2f} | {100 * (r['best_acc'] - base['best_acc']):+.2f} | "
+                     f"{base['uplink_MB'] / r['uplink_MB']:.1f}x |")
+    if not lines:
+        return ""
+    head = (f"| dataset | partition | seed | {baseline} final | {method} final | final gap (points) | "
+            f"best gap (points) | uplink saved |\n|---|---|---|---|---|---|---|---|\n")
+    return head + "\n".join(lines) + "\n"
+
+
+def plot_curves(results: dict[str, list[list[dict]]], path: Path, title: str) -> None:
+    """Test accuracy against round and against cumulative uplink MB: per name, the mean over its runs
+    (seeds), with a shaded 95% t-interval band where there are two runs or more."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for name, runs in results.items():
+        evaluated = [[r for r in records if r["test_accuracy"] is not None] for records in runs]
+        n = min(len(e) for e in evaluated)
+        acc = np.array([[r["test_accuracy"] for r in e[:n]] for e in evaluated])
+        rounds = [r["round"] for r in evaluated[0][:n]]
+        cum = np.cumsum([r["uplink_bits"] / 8e6 for r in runs[0]])
+        uplink = [cum[r - 1] for r in rounds]
+        bands = np.array([t_interval(acc[:, j]) for j in range(n)])
+        label = f"{name} ({len(runs)} seeds)" if len(runs) > 1 else name
+        for ax, x in ((ax1, rounds), (ax2, uplink)):
+            line, = ax.plot(x, bands[:, 0], label=label)
+            if len(runs) > 1:
+                ax.fill_between(x, bands[:, 1], bands[:, 2], color=line.get_color(), alpha=0.2, lw=0)
+    ax1.set(xlabel="round", ylabel="test accuracy", title=title)
+    ax2.set(xlabel="cumulative uplink (MB)", ylabel="test accuracy", xscale="log")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
