@@ -1,40 +1,36 @@
 """Why round 1 scores 10%: the averaged model with averaged BatchNorm running statistics vs. its own batch statistics.
 
-    python experiments/bn_round1.py [--algorithm fedavg] [--dataset mnist5k] [--data-dir DIR]
+    python experiments/bn_round1.py [--config.algorithm=fedavg] [--config.dataset=mnist5k] [--config.data_dir=DIR]
 
 Runs one round (mnist5k: 10 clients, 5 per round, 2 local epochs) and evaluates the new global model on the
 test set twice: BatchNorm in inference mode (the averaged running statistics, as every round's metric) and
-BatchNorm normalising with the test set's own statistics (train mode, nothing written back).
+BatchNorm normalising with the statistics of each 1,000 test examples (train mode, nothing written back).
 """
 from __future__ import annotations
 
-import argparse
+import sys
 
-import jax.numpy as jnp
+import jax
 
-from fedbat_jax import train
+import fedbat_jax as fb
+from fedbat_jax import cli
+from fedbat_jax.evaluation import make_evaluate, test_set
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--algorithm", default="fedavg")
-    ap.add_argument("--dataset", default="mnist5k")
-    ap.add_argument("--data-dir", default="")
-    args = ap.parse_args()
-    c = train.default_config()
-    c.update(dataset=args.dataset, data_dir=args.data_dir, algorithm=args.algorithm, num_clients=10,
-             clients_per_round=5, local_epochs=2, rounds=1)
-    exp = train.build(c)
+def main(args, overrides: list[str]) -> int:
+    c = cli.make_config(args.config or cli.DEFAULT_CONFIG_FILE, overrides, algorithm="fedavg", dataset="mnist5k",
+                        num_clients=10, clients_per_round=5, local_epochs=2, rounds=1)
+    exp = fb.build(c)
     server, _ = exp.round.run(exp.server, 1)
     ds = exp.dataset
-    x = (jnp.asarray(ds.x_test, jnp.float32) / 255.0 - jnp.asarray(ds.mean)) / jnp.asarray(ds.std)
-    variables = {"params": server.params, "batch_stats": server.batch_stats}
-    running = exp.model.apply(variables, x, train=False)
-    own, _ = exp.model.apply(variables, x, train=True, mutable=["batch_stats"])
-    for name, logits in (("averaged running statistics", running), ("the test set's own statistics", own)):
-        print(f"round 1, {args.algorithm}, BatchNorm with {name}: test accuracy "
-              f"{float((logits.argmax(-1) == jnp.asarray(ds.y_test)).mean()):.4f}")
+    test, n = test_set(ds), len(ds.y_test)
+    for name, running in (("averaged running statistics", True), ("each chunk's own statistics", False)):
+        evaluate = jax.jit(make_evaluate(exp.model, n, running_stats=running))
+        _, correct = evaluate(server.params, server.batch_stats, test)
+        print(f"round 1, {c.algorithm}, BatchNorm with {name}: test accuracy {float(correct) / n:.4f}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    ap = cli.ArgumentParser(prog="bn_round1", description=__doc__.splitlines()[0])
+    sys.exit(cli.guarded("bn_round1", lambda: main(*cli.parse_args(ap, sys.argv[1:]))))

@@ -28,10 +28,8 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
-from ml_collections import config_flags
-
 import fedbat_jax
+from fedbat_jax import cli
 from fedbat_jax.data import load_dataset
 from fedbat_jax.models import make_model
 
@@ -58,16 +56,24 @@ ROWS = {  # table row -> settings on top of the problem's config
     "fedbat_ef21_pp": dict(algorithm="fedbat", error_feedback="ef21", num_clients=40, clients_per_round=10),
 }
 DEFAULT_ROWS = [name for name in ROWS if name not in ("fedbat_floor_div100", "fedbat_bounds_lr")]
-FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", str(Path(__file__).parent / "configs" / "convergence.py"),
-                                "The problem (a config file with get_config()).")
-flags.DEFINE_string("out", "docs/results/convergence", "Output prefix: PREFIX.csv, PREFIX.md, PREFIX.png.")
-flags.DEFINE_integer("seeds", 8, "Seeds per cell, run as one vmapped program.")
-flags.DEFINE_list("rows", DEFAULT_ROWS, "Table rows: " + ", ".join(ROWS))
-flags.DEFINE_list("partitions", ["iid", "label_count"], "Partitions.")
-flags.DEFINE_bool("quick", False, "30 rounds (unless --config.rounds is given) and 2 seeds (for the tests).")
-flags.DEFINE_integer("sweep_bench", 0, "Also time N seeds of fedbat vmapped against N runs one after another.")
-flags.DEFINE_integer("sweep_rounds", 100, "Rounds of each run in --sweep_bench.")
+DEFAULT_CONFIG = str(Path(__file__).parent / "configs" / "convergence.py")
+
+
+def parser() -> cli.ArgumentParser:
+    ap = cli.ArgumentParser(prog="convergence", description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="docs/results/convergence", help="output prefix: PREFIX.csv, .md, .png "
+                    "(finished cells are kept in PREFIX_cells/ and read back by a rerun)")
+    ap.add_argument("--seeds", type=int, default=8, help="seeds per cell (the CLI's seeds config.seed + 0, 1, ...), "
+                    "run as one vmapped program")
+    ap.add_argument("--rows", type=lambda s: [r for r in s.split(",") if r], default=DEFAULT_ROWS,
+                    help="table rows: " + ", ".join(ROWS))
+    ap.add_argument("--partitions", type=lambda s: [r for r in s.split(",") if r], default=["iid", "label_count"])
+    ap.add_argument("--quick", action="store_true",
+                    help="30 rounds (unless --config.rounds is given) and 2 seeds (for the tests)")
+    ap.add_argument("--sweep_bench", type=int, default=0,
+                    help="also time N seeds of fedbat vmapped against N runs one after another")
+    ap.add_argument("--sweep_rounds", type=int, default=100, help="rounds of each run in --sweep_bench")
+    return ap
 
 
 # ---- the problem in float64: constants and optimum -----------------------------------------------------
@@ -200,14 +206,14 @@ def sweep_bench(config, ds, n: int, metric) -> dict:
                 final_std_vmapped=float(a.std(ddof=1)), final_std_sequential=float(b.std(ddof=1)))
 
 
-def main(argv):
-    base = FLAGS.config
-    if FLAGS.quick and not any(a.startswith("--config.rounds=") for a in sys.argv):
+def main(args, overrides: list[str]) -> int:
+    base = cli.make_config(args.config, overrides)
+    if args.quick and not any(a.startswith("--config.rounds=") for a in overrides):
         base.rounds = 30
-    seeds = 2 if FLAGS.quick and FLAGS.seeds == 8 else FLAGS.seeds
-    unknown = set(FLAGS.rows) - set(ROWS)
+    seeds = 2 if args.quick and args.seeds == 8 else args.seeds
+    unknown = set(args.rows) - set(ROWS)
     if unknown:
-        raise app.UsageError(f"unknown rows {sorted(unknown)}; choose from {', '.join(ROWS)}")
+        raise cli.ConfigError(f"unknown rows {sorted(unknown)}; choose from {', '.join(ROWS)}")
     ds = load_dataset(base.dataset, base.data_dir or None)
     lam = base.weight_decay
     X, y = design(ds)
@@ -220,11 +226,11 @@ def main(argv):
           f"beta {const['beta']:.1f}  eta_0 {const['lr0']:.4f}  E {steps}  F* {f_star:.10f} (|grad| {grad_norm:.1e})",
           flush=True)
     rows, curves = [], {}
-    for partition in FLAGS.partitions:
-        for name in FLAGS.rows:
+    for partition in args.partitions:
+        for name in args.rows:
             c = base.copy_and_resolve_references()
             c.update(partition=partition, lr_beta=const["beta"], lr_gamma=const["gamma"], **ROWS[name])
-            subopt, compile_s, run_s = cached_cell(Path(f"{FLAGS.out}_cells"), c, ds, seeds, metric)
+            subopt, compile_s, run_s = cached_cell(Path(f"{args.out}_cells"), c, ds, seeds, metric)
             slope, lo, hi = slopes(subopt)
             cell_steps = c.local_epochs * math.ceil(len(y) // c.num_clients / c.batch_size)  # E of this cell
             bound, _, _ = slopes(1.0 / (const["gamma"] + cell_steps * np.arange(1, c.rounds + 1))[None])
@@ -236,13 +242,14 @@ def main(argv):
                              compile_s=round(compile_s, 1), run_s=round(run_s, 1)))
             print(json.dumps(rows[-1]), flush=True)
     bench = None
-    if FLAGS.sweep_bench:
+    if args.sweep_bench:
         c = base.copy_and_resolve_references()
-        c.update(rounds=FLAGS.sweep_rounds, lr_beta=const["beta"], lr_gamma=const["gamma"])
-        bench = sweep_bench(c, ds, FLAGS.sweep_bench, metric)
+        c.update(rounds=args.sweep_rounds, lr_beta=const["beta"], lr_gamma=const["gamma"])
+        bench = sweep_bench(c, ds, args.sweep_bench, metric)
     if bench:
         print(json.dumps(bench), flush=True)
-    write(Path(FLAGS.out), rows, curves, const, f_star, grad_norm, bench, base)
+    write(Path(args.out), rows, curves, const, f_star, grad_norm, bench, base)
+    return 0
 
 
 def write(prefix: Path, rows, curves, const, f_star, grad_norm, bench, base) -> None:
@@ -311,4 +318,4 @@ def plot(path: Path, curves) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    sys.exit(cli.guarded("convergence", lambda: main(*cli.parse_args(parser(), sys.argv[1:], DEFAULT_CONFIG))))

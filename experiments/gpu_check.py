@@ -11,74 +11,54 @@
 """
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
 import jax
-import numpy as np
-from bench import random_pixels
 
-from fedbat_jax import train
-from fedbat_jax.config import paper_config
-from fedbat_jax.errors import FedBatError
+import fedbat_jax as fb
+from fedbat_jax import cli
+from fedbat_jax.timing import random_pixels, samples_per_round, time_rounds
+
+ROOT = Path(__file__).resolve().parents[1]
+PAPER = ROOT / "experiments" / "configs" / "paper.py"
 
 
 def timed(config, rounds: int, data=None) -> dict:
     """Median seconds of ``rounds`` rounds after the first (compiling) one, and the compile estimate."""
-    exp = train.build(config) if data is None else train.build_from_data(config, data)
-    server = exp.server
-    times = []
-    for r in range(1, rounds + 2):
-        t0 = time.perf_counter()
-        server, m = exp.round.run(server, r)
-        jax.block_until_ready((server, m["train_loss"]))
-        times.append(time.perf_counter() - t0)
-    med = float(np.median(times[1:]))
-    samples = int(np.mean([len(p) for p in exp.parts]) * config.clients_per_round * config.local_epochs)
-    return {"round_s": round(med, 4), "all_s": [round(t, 4) for t in times[1:]], "samples_per_s": round(samples / med, 1),
-            "compile_s": round(max(0.0, times[0] - med), 2), "execution": exp.round.execution_name,
-            "train_loss": float(m["train_loss"])}
+    exp = fb.build(config) if data is None else fb.build_from_data(config, data)
+    t = time_rounds(exp, rounds)
+    return {"round_s": round(t.median, 4), "all_s": [round(x, 4) for x in t.times],
+            "samples_per_s": round(samples_per_round(exp) / t.median, 1), "compile_s": round(t.compile_s, 2),
+            "execution": exp.round.execution.name, "train_loss": t.train_loss}
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data-dir", default="", help="folder holding fashion_mnist/")
-    ap.add_argument("--out", default="docs/bench_gpu.json")
-    ap.add_argument("--tiny", action="store_true", help="CPU smoke sizes (for the tests)")
-    args = ap.parse_args()
+def main(args, overrides: list[str]) -> int:
     t_start = time.perf_counter()
     report = {"device": jax.devices()[0].device_kind, "backend": jax.default_backend(),
               "device_count": jax.device_count(), "jax_version": jax.__version__}
     rounds = 1 if args.tiny else 5
-    try:
-        paper = {}
-        for algorithm in ("fedbat", "fedavg"):
-            c = paper_config("fashion_mnist", "iid")
-            c.update(algorithm=algorithm, data_dir=args.data_dir, execution="fused")
-            if args.tiny:
-                c.update(dataset="mnist5k", num_clients=10, clients_per_round=2, local_epochs=1, model_width=4)
-            paper[algorithm] = timed(c, rounds)
-            print(f"paper Fashion-MNIST round, {algorithm}: {paper[algorithm]}", flush=True)
-        report["paper_fmnist_round_s"] = {a: r["round_s"] for a, r in paper.items()}
-        report["paper_fmnist"] = paper
+    paper = {}
+    for algorithm in ("fedbat", "fedavg"):
+        fields = dict(algorithm=algorithm, data_dir=args.data_dir, execution="fused")
+        if args.tiny:
+            fields.update(dataset="mnist5k", num_clients=10, clients_per_round=2, local_epochs=1, model_width=4)
+        paper[algorithm] = timed(cli.make_config(f"{PAPER}:fashion_mnist:iid", overrides, **fields), rounds)
+        print(f"paper Fashion-MNIST round, {algorithm}: {paper[algorithm]}", flush=True)
+    report["paper_fmnist_round_s"] = {a: r["round_s"] for a, r in paper.items()}
+    report["paper_fmnist"] = paper
 
-        c = train.default_config()
-        clients, samples, width = (2, 16, 4) if args.tiny else (10, 500, 64)
-        c.update(algorithm="fedbat", model="resnet10", model_width=width, num_clients=clients,
-                 clients_per_round=clients, local_epochs=1, partition="iid", execution="fused")
-        report["resnet10_round"] = dict(timed(c, 1 if args.tiny else 3, random_pixels(clients * samples)),
-                                        clients=clients, samples_per_client=samples, width=width,
-                                        data="uniform random pixels (timing only)")
-        print(f"ResNet-10 round: {report['resnet10_round']}", flush=True)
-    except FedBatError as e:
-        print(f"gpu_check: error: {e}", file=sys.stderr)
-        return 2
+    clients, samples, width = (2, 16, 4) if args.tiny else (10, 500, 64)
+    c = cli.make_config(cli.DEFAULT_CONFIG_FILE, overrides, algorithm="fedbat", model="resnet10", model_width=width,
+                        num_clients=clients, clients_per_round=clients, local_epochs=1, partition="iid",
+                        execution="fused")
+    report["resnet10_round"] = dict(timed(c, 1 if args.tiny else 3, random_pixels(clients * samples)),
+                                    clients=clients, samples_per_client=samples, width=width,
+                                    data="uniform random pixels (timing only)")
+    print(f"ResNet-10 round: {report['resnet10_round']}", flush=True)
 
     scale_out = Path(args.out).with_suffix(".scale.json")
     cmd = [sys.executable, str(ROOT / "experiments" / "scale.py"), "--executions", "fused", "--out", str(scale_out),
@@ -88,8 +68,7 @@ def main() -> int:
     done = subprocess.run(cmd, text=True, capture_output=True)
     print(done.stdout, done.stderr, flush=True)
     if done.returncode != 0:
-        print("gpu_check: error: scale.py failed", file=sys.stderr)
-        return 2
+        raise cli.ConfigError("scale.py failed")
     report["scale"] = json.loads(scale_out.read_text())
     scale_out.unlink()
     report["total_s"] = round(time.perf_counter() - t_start, 1)
@@ -99,5 +78,13 @@ def main() -> int:
     return 0
 
 
+def parser() -> cli.ArgumentParser:
+    ap = cli.ArgumentParser(prog="gpu_check", description=__doc__.splitlines()[0])
+    ap.add_argument("--data-dir", default="", help="folder holding fashion_mnist/")
+    ap.add_argument("--out", default="docs/bench_gpu.json")
+    ap.add_argument("--tiny", action="store_true", help="CPU smoke sizes (for the tests)")
+    return ap
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.guarded("gpu_check", lambda: main(*cli.parse_args(parser(), sys.argv[1:]))))

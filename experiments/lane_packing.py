@@ -5,31 +5,36 @@ client of the cohort is padded to the longest one (K lanes x max_k S_k) with the
 (`fedbat_jax.executions.pack_lanes`), against the useful work sum_k S_k. Host-side arithmetic only.
 
     python experiments/lane_packing.py [--dataset fashion_mnist --data-dir DIR] [--partition dirichlet]
+                                       [--config=FILE[:ARG]] [--config.FIELD=VALUE ...]
 """
 from __future__ import annotations
 
-import argparse
+import sys
 
 import numpy as np
 
-from fedbat_jax import train
+import fedbat_jax as fb
+from fedbat_jax import cli
 from fedbat_jax.executions import pack_lanes
 from fedbat_jax.round import cohort
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parser() -> cli.ArgumentParser:
+    ap = cli.ArgumentParser(prog="lane_packing", description=__doc__.splitlines()[0])
     ap.add_argument("--dataset", default="mnist5k")
     ap.add_argument("--data-dir", default="")
     ap.add_argument("--partition", default="dirichlet")
     ap.add_argument("--beta", type=float, default=0.3)
     ap.add_argument("--num-clients", type=int, default=100)
     ap.add_argument("--rounds", type=int, default=100)
-    args = ap.parse_args()
-    c = train.default_config()
-    c.update(dataset=args.dataset, data_dir=args.data_dir, partition=args.partition, dirichlet_beta=args.beta,
-             num_clients=args.num_clients, clients_per_round=10, local_epochs=10, batch_size=64)
-    exp = train.build(c)
+    return ap
+
+
+def main(args, overrides: list[str]) -> int:
+    c = cli.make_config(args.config or cli.DEFAULT_CONFIG_FILE, overrides, dataset=args.dataset, data_dir=args.data_dir,
+                        partition=args.partition, dirichlet_beta=args.beta, num_clients=args.num_clients,
+                        clients_per_round=10, local_epochs=10, batch_size=64)
+    exp = fb.build(c)
     steps_all = exp.round.roster.num_steps
     quantum = max(1, int(steps_all.max()) // 8)
     useful, padded, packed, lanes = [], [], [], []
@@ -49,7 +54,8 @@ def main() -> None:
           f"({100 * u / np.sum(padded):.0f}% useful)")
     print(f"packed lanes ({np.mean(lanes):.1f} lanes on average): {np.sum(packed) / u:.2f}x the useful steps "
           f"({100 * u / np.sum(packed):.0f}% useful)")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.guarded("lane_packing", lambda: main(*cli.parse_args(parser(), sys.argv[1:]))))

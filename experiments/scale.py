@@ -18,49 +18,40 @@ import json
 import resource
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def one(args) -> dict:
+def one(args, overrides: list[str]) -> dict:
     """Measure one (execution, cohort) in this process."""
     import jax
-    import numpy as np
 
-    from fedbat_jax import train
+    import fedbat_jax as fb
+    from fedbat_jax.config import apply_overrides
+    from fedbat_jax.timing import samples_per_round, time_rounds
 
-    c = train.default_config()
+    c = fb.default_config()
     c.update(algorithm=args.algorithm, dataset=args.dataset, data_dir=args.data_dir, model="cnn4",
              model_width=args.model_width, num_clients=args.num_clients, clients_per_round=args.clients,
              local_epochs=1, batch_size=64, partition="iid", execution=args.execution, lanes=args.lanes,
              rounds=args.rounds + 1)
-    exp = train.build(c)
+    apply_overrides(c, overrides)
+    exp = fb.build(c)
     jax.block_until_ready(exp.server)
     base = _rss()
-    t0 = time.perf_counter()
-    server, m = exp.round.run(exp.server, 1)
-    jax.block_until_ready((server, m["train_loss"]))
-    first = time.perf_counter() - t0
-    times = []
-    for r in range(2, args.rounds + 2):
-        t0 = time.perf_counter()
-        server, m = exp.round.run(server, r)
-        jax.block_until_ready((server, m["train_loss"]))
-        times.append(time.perf_counter() - t0)
-    med = float(np.median(times))
-    samples = int(np.mean([len(p) for p in exp.parts]) * args.clients)
+    t = time_rounds(exp, args.rounds)
+    samples = samples_per_round(exp)
     stats = jax.devices()[0].memory_stats() if jax.default_backend() != "cpu" else None
     peak = int(stats["peak_bytes_in_use"]) if stats and "peak_bytes_in_use" in stats else _rss()
-    return {"execution": exp.round.execution_name, "clients": args.clients, "lanes": args.lanes,
-            "lane_loop": getattr(exp.round.execution, "loop", ""),
-            "algorithm": args.algorithm, "model_width": args.model_width or 32, "dataset": args.dataset,
-            "samples_per_round": samples, "round_s": round(med, 4), "samples_per_s": round(samples / med, 1),
-            "compile_s": round(max(0.0, first - med), 2), "peak_memory_bytes": peak,
+    execution = exp.round.execution
+    return {"execution": execution.name, "clients": args.clients, "lanes": args.lanes, "lane_loop": execution.loop,
+            "algorithm": c.algorithm, "model_width": args.model_width or 32, "dataset": args.dataset,
+            "samples_per_round": samples, "round_s": round(t.median, 4), "samples_per_s": round(samples / t.median, 1),
+            "compile_s": round(t.compile_s, 2), "peak_memory_bytes": peak,
             "memory_kind": "device peak_bytes_in_use" if stats else "process peak RSS", "base_rss_bytes": base,
             "backend": jax.default_backend(), "device": str(jax.devices()[0].device_kind),
-            "train_loss": float(m["train_loss"])}
+            "train_loss": t.train_loss}
 
 
 def _rss() -> int:
@@ -80,8 +71,10 @@ def table(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parser():
+    from fedbat_jax import cli
+
+    ap = cli.ArgumentParser(prog="scale", description=__doc__.splitlines()[0])
     ap.add_argument("--executions", default="host,fused")
     ap.add_argument("--clients", default="10,100,1000", help="cohort sizes")
     ap.add_argument("--num-clients", type=int, default=1000, help="clients in the federation")
@@ -95,21 +88,20 @@ def main() -> int:
     ap.add_argument("--out", default="runs/scale.json")
     ap.add_argument("--md", default="", help="also write the table here")
     ap.add_argument("--one", nargs=2, metavar=("EXECUTION", "CLIENTS"), help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    return ap
+
+
+def main(args, overrides: list[str]) -> int:
     if args.quick:
         args.rounds, args.lanes = min(args.rounds, 2), 1
     if args.one:
         args.execution, args.clients = args.one[0], int(args.one[1])
-        try:
-            print("RECORD " + json.dumps(one(args)), flush=True)
-        except Exception as e:  # noqa: BLE001 - the parent prints it as one line
-            print(f"scale: error: {' '.join(str(e).split())}", file=sys.stderr)
-            return 2
+        print("RECORD " + json.dumps(one(args, overrides)), flush=True)
         return 0
     records = []
     passthrough = ["--num-clients", str(args.num_clients), "--lanes", str(args.lanes), "--rounds", str(args.rounds),
                    "--dataset", args.dataset, "--data-dir", args.data_dir, "--algorithm", args.algorithm,
-                   "--model-width", str(args.model_width)]
+                   "--model-width", str(args.model_width)] + overrides
     for execution in args.executions.split(","):
         for k in (int(x) for x in args.clients.split(",")):
             done = subprocess.run([sys.executable, __file__, "--one", execution, str(k)] + passthrough,
@@ -133,4 +125,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from fedbat_jax import cli
+
+    sys.exit(cli.guarded("scale", lambda: main(*cli.parse_args(parser(), sys.argv[1:]))))

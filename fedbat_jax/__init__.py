@@ -18,8 +18,9 @@ _EXPORTS = {
     # configs and runs
     "default_config": "fedbat_jax.config",
     "validate": "fedbat_jax.config",
-    "build": "fedbat_jax.train",
-    "run": "fedbat_jax.train",
+    "build": "fedbat_jax.runner",
+    "build_from_data": "fedbat_jax.runner",
+    "run": "fedbat_jax.runner",
     "make_train": "fedbat_jax.whole_run",
     # registries
     "ALGORITHMS": "fedbat_jax.algorithms",
@@ -30,6 +31,7 @@ _EXPORTS = {
     "full_precision": "fedbat_jax.compressors",
     "stochastic_levels": "fedbat_jax.compressors",
     "scaled_sign": "fedbat_jax.compressors",
+    "with_error_feedback": "fedbat_jax.compressors",
     "partition": "fedbat_jax.data",
     "default_binarize_predicate": "fedbat_jax.local",
     # errors

@@ -16,14 +16,16 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Callable
 
 import ml_collections
 
-from fedbat_jax.config import apply_overrides, load_config, unknown_field
+from fedbat_jax.config import apply_overrides, load_config, unknown_field  # noqa: F401 (apply_overrides: for scripts)
 from fedbat_jax.errors import ConfigError, DivergenceError, FedBatError
 
 EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 3, 130
+DEFAULT_CONFIG_FILE = str(Path(__file__).with_name("config.py"))  # every setting at its default
 
 
 def one_line(e: BaseException) -> str:

@@ -9,8 +9,8 @@ import ml_collections
 
 from fedbat_jax.errors import ConfigError
 
-EXECUTIONS = ("auto", "host", "fused")
-LANE_LOOPS = ("auto", "scan", "host")
+EXECUTIONS = ("auto", "host", "fused", "padded")  # fedbat_jax.executions.EXECUTIONS, and auto
+LANE_LOOPS = ("auto", "scan", "python")
 AGGREGATION_WEIGHTS = ("samples", "batches")
 LR_SCHEDULES = ("constant", "inverse_time", "cosine")
 SERVER_OPTIMIZERS = ("sgd", "momentum", "adam", "yogi")
@@ -63,10 +63,15 @@ SETTINGS: tuple[tuple[str, Any, str], ...] = (
     ("seed", 0, "seed of the model, cohorts and local training (>= 0)"),
     ("aggregation_weights", "samples", "[config] samples (n_k) | batches (ceil(n_k/B), the reference)"),
     ("eval_every", 1, "rounds between test-set evaluations (and the last round)"),
-    ("execution", "auto", "auto | host (Python loop of jitted steps) | fused (one jitted scan over lanes)"),
+    ("execution", "auto", "auto (host on CPU, fused elsewhere) | host (a Python loop of each client's jitted steps) | "
+                          "fused (clients packed into parallel lanes) | padded (groups of clients padded to the "
+                          "longest, one pure program: make_train's)"),
     ("client_threads", 0, "host execution: clients trained concurrently (0 = auto)"),
     ("lanes", 0, "fused execution: parallel lanes (0 = auto); bounds a round's memory to lanes x client state"),
-    ("lane_loop", "auto", "fused: scan (one lax.scan; GPU/TPU default) | host (a jitted step per call; CPU default)"),
+    ("lane_loop", "auto", "fused execution: scan (one lax.scan; GPU/TPU default) | python (a jitted lane step per "
+                          "Python call; the default on one CPU device)"),
+    ("padded_group", 0, "padded execution (make_train): clients trained side by side, each group run to its "
+                        "longest client (0 = the whole cohort); bounds memory to padded_group x client state"),
     ("num_devices", 0, "fused execution: local devices the lanes are sharded over (0 = all)"),
     ("checkpoint_every", 10, "rounds between checkpoints in the workdir (0 = only at the end)"),
     ("print_histograms", False, "print each client's label histogram at start"),
@@ -77,7 +82,7 @@ SETTINGS: tuple[tuple[str, Any, str], ...] = (
 RUNTIME_FIELDS = ("data_dir", "eval_every", "checkpoint_every", "print_histograms", "client_threads", "tensorboard")
 # Settings a resume may change when asked explicitly (``--allow_change``): more rounds extend a run; the
 # execution settings move it to other hardware, with a result equal up to floating-point summation order.
-RESUMABLE_FIELDS = ("rounds", "execution", "lanes", "lane_loop", "num_devices")
+RESUMABLE_FIELDS = ("rounds", "execution", "lanes", "lane_loop", "num_devices", "padded_group")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -113,6 +118,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
     choice("partition", PARTITIONS)
     choice("aggregation_weights", AGGREGATION_WEIGHTS)
     choice("execution", EXECUTIONS)
+    if c.lane_loop == "host":
+        raise ConfigError("lane_loop=host is now called lane_loop=python (a jitted lane step per Python call)")
     choice("lane_loop", LANE_LOOPS)
     choice("augment", ("auto",) + tuple(AUGMENTATIONS))
     choice("lr_schedule", LR_SCHEDULES)
@@ -127,7 +134,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
     for field in ("num_clients", "clients_per_round", "rounds", "local_epochs", "batch_size", "eval_every"):
         if int(c[field]) != c[field] or c[field] < 1:
             raise ConfigError(f"{field} must be a positive integer, got {c[field]!r}")
-    for field in ("client_threads", "lanes", "checkpoint_every", "min_client_size", "model_width", "num_devices"):
+    for field in ("client_threads", "lanes", "padded_group", "checkpoint_every", "min_client_size", "model_width",
+                  "num_devices"):
         if c[field] < 0:
             raise ConfigError(f"{field} must be >= 0, got {c[field]!r}")
     if c.clients_per_round > c.num_clients:
@@ -153,8 +161,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
     if c.num_devices > jax.local_device_count():
         raise ConfigError(f"num_devices ({c.num_devices}) exceeds the {jax.local_device_count()} local "
                           f"{jax.default_backend()} devices")
-    if c.lane_loop == "host" and (c.num_devices or jax.local_device_count()) > 1:
-        raise ConfigError("lane_loop=host runs on one device; use lane_loop=scan or num_devices=1")
+    if c.lane_loop == "python" and (c.num_devices or jax.local_device_count()) > 1:
+        raise ConfigError("lane_loop=python runs on one device; use lane_loop=scan or num_devices=1")
     if c.labels_per_client < 1:
         raise ConfigError(f"labels_per_client must be >= 1, got {c.labels_per_client!r}")
     for field in ("partition_seed", "seed"):

@@ -1,22 +1,25 @@
 """How a round's clients execute: interchangeable backends over the pure functions of ``federated``.
 
-Each backend is ``run(server, data, inputs) -> (Aggregate, compressor_states)``: it trains every client of
+An ``Execution`` is a record: its ``name`` (the ``execution`` setting's value), ``run(server, data,
+inputs) -> (Aggregate, compressor_states)``, the ``devices`` it uses and its ``loop`` (what drives the local
+steps: ``python``, a jitted call per step; ``scan``, one compiled loop). ``run`` trains every client of
 ``inputs`` (a stacked ``ClientInput``) from the broadcast model and folds each finished client into the
 server's running ``Aggregate``, so memory holds a few clients' states, never the whole cohort's.
 
 * ``host`` (the CPU default): each client's jitted, donated step called from a Python loop, clients over
   threads, absorbed strictly in cohort order (so threads change no bit). Nothing is padded. On XLA:CPU a
   conv gradient inside ``lax.scan`` is many times slower than the same jitted step (jax issue 12868).
-* ``lanes`` (``execution=fused``, the GPU/TPU default): one jitted ``lax.scan`` over steps of a ``vmap`` over
-  *lanes*; clients are packed into lanes back to back (``pack_lanes``) and a lane that finishes a client
-  hands it to the aggregate inside the scan. Peak memory is O(lanes x client state + model). On XLA:CPU
-  the same step runs as a jitted call per step from Python (``host_loop``), about 10x faster there.
-  With a ``Mesh``, the lanes are sharded over its ``clients`` axis (``shard_map``): the model and data are
+* ``fused`` (the GPU/TPU default): one jitted ``lax.scan`` over steps of a ``vmap`` over *lanes*; clients
+  are packed into lanes back to back (``pack_lanes``) and a lane that finishes a client hands it to the
+  aggregate inside the scan. Peak memory is O(lanes x client state + model). On XLA:CPU the same lane step
+  runs as a jitted call per step from Python (``lane_loop=python``), about 10x faster there. With a
+  ``Mesh``, the lanes are sharded over its ``clients`` axis (``shard_map``): the model and data are
   replicated, each device runs its own lanes, and the aggregates are summed across devices once.
-* ``padded_round``: a pure function for ``make_train``: groups of ``lanes`` clients, each group padded to
-  its longest client (a ``fori_loop`` with a traced bound), the groups in a ``lax.scan``.
+* ``padded``: a pure ``run`` (jittable, vmappable; what ``make_train`` uses): groups of ``padded_group``
+  clients, each group padded to its longest client (a ``fori_loop`` with a traced bound), groups in a scan.
 
-A new backend is one more function of this shape; the algorithm does not change.
+A new backend is one constructor returning an ``Execution`` and one entry in ``EXECUTIONS``; the algorithm
+does not change.
 """
 from __future__ import annotations
 
@@ -33,8 +36,14 @@ import numpy as np
 from fedbat_jax.federated import Aggregate, Client, ClientInput, Federated, ServerState
 from fedbat_jax.local import ClientData
 
-Execution = Callable[[ServerState, ClientData, ClientInput], "tuple[Aggregate, Any]"]
 MESH_AXIS = "clients"
+
+
+class Execution(NamedTuple):
+    name: str  # the ``execution`` setting's value that selects it
+    run: Callable[[ServerState, ClientData, ClientInput], "tuple[Aggregate, Any]"]
+    devices: int  # devices the cohort is spread over
+    loop: str  # what drives the local steps: "python" (a jitted call per step) or "scan" (one compiled loop)
 
 
 # ---- what every backend does with finished clients -------------------------------------------------------
@@ -75,6 +84,7 @@ def _batch1(tree: Any) -> Any:
 
 # ---- host: a Python loop of jitted steps ----------------------------------------------------------------
 def host(fed: Federated, threads: int = 1) -> Execution:
+    """Each client's jitted steps from a Python loop, ``threads`` clients at a time, absorbed in cohort order."""
     init = jax.jit(fed.client_init)
     step = jax.jit(fed.client_step, donate_argnums=0)
 
@@ -110,8 +120,7 @@ def host(fed: Federated, threads: int = 1) -> Execution:
                 acc, table = absorb_one(server.params, acc, table, client, _one(inputs, i))
         return acc, table
 
-    run.compiled, run.devices, run.threads = {"step": step, "absorb": absorb_one}, 1, threads  # (compiled: retrace checks)
-    return run
+    return Execution("host", run, 1, "python")
 
 
 # ---- lanes: one scan over packed lanes, optionally sharded over devices ----------------------------------
@@ -168,16 +177,16 @@ def _merge_tables(table, new):
     return jax.tree.map(merge, table, new)
 
 
-def lanes(fed: Federated, num_lanes: int, cap: int, mesh: jax.sharding.Mesh | None = None,
-          host_loop: bool = False) -> Execution:
+def fused(fed: Federated, num_lanes: int, cap: int, mesh: jax.sharding.Mesh | None = None,
+          loop: str = "scan") -> Execution:
     """Packed lanes (``num_lanes=0``: as few as keep each lane <= the longest client), over ``mesh`` if given.
 
-    ``host_loop``: the same steps, each a jitted call from Python instead of one ``lax.scan`` (faster on
-    XLA:CPU, where a conv gradient inside a scan is many times slower; one device only).
+    ``loop="python"``: the same lane steps, each a jitted call from Python instead of one ``lax.scan``
+    (faster on XLA:CPU, where a conv gradient inside a scan is many times slower; one device only).
     """
     devices = mesh.devices.size if mesh is not None else 1
-    if host_loop and devices > 1:
-        raise ValueError("the host loop of lanes runs on one device")
+    if loop == "python" and devices > 1:
+        raise ValueError("the python loop of lanes runs on one device")
     local = body = partial(lane_scan, fed)
     if devices > 1:
         from jax.sharding import PartitionSpec as P
@@ -197,15 +206,14 @@ def lanes(fed: Federated, num_lanes: int, cap: int, mesh: jax.sharding.Mesh | No
     def run(server: ServerState, data: ClientData, inputs: ClientInput):
         steps = np.asarray(inputs.num_steps)
         sched = pack_lanes(steps, num_lanes, quantum=max(1, cap // 8), cap=cap, multiple=devices)
-        if not host_loop:
+        if loop == "scan":
             return compiled(server.params, server.batch_stats, server.compressor_states, data, inputs, jnp.asarray(sched))
         consts, carry = start(server.params, server.batch_stats, server.compressor_states, inputs, sched.shape[1])
         for t in range(sched.shape[2]):
             carry = step(server.params, data, consts, carry, sched[:, :, t])
         return carry[1], carry[2]
 
-    run.compiled, run.devices, run.loop = {"lanes": compiled, "step": step}, devices, "host" if host_loop else "scan"
-    return run
+    return Execution("fused", run, devices, loop)
 
 
 def _shard_map(f, mesh, in_specs, out_specs):
@@ -267,31 +275,66 @@ def pack_lanes(steps: np.ndarray, lanes: int = 0, quantum: int = 1, cap: int | N
     return sched
 
 
-# ---- padded groups: a pure round for make_train -----------------------------------------------------------
-def padded_round(fed: Federated, server: ServerState, data: ClientData, inputs: ClientInput,
-                 group: int = 0) -> tuple[Aggregate, Any]:
+# ---- padded groups: a pure round (make_train) -------------------------------------------------------------
+def padded(fed: Federated, group: int = 0) -> Execution:
     """Groups of ``group`` clients (0: the whole cohort) as lanes; each group runs to its longest client
     (shorter clients are padded: their extra steps are computed and discarded); groups in a ``lax.scan``.
-    Jittable and vmappable: nothing here reads a concrete value."""
-    k = inputs.client.shape[0]
-    g = min(group or k, k)
-    num_groups = -(-k // g)
-    pad = num_groups * g - k
-    padded = jax.tree.map(lambda x: jnp.concatenate([x, jnp.repeat(x[-1:], pad, axis=0)]), inputs)
-    valid = jnp.arange(num_groups * g) < k  # padding slots repeat the last client and are never absorbed
-    grouped = jax.tree.map(lambda x: x.reshape((num_groups, g) + x.shape[1:]), (padded, valid))
-    step = jax.vmap(fed.client_step, (0, None, None, 0, None))
+    ``run`` is jittable and vmappable: nothing in it reads a concrete value."""
 
-    def one_group(carry, xs):
-        acc, table = carry
-        inp, real = xs
-        clients = jax.vmap(fed.client_init, (None, None, 0))(server.params, server.batch_stats, inp)
+    def run(server: ServerState, data: ClientData, inputs: ClientInput) -> tuple[Aggregate, Any]:
+        k = inputs.client.shape[0]
+        g = min(group or k, k)
+        num_groups = -(-k // g)
+        pad = num_groups * g - k
+        padded_inputs = jax.tree.map(lambda x: jnp.concatenate([x, jnp.repeat(x[-1:], pad, axis=0)]), inputs)
+        valid = jnp.arange(num_groups * g) < k  # padding slots repeat the last client and are never absorbed
+        grouped = jax.tree.map(lambda x: x.reshape((num_groups, g) + x.shape[1:]), (padded_inputs, valid))
+        step = jax.vmap(fed.client_step, (0, None, None, 0, None))
 
-        def body(t, cl):
-            return select_rows(t < inp.num_steps, step(cl, server.params, data, inp, t), cl)
+        def one_group(carry, xs):
+            acc, table = carry
+            inp, real = xs
+            clients = jax.vmap(fed.client_init, (None, None, 0))(server.params, server.batch_stats, inp)
 
-        clients = jax.lax.fori_loop(0, jnp.max(inp.num_steps), body, clients)
-        return absorb(fed, server.params, acc, table, clients, inp, real), None
+            def body(t, cl):
+                return select_rows(t < inp.num_steps, step(cl, server.params, data, inp, t), cl)
 
-    (acc, table), _ = jax.lax.scan(one_group, (empty_aggregate(server), server.compressor_states), grouped)
-    return acc, table
+            clients = jax.lax.fori_loop(0, jnp.max(inp.num_steps), body, clients)
+            return absorb(fed, server.params, acc, table, clients, inp, real), None
+
+        (acc, table), _ = jax.lax.scan(one_group, (empty_aggregate(server), server.compressor_states), grouped)
+        return acc, table
+
+    return Execution("padded", run, 1, "scan")
+
+
+# ---- the registry: the ``execution`` setting's values ---------------------------------------------------
+def _fused(fed: Federated, config, longest: int) -> Execution:
+    """``lane_loop=auto``: the python loop on one CPU device, the scan elsewhere."""
+    mesh = make_mesh(config.num_devices)
+    sharded = mesh.devices.size > 1  # (validate refused lane_loop=python with several devices)
+    loop = config.lane_loop
+    if loop == "auto":
+        loop = "python" if jax.default_backend() == "cpu" and not sharded else "scan"
+    return fused(fed, config.lanes, longest, mesh if sharded else None, loop)
+
+
+# name -> (algorithm, config, the federation's longest client in steps) -> Execution
+EXECUTIONS: dict[str, Callable[[Federated, Any, int], Execution]] = {
+    "host": lambda fed, config, longest: host(fed, config.client_threads or
+                                              (2 if jax.default_backend() == "cpu" else 1)),
+    "fused": _fused,
+    "padded": lambda fed, config, longest: padded(fed, config.padded_group),
+}
+
+
+def resolve_execution(setting: str) -> str:
+    """The backend the ``execution`` setting names: ``auto`` is ``host`` on CPU and ``fused`` elsewhere."""
+    if setting != "auto":
+        return setting
+    return "host" if jax.default_backend() == "cpu" else "fused"
+
+
+def make_execution(config, fed: Federated, longest: int) -> Execution:
+    """The backend of ``config.execution`` (with its settings) for this algorithm."""
+    return EXECUTIONS[resolve_execution(config.execution)](fed, config, longest)

@@ -86,6 +86,11 @@ def make_roster(sizes: np.ndarray, local_epochs: int, batch_size: int, phi: floa
     return Roster(sizes, steps, n_warm, weight)
 
 
+def round_key(seed: int, r: int) -> jax.Array:
+    """Round ``r``'s key of the run with this seed (round 0 initialises the model)."""
+    return jax.random.fold_in(jax.random.PRNGKey(seed), r)
+
+
 def sample_cohort(root: jax.Array, r, n: int, k: int) -> jax.Array:
     """Round ``r``'s cohort: K of N clients uniformly without replacement, sorted."""
     key = jax.random.fold_in(jax.random.fold_in(root, r), COHORT)

@@ -84,25 +84,6 @@ def write_table(rows: list[dict], md_path: Path, csv_path: Path | None = None, n
     return text
 
 
-def gap_table(rows: list[dict], method: str = "fedbat", baseline: str = "fedavg") -> str:
-    """Markdown: per (dataset, partition, seed), ``method`` against ``baseline`` (final and best accuracy in
-    points, uplink ratio); "" when no such pair ran."""
-    by = {(r["dataset"], r["partition"], r["seed"], r["algorithm"]): r for r in rows}
-    lines = []
-    for (d, p, s, a), r in by.items():
-        base = by.get((d, p, s, baseline))
-        if a != method or base is None:
-            continue
-        lines.append(f"| {d} | {p} | {s} | {base['final_acc']:.4f} | {r['final_acc']:.4f} | "
-                     f"{100 * (r['final_acc'] - base['final_acc']):+.2f} | {100 * (r['best_acc'] - base['best_acc']):+.2f} | "
-                     f"{base['uplink_MB'] / r['uplink_MB']:.1f}x |")
-    if not lines:
-        return ""
-    head = (f"| dataset | partition | seed | {baseline} final | {method} final | final gap (points) | "
-            f"best gap (points) | uplink saved |\n|---|---|---|---|---|---|---|---|\n")
-    return head + "\n".join(lines) + "\n"
-
-
 def plot_curves(results: dict[str, list[list[dict]]], path: Path, title: str) -> None:
     """Test accuracy against round and against cumulative uplink MB: per name, the mean over its runs
     (seeds), with a shaded 95% t-interval band where there are two runs or more."""

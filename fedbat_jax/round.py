@@ -1,7 +1,7 @@
-"""One federated round, top to bottom (REFERENCE.md section 1):
+"""One federated round of the run loop, top to bottom (REFERENCE.md section 1):
 
 1. ``plan_round``: K of N clients from ``(seed, r)`` and each one's ``ClientInput`` (data rows, size, steps,
-   warm-up count, weight, key);
+   warm-up count, weights, key);
 2. the execution backend (``fedbat_jax.executions``): every client's local steps from the broadcast model,
    each finished client's payload encoded, decoded and added to the running ``Aggregate``;
 3. ``server_update``: the new global model.
@@ -25,11 +25,6 @@ from fedbat_jax.local import ClientData
 Params = Any
 
 
-def round_key(seed: int, r: int) -> jax.Array:
-    """Round ``r``'s key of the run with this seed (round 0 initialises the model)."""
-    return jax.random.fold_in(jax.random.PRNGKey(seed), r)
-
-
 def cohort(seed: int, r: int, num_clients: int, k: int) -> np.ndarray:
     """The clients sampled in round ``r`` of the run with this seed (host copy)."""
     return np.asarray(sample_cohort(jax.random.PRNGKey(seed), r, num_clients, k))
@@ -48,16 +43,15 @@ def wire_bits(fed: Federated, params: Params, batch_stats: Any, k: int) -> dict:
 class Round:
     """A round of one experiment: ``run(server, r) -> (server, metrics)``, with its execution backend."""
 
-    def __init__(self, fed: Federated, roster: Roster, data: ClientData, execution: Execution, execution_name: str,
-                 clients_per_round: int, seed: int, bits: dict):
+    def __init__(self, fed: Federated, roster: Roster, data: ClientData, execution: Execution, clients_per_round: int,
+                 seed: int, bits: dict):
         self.fed, self.roster, self.data, self.execution = fed, roster, data, execution
-        self.execution_name, self.seed, self.bits = execution_name, seed, bits
-        self.devices = getattr(execution, "devices", 1)
+        self.seed, self.bits = seed, bits
         self.plan = jax.jit(partial(plan_round, roster=roster, k=clients_per_round))
         self.update = jax.jit(fed.server_update)
 
     def run(self, server: ServerState, r: int) -> tuple[ServerState, dict]:
         inputs = self.plan(jax.random.PRNGKey(self.seed), r, index=self.data.index)
-        agg, compressor_states = self.execution(server, self.data, inputs)
+        agg, compressor_states = self.execution.run(server, self.data, inputs)
         server, train_loss = self.update(server, agg, compressor_states)
         return server, {"train_loss": train_loss, **self.bits}

@@ -12,9 +12,10 @@ axis: ``test_accuracy`` and ``test_loss`` (NaN in rounds not evaluated), ``train
 ``key = jax.random.PRNGKey(seed)`` it trains the same run as the CLI with ``--config.seed=seed``: the same
 cohorts, batches and draws, equal up to the rounding of a differently compiled program.
 
-Ragged clients are padded here: the cohort runs in groups of ``config.lanes`` clients (0: all at once),
-and each group runs as many steps as its longest client, the shorter ones' extra steps discarded. The
-per-round CLI path keeps the host loop and the packed lanes, which compute no padded steps.
+Ragged clients are padded here (``fedbat_jax.executions.padded``): the cohort runs in groups of
+``config.padded_group`` clients (0: all at once), and each group runs as many steps as its longest client,
+the shorter ones' extra steps discarded. The run loop keeps the host and fused executions, which compute
+no padded steps.
 """
 from __future__ import annotations
 
@@ -24,16 +25,17 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from fedbat_jax.data import Dataset
+from fedbat_jax.config import validate
+from fedbat_jax.data import Dataset, load_dataset
 from fedbat_jax.errors import ConfigError
 from fedbat_jax.evaluation import make_evaluate, test_set
-from fedbat_jax.executions import padded_round
+from fedbat_jax.executions import padded
 from fedbat_jax.federated import plan_round
-from fedbat_jax.train import build, build_from_data
+from fedbat_jax.federation import build_federation
+from fedbat_jax.round import wire_bits
 
 # Settings that may be traced (passed per run in ``hparams``); the others fix shapes or step counts.
 TRACEABLE = ("lr", "rho", "alpha_min", "alpha_max")
-EVAL_CHUNK = 1000
 
 
 def make_train(config: ml_collections.ConfigDict, dataset: Dataset | None = None,
@@ -46,14 +48,16 @@ def make_train(config: ml_collections.ConfigDict, dataset: Dataset | None = None
     ``metrics_fn(server_state, client_data) -> {name: scalar}``: extra metrics recorded after every round
     (e.g. the training objective over all clients' data, for a convergence-rate study).
     """
-    exp = build(config) if dataset is None else build_from_data(config, dataset)
-    fed, roster = exp.round.fed, exp.round.roster
-    rounds, every, group = config.rounds, config.eval_every, config.lanes  # read once: later edits don't leak in
+    validate(config)
+    ds = dataset if dataset is not None else load_dataset(config.dataset, config.data_dir or None)
+    fedn = build_federation(config, ds)
+    fed, roster, model = fedn.fed, fedn.roster, fedn.model
+    rounds, every, group = config.rounds, config.eval_every, config.padded_group  # read once: later edits don't leak in
     n, k = config.num_clients, config.clients_per_round
-    n_test = len(exp.dataset.y_test)
-    evaluate = make_evaluate(exp.model, n_test, EVAL_CHUNK)
-    uplink = float(exp.round.bits["uplink_bits"])
-    sample = jnp.zeros((1,) + exp.dataset.input_shape, jnp.float32)
+    n_test = len(ds.y_test)
+    evaluate = make_evaluate(model, n_test)
+    uplink = float(wire_bits(fed, fedn.variables["params"], fedn.variables.get("batch_stats", {}), k)["uplink_bits"])
+    sample = jnp.zeros((1,) + ds.input_shape, jnp.float32)
 
     def train(key: jax.Array, hparams: dict | None = None, data: tuple | None = None):
         unknown = set(hparams or {}) - set(TRACEABLE)
@@ -61,12 +65,13 @@ def make_train(config: ml_collections.ConfigDict, dataset: Dataset | None = None
             raise ConfigError(f"hparams {sorted(unknown)} cannot be traced; these can: {', '.join(TRACEABLE)}")
         f = fed._replace(local=fed.local._replace(**(hparams or {})))
         clients, test = data if data is not None else train.data
-        variables = exp.model.init(jax.random.fold_in(key, 0), sample)
+        variables = model.init(jax.random.fold_in(key, 0), sample)
         server = f.server_init(variables["params"], variables.get("batch_stats", {}), n)
+        run_clients = padded(f, group).run
 
         def one_round(server, r):
             inputs = plan_round(key, r, roster, clients.index, k)
-            agg, table = padded_round(f, server, clients, inputs, group)
+            agg, table = run_clients(server, clients, inputs)
             server, train_loss = f.server_update(server, agg, table)
             nan = jnp.float32(jnp.nan)
             loss, acc = jax.lax.cond((r % every == 0) | (r == rounds),
@@ -78,5 +83,5 @@ def make_train(config: ml_collections.ConfigDict, dataset: Dataset | None = None
 
         return jax.lax.scan(one_round, server, jnp.arange(1, rounds + 1))
 
-    train.data = (exp.round.data, test_set(exp.dataset, EVAL_CHUNK))
+    train.data = (fedn.data, test_set(ds))
     return train

@@ -33,6 +33,8 @@ CHECKPOINT_FILE = "checkpoint.npz"
 PREVIOUS_CHECKPOINT_FILE = "checkpoint.prev.npz"
 LOCK_FILE = ".lock"
 _ROUND = "__round__"
+# Setting values that were renamed since config.json began ((field, old) -> new): an old run resumes.
+RENAMED_VALUES = {("lane_loop", "host"): "python"}
 # Leaf-name prefixes that were renamed since checkpoints began (old -> new): an old checkpoint still loads.
 _RENAMED = {"client_states/": "compressor_states/"}
 
@@ -138,6 +140,7 @@ def result_changes(old: dict, new: dict) -> dict[str, tuple[Any, Any]]:
     """``{field: (old, new)}`` for the settings that change a run's numbers (a field that an older
     config.json lacks counts as its default: the behaviour before the field existed)."""
     defaults = {name: default for name, default, _ in SETTINGS}
+    old = {name: RENAMED_VALUES.get((name, value), value) for name, value in old.items()}
     return {name: (old.get(name, defaults[name]), new[name]) for name in defaults
             if name not in RUNTIME_FIELDS and old.get(name, defaults[name]) != new[name]}
 

@@ -1,4 +1,5 @@
-"""Shared fixtures: where the real development data lives (../shared/data beside the repo)."""
+"""Shared fixtures: where the real development data lives (../shared/data beside the repo), the tiny run
+every engine test starts from (``from conftest import tiny``), the XLA cache and subprocess environment."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,6 +7,18 @@ from pathlib import Path
 import pytest
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def tiny(algorithm: str = "fedbat", **overrides):
+    """A run of seconds on the bundled mnist5k digits: 8 Dirichlet clients, 3 a round, 2 rounds of one
+    local epoch, a checkpoint every round (with a workdir); ``overrides`` set any other field."""
+    from fedbat_jax.config import default_config
+
+    c = default_config()
+    c.update(algorithm=algorithm, dataset="mnist5k", num_clients=8, clients_per_round=3, rounds=2, local_epochs=1,
+             batch_size=32, partition="dirichlet", dirichlet_beta=0.5, client_threads=1, checkpoint_every=1)
+    c.update(**overrides)
+    return c
 
 
 @pytest.fixture

@@ -8,8 +8,9 @@ import jax.numpy as jnp
 
 import fedbat_jax as fb
 
-PUBLIC = {"binarize", "quantize", "default_config", "validate", "build", "run", "make_train", "ALGORITHMS", "MODELS",
-          "DATASETS", "Compressor", "full_precision", "stochastic_levels", "scaled_sign", "partition",
+PUBLIC = {"binarize", "quantize", "default_config", "validate", "build", "build_from_data", "run", "make_train",
+          "ALGORITHMS", "MODELS", "DATASETS", "Compressor", "full_precision", "stochastic_levels", "scaled_sign",
+          "with_error_feedback", "partition",
           "default_binarize_predicate", "FedBatError", "ConfigError", "DataError", "WorkdirError", "DivergenceError"}
 
 
@@ -26,7 +27,7 @@ def test_all_is_the_public_api_and_each_name_is_documented():
 
 
 def test_the_operator_is_the_function_not_a_module():
-    from fedbat_jax import train  # noqa: F401  (importing submodules must not shadow the operator)
+    from fedbat_jax import binarization, runner, whole_run  # noqa: F401  (submodules must not shadow the operator)
 
     u = jnp.array([0.01, -0.02, 0.0])
     q = fb.binarize(u, jnp.float32(0.05), jax.random.PRNGKey(0))

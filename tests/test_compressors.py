@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fedbat_jax import train
+import fedbat_jax as fb
+from conftest import tiny
 from fedbat_jax.bits import pack_levels, payload_bits, unpack_levels
 from fedbat_jax.compressors import (full_precision, running_sum, scaled_sign, stochastic_levels,
                                    with_error_feedback)
@@ -141,18 +142,11 @@ def test_payload_size_formula(make, per_value, per_tensor):
     assert payload_bits(payload) == expected
 
 
-def tiny(algorithm, **kw):
-    c = train.default_config()
-    c.update(algorithm=algorithm, dataset="mnist5k", num_clients=6, clients_per_round=2, rounds=1, local_epochs=1,
-             batch_size=128, client_threads=1)
-    c.update(**kw)
-    return c
-
 
 @pytest.mark.parametrize("algorithm,bits,per_value", [("signsgd", 1, 1), ("ef_signsgd", 1, 1),
                                                        ("stoch_binary", 1, 1), ("qsgd", 4, 4), ("fedbat", 2, 2)])
 def test_every_algorithm_runs_and_reports_its_payload(algorithm, bits, per_value):
-    exp = train.build(tiny(algorithm, bits=bits))
+    exp = fb.build(tiny(algorithm, bits=bits, batch_size=128))
     server, metrics = exp.round.run(exp.server, 1)
     assert np.isfinite(float(metrics["train_loss"]))
     params, stats = exp.server.params, exp.server.batch_stats
@@ -160,29 +154,30 @@ def test_every_algorithm_runs_and_reports_its_payload(algorithm, bits, per_value
     others = sum(x.size for p, x in jax.tree_util.tree_leaves_with_path(params) if p[-1].key != "kernel")
     n_stats = sum(x.size for x in jax.tree.leaves(stats))
     per_client = sum(8 * math.ceil(n * per_value / 8) + 32 for n in kernels) + 32 * (others + n_stats)
-    assert metrics["uplink_bits"] == 2 * per_client
+    assert metrics["uplink_bits"] == exp.config.clients_per_round * per_client
     moved = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), server.params, params)
     assert min(jax.tree.leaves(moved)) > 0
 
 
 def test_error_feedback_state_changes_only_for_sampled_clients():
-    exp = train.build(tiny("ef_signsgd"))
+    exp = fb.build(tiny("ef_signsgd", batch_size=128))
+    n, k = exp.config.num_clients, exp.config.clients_per_round
     server, _ = exp.round.run(exp.server, 1)
     residual = np.asarray(server.compressor_states["Conv_1"]["kernel"])  # [num_clients, ...] (the next round donates it)
     touched = np.asarray(jnp.abs(residual).reshape(residual.shape[0], -1).max(1) > 0)
     from fedbat_jax.round import cohort
 
-    np.testing.assert_array_equal(np.flatnonzero(touched), cohort(exp.config.seed, 1, 6, 2))
+    np.testing.assert_array_equal(np.flatnonzero(touched), cohort(exp.config.seed, 1, n, k))
     server2, _ = exp.round.run(server, 2)
-    again = cohort(exp.config.seed, 2, 6, 2)
-    untouched = np.array([c for c in range(6) if c not in again])
+    again = cohort(exp.config.seed, 2, n, k)
+    untouched = np.array([c for c in range(n) if c not in again])
     np.testing.assert_array_equal(server2.compressor_states["Conv_1"]["kernel"][untouched], residual[untouched])
 
 
 @pytest.mark.parametrize("kind", ["ef", "ef21"])
 def test_fedbat_with_error_feedback_sends_the_same_bits_as_fedbat(kind):
-    plain = train.build(tiny("fedbat"))
-    fed = train.build(tiny("fedbat", error_feedback=kind))
+    plain = fb.build(tiny("fedbat", batch_size=128))
+    fed = fb.build(tiny("fedbat", batch_size=128, error_feedback=kind))
     _, m_plain = plain.round.run(plain.server, 1)
     server, m = fed.round.run(fed.server, 1)
     assert m["uplink_bits"] == m_plain["uplink_bits"]
@@ -190,11 +185,11 @@ def test_fedbat_with_error_feedback_sends_the_same_bits_as_fedbat(kind):
     touched = np.flatnonzero(np.abs(state).reshape(state.shape[0], -1).max(1) > 0)
     from fedbat_jax.round import cohort
 
-    np.testing.assert_array_equal(touched, cohort(0, 1, 6, 2))
+    np.testing.assert_array_equal(touched, cohort(0, 1, 8, 3))
 
 
 def test_ef21_server_estimate_is_the_federation_weighted_sum_of_client_estimates():
-    exp = train.build(tiny("signsgd", error_feedback="ef21", clients_per_round=3))
+    exp = fb.build(tiny("signsgd", batch_size=128, error_feedback="ef21"))
     server, _ = exp.round.run(exp.server, 1)
     server, _ = exp.round.run(server, 2)
     shares = exp.round.roster.weight / exp.round.roster.weight.sum()

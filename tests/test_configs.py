@@ -7,10 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from fedbat_jax.config import PAPER_SETTINGS, REDUCED, load_config, paper_config, validate
+from fedbat_jax.config import load_config, validate
 from fedbat_jax.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
+PAPER_CONFIG = ROOT / "experiments" / "configs" / "paper.py"
+
+
+def paper_config(dataset: str, arg: str = ""):
+    return load_config(f"{PAPER_CONFIG}:{dataset}" + (f":{arg}" if arg else ""))
 
 PARTITIONS = ("iid", "dirichlet", "label_count")
 # dataset: (model, rounds, Dirichlet beta, classes per client in label-count)
@@ -21,7 +26,7 @@ PAPER = {"fashion_mnist": ("cnn4", 100, 0.3, 3), "svhn": ("cnn4", 100, 0.3, 3),
 @pytest.mark.parametrize("dataset", sorted(PAPER))
 @pytest.mark.parametrize("partition", PARTITIONS)
 def test_paper_setting(dataset, partition):
-    c = load_config(f"{ROOT / 'experiments' / 'configs' / dataset}.py:{partition}")
+    c = paper_config(dataset, partition)
     validate(c)
     model, rounds, beta, labels = PAPER[dataset]
     assert (c.dataset, c.model, c.rounds, c.partition) == (dataset, model, rounds, partition)
@@ -34,8 +39,8 @@ def test_paper_setting(dataset, partition):
 def test_reduced_variant_keeps_the_setting_and_shrinks_the_federation(dataset):
     full, small = paper_config(dataset, "label_count"), paper_config(dataset, "label_count,reduced")
     validate(small)
-    for field, value in REDUCED.items():
-        assert small[field] == value
+    reduced = dict(num_clients=20, clients_per_round=5, local_epochs=2, rounds=20)
+    assert {field: small[field] for field in reduced} == reduced
     same = ("dataset", "model", "partition", "dirichlet_beta", "labels_per_client", "batch_size", "lr", "rho", "phi")
     assert all(small[f] == full[f] for f in same)
     assert small.model_width == (16 if full.model == "resnet10" else 0)
@@ -44,14 +49,29 @@ def test_reduced_variant_keeps_the_setting_and_shrinks_the_federation(dataset):
 def test_bad_argument_is_one_line():
     with pytest.raises(ConfigError, match="PARTITION"):
         paper_config("cifar10", "dirichlett")
-    assert set(PAPER_SETTINGS) == set(PAPER)
+    with pytest.raises(ConfigError, match="DATASET one of: fashion_mnist, svhn, cifar10, cifar100"):
+        load_config(f"{PAPER_CONFIG}:mnist")
 
 
-def test_cli_rejects_a_bad_config_argument(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "fedbat_jax.main", "--config=experiments/configs/cifar10.py:iid,tiny",
-                          f"--workdir={tmp_path}"], cwd=ROOT, capture_output=True, text=True)
-    assert out.returncode == 2
-    assert out.stderr.count("\n") == 1 and "PARTITION[,reduced]" in out.stderr
+@pytest.mark.parametrize("args,needle", [
+    (["--config=experiments/configs/paper.py:cifar10:iid,tiny"], "PARTITION[,reduced]"),
+    (["experiments/configs/mnist5k.py"], "unrecognized arguments: experiments/configs/mnist5k.py"),
+    (["--config=experiments/configs/mnist5k.py:iid:x"], "unknown partition 'iid:x'"),
+    (["--config=CONFIG:42"], "must return a config"),
+    (["--config=CONFIG:dict"], "must return a config"),
+    (["--config=CONFIG:raise"], "get_config() raised RuntimeError: no such setting"),
+    (["--config=experiments/configs/convergence.py", "--bogus"], "unrecognized arguments: --bogus"),
+])
+def test_cli_rejects_bad_arguments_and_configs_in_one_line(tmp_path, args, needle):
+    config = tmp_path / "config.py"
+    config.write_text("def get_config(arg=''):\n    if arg == 'raise':\n        raise RuntimeError('no such setting')\n"
+                      "    return {'42': 42, 'dict': {'lr': 0.1}}[arg]\n")
+    args = [a.replace("CONFIG", str(config)) for a in args]
+    out = subprocess.run([sys.executable, "-m", "fedbat_jax.main", *args, f"--workdir={tmp_path / 'w'}"], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.count("\n") == 1 and needle in out.stderr and "Traceback" not in out.stderr, out.stderr
+    assert not (tmp_path / "w").exists()
 
 
 def test_script_overrides_use_the_cli_syntax_and_refuse_bad_input(tmp_path):

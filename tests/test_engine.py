@@ -14,26 +14,20 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
-from fedbat_jax import train
+import fedbat_jax as fb
+from conftest import tiny
 from fedbat_jax.compressors import full_precision
 from fedbat_jax.errors import ConfigError
-from fedbat_jax.federated import (Client, ClientInput, Federated, ServerState, absorb, empty_aggregate,
-                                  make_roster)
+from fedbat_jax.executions import absorb, empty_aggregate
+from fedbat_jax.federated import Client, ClientInput, Federated, ServerState, make_roster
 from fedbat_jax.local import LocalConfig, binarized_mask
 from fedbat_jax.whole_run import make_train
 
 ROOT = Path(__file__).resolve().parents[1]
 
-
-def tiny(algorithm="fedbat", **overrides):
-    c = train.default_config()
-    c.update(algorithm=algorithm, dataset="mnist5k", num_clients=8, clients_per_round=3, rounds=2,
-             local_epochs=1, batch_size=32, partition="dirichlet", dirichlet_beta=0.5, client_threads=1,
-             model_width=8)
-    c.update(**overrides)
-    return c
 
 
 class Toy(nn.Module):
@@ -47,14 +41,14 @@ def test_aggregate_is_the_weighted_sum_of_finished_clients(jit):
     """FedAvg on a toy model: two finished clients of three lanes (the third idle) against hand numbers."""
     params = {"Dense_0": {"kernel": jnp.ones((2, 2)), "bias": jnp.zeros(2)}}
     fed = Federated(Toy(), binarized_mask(params, None), full_precision(), LocalConfig(0.1, 4), 1)
-    server = ServerState(params, {}, (), fed.server_optimizer.init(params))
+    server = fed.server_init(params, {}, 3)
     theta = [jax.tree.map(lambda w: w + d, params) for d in (1.0, 3.0, 100.0)]  # each client's trained weights
     states = jax.vmap(fed.fresh_state, (None, None), axis_size=3)(params, {})
     stacked = jax.tree.map(lambda *x: jnp.stack(x), *theta)
     states = states._replace(theta=stacked, loss_sum=jnp.array([2.0, 4.0, 9.0]), seen=jnp.array([4.0, 8.0, 9.0]))
     clients = Client(states, jnp.zeros((3, 1, 8), jnp.int32))
     inputs = ClientInput(jnp.arange(3), jnp.zeros((3, 8), jnp.int32), jnp.array([4, 8, 9]), jnp.ones(3, jnp.int32),
-                         jnp.zeros(3, jnp.int32), jnp.array([1 / 3, 2 / 3, 0.5]), jax.random.split(jax.random.PRNGKey(0), 3),
+                         jnp.zeros(3, jnp.int32), jnp.array([1 / 3, 2 / 3, 0.5]), jnp.array([0.1, 0.2, 0.7]), jax.random.split(jax.random.PRNGKey(0), 3),
                          jnp.zeros(3, jnp.int32))
     f = (lambda *a: absorb(fed, *a))
     f = jax.jit(f) if jit else f
@@ -72,13 +66,15 @@ def test_roster_steps_warmup_and_weights():
     np.testing.assert_array_equal(roster.weight, [1, 2, 1])
 
 
-def test_host_lane_loop_with_several_devices_is_refused_before_data_loads(monkeypatch):
+def test_python_lane_loop_with_several_devices_is_refused_before_data_loads(monkeypatch):
     from fedbat_jax.config import validate
 
     monkeypatch.setattr(jax, "local_device_count", lambda: 4)
-    with pytest.raises(ConfigError, match="lane_loop=host runs on one device"):
+    with pytest.raises(ConfigError, match="lane_loop=python runs on one device"):
+        validate(tiny(lane_loop="python"))
+    validate(tiny(lane_loop="python", num_devices=1))  # one of the four: fine
+    with pytest.raises(ConfigError, match="lane_loop=host is now called lane_loop=python"):
         validate(tiny(lane_loop="host"))
-    validate(tiny(lane_loop="host", num_devices=1))  # one of the four: fine
     validate(tiny(lane_loop="scan"))
 
 
@@ -89,22 +85,25 @@ def _leaves_close(a, b, rtol, atol):
 
 def test_one_lane_and_three_lanes_compute_the_same_round():
     """One lane (the cohort back to back, each client absorbed as it ends) and three lanes (side by side)
-    give the same round: lanes are independent, and the aggregate adds each finished client once.
-    (Host against fused: tests/test_round.py.)"""
+    give the same round: lanes are independent, and the aggregate adds each finished client once. On the
+    convex logreg model, to rounding (CNN4 on mnist5k amplifies the different summation order of a vmapped
+    step to a few percent of a round's update within a few steps: max-pool and ReLU ties on the digits'
+    constant background; host against fused on CNN4: tests/test_round.py)."""
     runs = []
     for lanes in (1, 3):
-        exp = train.build(tiny("fedavg", lr=0.02, batch_size=128, execution="fused", lanes=lanes))
+        exp = fb.build(tiny("fedavg", model="logreg", lr=0.02, batch_size=128, execution="fused", lanes=lanes))
         runs.append(exp.round.run(exp.server, 1))
     w0 = exp.server.params
-    for a, b, w in zip(jax.tree.leaves(runs[0][0].params), jax.tree.leaves(runs[1][0].params), jax.tree.leaves(w0)):
-        assert float(jnp.linalg.norm(a - b)) <= 1e-3 * float(jnp.linalg.norm(b - w))
-    assert float(runs[0][1]["train_loss"]) == pytest.approx(float(runs[1][1]["train_loss"]), rel=1e-5)
+    norm = lambda t: float(optax.tree.norm(t))  # noqa: E731
+    a, b = runs[0][0].params, runs[1][0].params
+    assert norm(jax.tree.map(jnp.subtract, a, b)) <= 1e-5 * norm(jax.tree.map(jnp.subtract, b, w0))
+    assert float(runs[0][1]["train_loss"]) == pytest.approx(float(runs[1][1]["train_loss"]), rel=1e-6)
 
 
 @pytest.fixture(scope="module")
 def pure_and_cli():
-    c = tiny("fedbat", lr=0.02, rounds=2, lanes=2)  # lanes=2: the cohort of 3 runs in 2 padded groups
-    records = train.run(c)
+    c = tiny("fedbat", model_width=8, lr=0.02, rounds=2, padded_group=2)  # the cohort of 3 in 2 padded groups
+    records = fb.run(c)
     return c, make_train(c), records
 
 
@@ -135,8 +134,8 @@ def test_make_train_vmaps_seeds_and_a_float_setting(pure_and_cli):
 MULTI_DEVICE = textwrap.dedent("""
     import json
     import jax, jax.numpy as jnp
-    from fedbat_jax import train
-    c = train.default_config()
+    import fedbat_jax as fb
+    c = fb.default_config()
     c.update(algorithm="ef_signsgd", dataset="mnist5k", num_clients=8, clients_per_round=4, rounds=1,
              local_epochs=1, batch_size=128, partition="dirichlet", dirichlet_beta=0.5, model_width=4,
              execution="fused", lanes=4, lr=0.02, lane_loop="scan")  # the same program, sharded or not
@@ -144,15 +143,15 @@ MULTI_DEVICE = textwrap.dedent("""
     for n in (4, 1):
         c.num_devices = n
         lines = []
-        records = train.run(c, log=lines.append)
-        exp = train.build(c)
+        records = fb.run(c, log=lines.append)
+        exp = fb.build(c)
         servers[n] = exp.round.run(exp.server, 1)[0]
         out[n] = {"log": lines[0], "loss": records[0]["train_loss"], "test_loss": records[0]["test_loss"]}
     w0 = exp.server.params
     rel = lambda a, b, w: float(jnp.linalg.norm(a - b) / jnp.maximum(jnp.linalg.norm(b - w), 1e-12))
     out["params"] = [rel(a, b, w) for a, b, w in zip(*(jax.tree.leaves(t) for t in
                                                       (servers[4].params, servers[1].params, w0)))]
-    ef = [jax.tree.leaves(servers[n].client_states) for n in (4, 1)]
+    ef = [jax.tree.leaves(servers[n].compressor_states) for n in (4, 1)]
     out["ef"] = [rel(a, b, 0.0) for a, b in zip(*ef)]
     big = max(range(len(ef[0])), key=lambda i: ef[0][i].size)  # a kernel's residuals
     out["ef_rows"] = [[int(i) for i in jnp.flatnonzero(jnp.abs(x[big]).reshape(x[big].shape[0], -1).sum(1))]

@@ -13,8 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fedbat_jax import train
-from fedbat_jax.config import paper_config
+import fedbat_jax as fb
+from fedbat_jax.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,9 +22,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_reduced_cifar10_round_is_reproducible(shared_data):
     if not (shared_data / "cifar10" / "cifar10_test.npz").is_file():
         pytest.skip("no CIFAR-10 npz in shared/data")
-    c = paper_config("cifar10", "dirichlet,reduced")
+    c = load_config(f"{ROOT / 'experiments' / 'configs' / 'paper.py'}:cifar10:dirichlet,reduced")
     c.update(data_dir=str(shared_data), num_clients=40, clients_per_round=2, local_epochs=1, model_width=8)
-    exp = train.build(c)
+    exp = fb.build(c)
     assert exp.round.fed.local.augment == "crop_flip" and "partial train set" in exp.dataset.note
     a, ma = exp.round.run(exp.server, 1)
     b, mb = exp.round.run(exp.server, 1)  # same (seed, round): same cohort, shuffles, crops, flips and draws
@@ -51,8 +51,9 @@ def test_study_writes_table_csv_and_plots(tmp_path):
     assert fedavg > 20 * fedbat  # 1 bit per binarized value against 32
     assert (tmp_path / "res_mnist5k_iid.png").stat().st_size > 0
     md = (tmp_path / "res.md").read_text()
-    assert "Command: `python experiments/study.py" in md and "FedBAT against FedAvg" in md
-    assert "| mnist5k | iid | 0 | " in md.split("FedBAT against FedAvg")[1]
+    assert "Command: `python experiments/study.py" in md and "fedbat against fedavg, seed by seed" in md
+    assert "| mnist5k | iid | 1 | " in md.split("fedbat against fedavg")[1]  # one seed: the difference, no interval
+    assert "| mnist5k | iid | fedavg | 1 | " in md  # the per-cell table: one seed
 
 
 def test_study_vmapped_seeds_equal_the_runs_one_by_one(tmp_path):
@@ -132,3 +133,32 @@ def test_convergence_slope_fit_and_optimum():
     assert grad < 1e-6
     for _ in range(20):
         assert conv.objective64(rng.standard_normal(12) * 0.1, X, y, 0.1, 3)[0] >= f_star
+
+
+@pytest.mark.parametrize("script,args,needle", [
+    ("convergence.py", ["--config.nope=1"], "unknown config field 'nope'"),
+    ("convergence.py", ["--config=missing.py"], "config file missing.py not found"),
+    ("convergence.py", ["--bogus"], "unrecognized arguments: --bogus"),
+    ("convergence.py", ["--config=CONFIG:raise"], "get_config() raised RuntimeError: no such setting"),
+    ("compare.py", ["--config=CONFIG:raise"], "get_config() raised RuntimeError"),
+    ("bench.py", ["--config.lr=fast"], "could not convert 'fast' to float"),
+    ("bench.py", ["--rounds=many"], "invalid int value"),
+    ("study.py", ["--config=experiments/configs/convergence.py", "--seeds=a,b"], "expected comma-separated integers"),
+    ("scale.py", ["--config.nope=1", "--executions=host", "--clients=2"], "unknown config field 'nope'"),
+])
+def test_every_script_fails_in_one_line_like_the_cli(tmp_path, script, args, needle):
+    config = tmp_path / "config.py"
+    config.write_text("def get_config(arg=''):\n    raise RuntimeError('no such setting')\n")
+    args = [a.replace("CONFIG", str(config)) for a in args]
+    place = ["--workdir", str(tmp_path / "w")] if script == "compare.py" else ["--out", str(tmp_path / "out")]
+    done = subprocess.run([sys.executable, f"experiments/{script}", *args, *place], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.count("\n") == 1 and needle in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_scripts_help_exits_0():
+    for script in ("convergence.py", "study.py", "bench.py", "compare.py"):
+        done = subprocess.run([sys.executable, f"experiments/{script}", "--help"], cwd=ROOT, capture_output=True,
+                              text=True)
+        assert done.returncode == 0 and "--config" in done.stdout, (script, done.stderr[-500:])

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fedbat_jax import train
+import fedbat_jax as fb
 from fedbat_jax.compressors import full_precision
 from fedbat_jax.federated import Aggregate, Federated, ServerState, plan_round, make_roster
 from fedbat_jax.local import (ClientData, LocalConfig, binarized_mask, client_update, default_binarize_predicate,
@@ -116,20 +116,20 @@ def test_logreg_binarizes_its_weight_matrix_through_the_predicate():
 
 
 def test_resume_is_exact_with_server_optimizer_state(tmp_path):
-    c = train.default_config()
+    c = fb.default_config()
     c.update(dataset="mnist5k", model="logreg", num_clients=4, clients_per_round=2, rounds=3, local_epochs=1,
              batch_size=64, checkpoint_every=1, client_threads=1, server_optimizer="adam", server_lr=0.01,
              lr_schedule="inverse_time", lr_beta=2.0, lr_gamma=20.0, momentum=0.5)
-    straight = train.run(c, tmp_path / "a")
+    straight = fb.run(c, tmp_path / "a")
     c.rounds = 2
-    train.run(c, tmp_path / "b")
+    fb.run(c, tmp_path / "b")
     names = read_checkpoint(tmp_path / "b" / "checkpoint.npz")[1].keys()
     assert any(n.startswith("opt_state/") for n in names)  # the server optimizer's moments are checkpointed
     c.rounds = 3
-    resumed = train.run(c, tmp_path / "b", allow_change=["rounds"])
+    resumed = fb.run(c, tmp_path / "b", allow_change=["rounds"])
     keys = ("round", "train_loss", "test_loss", "test_accuracy")
     assert [[r[k] for k in keys] for r in straight] == [[r[k] for k in keys] for r in resumed]
-    assert len(leaf_names(train.build(c).server.opt_state)) > 0
+    assert len(leaf_names(fb.build(c).server.opt_state)) > 0
 
 
 def test_alpha_bounds_follow_the_learning_rate():

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fedbat_jax.bits import pack_levels, payload_bits, unpack_levels
-from fedbat_jax.compressors import full_precision, scaled_sign, stochastic_levels
+from fedbat_jax.compressors import full_precision, scaled_sign, stochastic_levels, with_error_feedback
 from fedbat_jax.data import partition
 from fedbat_jax.errors import ConfigError
 
@@ -38,15 +38,17 @@ def models(draw):
 
 
 @SETTINGS
-@given(model=models(), kind=st.sampled_from(["fedavg", "fedbat", "signsgd", "ef_signsgd"]),
+@given(model=models(), kind=st.sampled_from(["fedavg", "fedbat", "signsgd", "ef_signsgd", "fedbat_ef21"]),
        bits=st.sampled_from([1, 2, 4, 8]))
 def test_payload_size_is_the_formula_and_decodes_to_the_model_shape(model, kind, bits):
     template, mask = model
     compressor = {"fedavg": lambda: full_precision(),
                   "fedbat": lambda: stochastic_levels(mask, template, bits, learned_scale=True),
-                  "signsgd": lambda: scaled_sign(mask, template, error_feedback=False),
-                  "ef_signsgd": lambda: scaled_sign(mask, template, error_feedback=True)}[kind]()
-    per_value = {"fedavg": 32, "fedbat": bits, "signsgd": 1, "ef_signsgd": 1}[kind]
+                  "signsgd": lambda: scaled_sign(mask, template),
+                  "ef_signsgd": lambda: with_error_feedback(scaled_sign(mask, template), "ef", mask),
+                  "fedbat_ef21": lambda: with_error_feedback(stochastic_levels(mask, template, bits, True), "ef21",
+                                                             mask)}[kind]()
+    per_value = {"fedavg": 32, "fedbat": bits, "signsgd": 1, "ef_signsgd": 1, "fedbat_ef21": bits}[kind]
     expected = 0
     for name, leaf in template.items():
         size = math.prod(leaf.shape)

@@ -8,24 +8,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fedbat_jax import train
+import fedbat_jax as fb
+from conftest import tiny
 from fedbat_jax.bits import payload_bits
 from fedbat_jax.local import ClientState
 from fedbat_jax.executions import pack_lanes
 from fedbat_jax.round import cohort
 
 
-def tiny(algorithm="fedbat", **overrides):
-    c = train.default_config()
-    c.update(algorithm=algorithm, dataset="mnist5k", num_clients=8, clients_per_round=3, rounds=2,
-             local_epochs=1, batch_size=32, partition="dirichlet", dirichlet_beta=0.5, client_threads=1)
-    c.update(**overrides)
-    return c
-
 
 @pytest.fixture(scope="module")
 def fedbat_exp():
-    return train.build(tiny("fedbat"))
+    return fb.build(tiny("fedbat"))
 
 
 def _leaves_close(a, b, **kw):
@@ -43,7 +37,7 @@ def test_bits_per_round_follow_the_formula(fedbat_exp):
     bits = fedbat_exp.round.bits
     assert bits["uplink_bits"] == k * (sum(kernels) + 32 * len(kernels) + 32 * (others + stats))
     assert bits["downlink_bits"] == k * 32 * (sum(kernels) + others + stats)
-    fedavg = train.build(tiny("fedavg")).round.bits
+    fedavg = fb.build(tiny("fedavg")).round.bits
     assert fedavg["uplink_bits"] == k * 32 * (sum(kernels) + others + stats)
     assert fedavg["uplink_bits"] / bits["uplink_bits"] > 27  # about 30x smaller uplink
 
@@ -67,7 +61,7 @@ def test_payload_round_trip(fedbat_exp):
 
 @pytest.mark.parametrize("algorithm", ["fedavg", "fedbat"])
 def test_round_trains_and_is_deterministic(algorithm):
-    exp = train.build(tiny(algorithm))
+    exp = fb.build(tiny(algorithm))
     s1, m1 = exp.round.run(exp.server, 1)
     s2, m2 = exp.round.run(exp.server, 1)
     _leaves_close(s1.params, s2.params, rtol=0, atol=0)  # same config and seed, same numbers
@@ -91,14 +85,14 @@ def test_host_threads_and_fused_lanes_agree():
     """The executions compute the same round. Threads change nothing; the fused program (vmapped,
     in a scan) rounds differently, and training amplifies rounding-level differences quickly, so it
     must agree to a small fraction of the update (a wrong client, step or reset would be O(1))."""
-    host = train.build(tiny("fedavg", batch_size=128))
-    threaded = train.build(tiny("fedavg", batch_size=128, client_threads=2))
+    host = fb.build(tiny("fedavg", batch_size=128))
+    threaded = fb.build(tiny("fedavg", batch_size=128, client_threads=2))
     _leaves_close(threaded.round.run(threaded.server, 1)[0].params, host.round.run(host.server, 1)[0].params,
                   rtol=0, atol=0)
     # FedBAT with phi = 1 trains in full precision, as FedAvg does, and binarizes only the upload, whose
     # stochastic signs amplify such differences further.
-    host = train.build(tiny("fedbat", batch_size=128, phi=1.0))
-    fused = train.build(tiny("fedbat", batch_size=128, phi=1.0, execution="fused", lanes=2,  # lanes hold 2
+    host = fb.build(tiny("fedbat", batch_size=128, phi=1.0))
+    fused = fb.build(tiny("fedbat", batch_size=128, phi=1.0, execution="fused", lanes=2,  # lanes hold 2
                              lane_loop="scan"))  # the GPU/TPU program
     errors = _relative_update_error(fused, host)
     # (a stochastic sign flips where u sits near a threshold: binarized leaves get a looser bound)
@@ -106,12 +100,18 @@ def test_host_threads_and_fused_lanes_agree():
 
 
 def test_no_retrace_across_rounds(fedbat_exp):
+    """After round 1 compiled everything, later rounds trace nothing (JAX reports every trace it makes)."""
+    import jax.monitoring
+
     rnd, server = fedbat_exp.round, fedbat_exp.server
-    for r in range(1, 4):
-        server, _ = rnd.run(server, r)
-    assert rnd.execution.compiled["step"]._cache_size() == 1
-    assert rnd.execution.compiled["absorb"]._cache_size() == 1
-    assert rnd.update._cache_size() == 1 and rnd.plan._cache_size() == 1
+    server, _ = rnd.run(server, 1)
+    traces = []
+    jax.monitoring.register_event_duration_secs_listener(
+        lambda event, seconds, **kw: traces.append(event) if event.endswith("jaxpr_trace_duration") else None)
+    for r in range(2, 4):
+        server, m = rnd.run(server, r)
+        jax.block_until_ready(m["train_loss"])
+    assert traces == []
 
 
 def test_cohort_sampling():
@@ -139,9 +139,9 @@ def test_pack_lanes_covers_every_step_once():
 
 
 def test_run_writes_metrics_and_resumes_exactly(tmp_path):
-    full = train.run(tiny(rounds=3, checkpoint_every=1), tmp_path / "a")
-    part = train.run(tiny(rounds=2, checkpoint_every=1), tmp_path / "b")
-    resumed = train.run(tiny(rounds=3, checkpoint_every=1), tmp_path / "b", allow_change=["rounds"])
+    full = fb.run(tiny(rounds=3, checkpoint_every=1), tmp_path / "a")
+    part = fb.run(tiny(rounds=2, checkpoint_every=1), tmp_path / "b")
+    resumed = fb.run(tiny(rounds=3, checkpoint_every=1), tmp_path / "b", allow_change=["rounds"])
     lines = [json.loads(x) for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in lines] == [1, 2, 3] and len(part) == 2
     for key in ("round", "test_accuracy", "test_loss", "train_loss", "uplink_bits", "downlink_bits"):

@@ -16,7 +16,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from fedbat_jax import train
+import fedbat_jax as fb
+from conftest import tiny
 from fedbat_jax.errors import ConfigError, DivergenceError, WorkdirError
 from fedbat_jax.round import Round
 from fedbat_jax.workdir import Workdir, read_checkpoint, restore_tree, save_checkpoint, strict_json
@@ -24,13 +25,6 @@ from fedbat_jax.workdir import Workdir, read_checkpoint, restore_tree, save_chec
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = ("round", "test_accuracy", "test_loss", "train_loss", "uplink_bits", "downlink_bits")
 
-
-def tiny(**overrides):
-    c = train.default_config()
-    c.update(dataset="mnist5k", num_clients=6, clients_per_round=2, rounds=2, local_epochs=1, batch_size=64,
-             checkpoint_every=1, client_threads=1)
-    c.update(**overrides)
-    return c
 
 
 def results(records):
@@ -52,7 +46,7 @@ def strict_lines(path: Path) -> list[dict]:
 def finished(tmp_path_factory):
     """A finished 2-round run (checkpoints after rounds 1 and 2) and its records."""
     folder = tmp_path_factory.mktemp("finished")
-    return folder, train.run(tiny(), folder)
+    return folder, fb.run(tiny(), folder)
 
 
 @pytest.fixture
@@ -65,7 +59,7 @@ def workdir(finished, tmp_path):
 @pytest.mark.parametrize("change,needle", [
     (dict(lr=0.05), "other settings (lr 0.1 -> 0.05); use a new --workdir"),
     (dict(algorithm="fedavg"), "algorithm 'fedbat' -> 'fedavg'"),
-    (dict(num_clients=8), "num_clients 6 -> 8"),
+    (dict(num_clients=10), "num_clients 8 -> 10"),
     (dict(model_width=16), "model_width 0 -> 16"),
     (dict(algorithm="ef_signsgd", seed=3), "algorithm 'fedbat' -> 'ef_signsgd', seed 0 -> 3"),
     (dict(rounds=1), "has completed 2 rounds; rounds must be >= 2"),
@@ -74,23 +68,23 @@ def workdir(finished, tmp_path):
 def test_a_resume_with_other_settings_is_refused_and_writes_nothing(workdir, change, needle):
     before = snapshot(workdir)
     with pytest.raises(WorkdirError) as e:
-        train.run(tiny(**change), workdir)
+        fb.run(tiny(**change), workdir)
     assert needle in str(e.value) and "\n" not in str(e.value)
     assert snapshot(workdir) == before
 
 
 def test_settings_that_do_not_change_numbers_resume_freely(workdir, finished):
-    records = train.run(tiny(eval_every=2, checkpoint_every=5, client_threads=2, data_dir=""), workdir)
+    records = fb.run(tiny(eval_every=2, checkpoint_every=5, client_threads=2, data_dir=""), workdir)
     assert results(records) == results(finished[1])
 
 
 def test_an_allowed_change_extends_the_run(workdir, finished, tmp_path):
-    records = train.run(tiny(rounds=3), workdir, allow_change=["rounds"])
-    straight = train.run(tiny(rounds=3), tmp_path / "straight")
+    records = fb.run(tiny(rounds=3), workdir, allow_change=["rounds"])
+    straight = fb.run(tiny(rounds=3), tmp_path / "straight")
     assert results(records) == results(straight) and results(records[:2]) == results(finished[1])
     assert json.loads((workdir / "config.json").read_text())["rounds"] == 3
     with pytest.raises(ConfigError, match="--allow_change takes rounds"):
-        train.run(tiny(lr=0.2), workdir, allow_change=["lr"])
+        fb.run(tiny(lr=0.2), workdir, allow_change=["lr"])
 
 
 def test_one_run_per_workdir(tmp_path):
@@ -127,7 +121,7 @@ def test_a_corrupt_checkpoint_falls_back_to_the_previous_one(workdir, finished, 
     data = ckpt.read_bytes()
     ckpt.write_bytes({"truncate": data[: len(data) // 2], "empty": b"", "garbage": os.urandom(len(data))}[damage])
     warnings = []
-    records = train.run(tiny(), workdir, log=lambda s: warnings.append(s) if s.startswith("warning") else None)
+    records = fb.run(tiny(), workdir, log=lambda s: warnings.append(s) if s.startswith("warning") else None)
     assert results(records) == results(finished[1])  # round 2 recomputed from round 1's checkpoint
     assert any("checkpoint.npz is unreadable" in w for w in warnings)
     assert any("previous checkpoint" in w and "(round 1)" in w for w in warnings)
@@ -139,7 +133,7 @@ def test_no_readable_checkpoint_is_one_line_and_keeps_the_files(workdir):
         (workdir / name).write_bytes(b"PK\x03\x04 not really")
     before = snapshot(workdir)
     with pytest.raises(WorkdirError, match="no readable checkpoint"):
-        train.run(tiny(), workdir)
+        fb.run(tiny(), workdir)
     assert snapshot(workdir) == before
 
 
@@ -150,7 +144,7 @@ def test_a_truncated_last_metrics_line_is_dropped_with_a_warning(workdir, finish
     text = metrics.read_text()
     metrics.write_text(text[: len(text) - 40])
     warnings = []
-    records = train.run(tiny(), workdir, log=lambda s: warnings.append(s) if s.startswith("warning") else None)
+    records = fb.run(tiny(), workdir, log=lambda s: warnings.append(s) if s.startswith("warning") else None)
     assert any("dropped an incomplete last line" in w for w in warnings)
     assert results(records) == results(finished[1]) == results(strict_lines(metrics))
 
@@ -168,7 +162,7 @@ def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(workdir, fi
     monkeypatch.setattr(Round, "run", poisoned)
     with pytest.raises(DivergenceError, match=r"round 3 diverged .*global model non-finite.*checkpoint \(round 2\) "
                                               "is kept") as e:
-        train.run(tiny(rounds=4), workdir, allow_change=["rounds"])
+        fb.run(tiny(rounds=4), workdir, allow_change=["rounds"])
     assert e.value.round == 3 and results(e.value.records) == results(finished[1])
     assert (workdir / "checkpoint.npz").read_bytes() == good
     assert results(strict_lines(workdir / "metrics.jsonl")) == results(finished[1])  # round 3 not written
@@ -180,17 +174,17 @@ def test_non_finite_values_are_written_as_null():
 
 
 def test_the_python_config_refuses_unknown_fields_and_run_validates_like_the_cli(tmp_path):
-    c = train.default_config()
+    c = fb.default_config()
     with pytest.raises(AttributeError, match="lrr"):
         c.lrr = 0.001
     with pytest.raises(KeyError, match="nonexistent"):
         c.update(nonexistent=1)
     loose = ml_collections.ConfigDict({**tiny().to_dict(), "lrr": 0.001})
     with pytest.raises(ConfigError, match="unknown config field 'lrr'; did you mean 'lr'"):
-        train.run(loose, tmp_path / "w")
+        fb.run(loose, tmp_path / "w")
     for bad in (dict(lr=float("inf")), dict(rho=float("nan")), dict(alpha_max=float("inf")), dict(partition_seed=-5)):
         with pytest.raises(ConfigError, match=next(iter(bad))):
-            train.run(tiny(**bad), tmp_path / "w")
+            fb.run(tiny(**bad), tmp_path / "w")
     assert not (tmp_path / "w").exists()  # refused before the workdir (or the data) was touched
 
 
@@ -241,10 +235,28 @@ def read_scalars(folder: Path) -> dict:
 
 
 def test_tensorboard_scalars_are_the_metrics(tmp_path):
-    records = train.run(tiny(tensorboard=True), tmp_path)
+    records = fb.run(tiny(tensorboard=True), tmp_path)
     scalars = read_scalars(tmp_path)
     assert [s for s, _ in scalars["train_loss"]] == [1, 2]
     np.testing.assert_allclose([v for _, v in scalars["train_loss"]], [r["train_loss"] for r in records], rtol=1e-6)
     assert {"test_accuracy", "uplink_bits", "round_seconds"} <= set(scalars)
     with pytest.raises(ConfigError, match="needs|workdir"):
-        train.run(tiny(tensorboard=True))
+        fb.run(tiny(tensorboard=True))
+
+
+def test_a_checkpoint_and_config_of_older_names_still_resume(tmp_path):
+    """Renamed since they were written: ServerState.client_states (now compressor_states) and lane_loop=host
+    (now python)."""
+    import jax.numpy as jnp
+
+    from fedbat_jax.federated import ServerState
+    from fedbat_jax.workdir import read_checkpoint, restore_tree, result_changes, save_checkpoint
+
+    old = {"params": {"w": np.ones(2, np.float32)}, "client_states": {"w": np.full((3, 2), 5.0, np.float32)}}
+    save_checkpoint(tmp_path / "checkpoint.npz", old, 4)
+    r, arrays = read_checkpoint(tmp_path / "checkpoint.npz")
+    got = restore_tree(arrays, ServerState({"w": jnp.zeros(2)}, {}, {"w": jnp.zeros((3, 2))}, ()))
+    assert r == 4 and got.compressor_states["w"].tolist() == [[5.0, 5.0]] * 3
+    new = tiny(lane_loop="python").to_dict()
+    assert result_changes({**new, "lane_loop": "host"}, new) == {}
+    assert result_changes({**new, "lane_loop": "host"}, {**new, "lane_loop": "scan"}) == {"lane_loop": ("python", "scan")}

@@ -1,0 +1,155 @@
+"""The run loop and its Python API: build an experiment from a config, run rounds, evaluate, log, checkpoint.
+
+    import fedbat_jax as fb
+    cfg = fb.default_config(); cfg.rounds = 5
+    records = fb.run(cfg)               # one dict per round, as in metrics.jsonl
+    exp = fb.build(cfg)                 # the pieces: exp.round.run(server, r), exp.evaluate(server), ...
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Iterable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from fedbat_jax.config import validate
+from fedbat_jax.data import Dataset, format_histograms, label_histograms, load_dataset, size_summary
+from fedbat_jax.errors import ConfigError, DivergenceError
+from fedbat_jax.evaluation import host_evaluator
+from fedbat_jax.executions import make_execution
+from fedbat_jax.federated import ServerState
+from fedbat_jax.federation import Federation, build_federation
+from fedbat_jax.round import Round, wire_bits
+from fedbat_jax.workdir import Workdir
+
+__all__ = ["Experiment", "build", "build_from_data", "run"]
+
+
+class Experiment(NamedTuple):
+    """A run's pieces: its federation, its round (with the execution backend), the initial server state."""
+
+    config: ml_collections.ConfigDict
+    federation: Federation
+    round: Round
+    server: ServerState  # the initial global model
+    evaluate: Callable[[ServerState], tuple[float, float]]  # -> (test_loss, test_accuracy)
+
+    @property
+    def dataset(self) -> Dataset:
+        return self.federation.dataset
+
+    @property
+    def parts(self) -> list:
+        return self.federation.parts
+
+    @property
+    def model(self):
+        return self.federation.model
+
+
+def build(config: ml_collections.ConfigDict) -> Experiment:
+    """Everything a run needs, from the config alone (data on the device, model, jitted round)."""
+    validate(config)
+    return build_from_data(config, load_dataset(config.dataset, config.data_dir or None))
+
+
+def build_from_data(config: ml_collections.ConfigDict, ds: Dataset) -> Experiment:
+    """As ``build``, on a ``Dataset`` already in memory (``config.dataset`` and ``data_dir`` are not read)."""
+    fedn = build_federation(config, ds)
+    fed, roster = fedn.fed, fedn.roster
+    params, batch_stats = fedn.variables["params"], fedn.variables.get("batch_stats", {})
+    execution = make_execution(config, fed, int(roster.num_steps.max()))
+    rnd = Round(fed, roster, fedn.data, execution, config.clients_per_round, config.seed,
+                wire_bits(fed, params, batch_stats, config.clients_per_round))
+    server = fed.server_init(params, batch_stats, config.num_clients)
+    return Experiment(config, fedn, rnd, server, host_evaluator(fedn.model, ds))
+
+
+def run(config: ml_collections.ConfigDict, workdir: str | Path | None = None, progress: bool = False,
+        log: Callable[[str], None] | None = None, allow_change: Iterable[str] = ()) -> list[dict]:
+    """Run ``config.rounds`` rounds; return one record per round (also appended to workdir/metrics.jsonl).
+
+    With a workdir (``fedbat_jax.workdir``), a run resumes from its last checkpoint there and reproduces
+    the same numbers; a resume whose settings would change the numbers raises ``WorkdirError`` unless
+    each changed field is named in ``allow_change`` (``rounds``, or an execution setting). A non-finite
+    training loss or global model raises ``DivergenceError`` before that round is written or checkpointed.
+    In a multi-process run (``jax.distributed.initialize()``) every process holds the same replicated
+    server state; process 0 writes the workdir (a folder all processes can read, to resume).
+    """
+    validate(config)  # before the workdir is touched or any data loads
+    if config.tensorboard and workdir is None:
+        raise ConfigError("tensorboard=True writes into the workdir: give one")
+    warn = (lambda s: log(f"warning: {s}")) if log else (lambda s: warnings.warn(s, stacklevel=3))
+    folder = (Workdir(workdir, config, allow_change, warn, writer=jax.process_index() == 0)
+              if workdir is not None else contextlib.nullcontext())
+    with folder as wd:
+        exp = build(config)
+        server, done, records = wd.restore(exp.server) if wd else (exp.server, 0, [])
+        if log:
+            _log_start(exp, log)
+            if wd and wd.changes:
+                log("resuming with " + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in wd.changes.items()))
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=config.rounds, initial=done, desc=config.algorithm, unit="round")
+        for r in range(done + 1, config.rounds + 1):
+            t0 = time.perf_counter()
+            server, m = exp.round.run(server, r)
+            train_loss = float(m["train_loss"])  # waits for the round to finish
+            seconds = time.perf_counter() - t0
+            model_finite = bool(_all_finite(server))
+            if not (math.isfinite(train_loss) and model_finite):
+                raise DivergenceError(f"round {r} diverged (training loss {train_loss}, global model "
+                                      f"{'finite' if model_finite else 'non-finite'}){_kept(wd)}; try a smaller lr",
+                                      r, records)
+            rec = {"round": r, "test_accuracy": None, "test_loss": None, "train_loss": train_loss,
+                   "uplink_bits": int(m["uplink_bits"]), "downlink_bits": int(m["downlink_bits"]),
+                   "round_seconds": round(seconds, 4)}
+            if r % config.eval_every == 0 or r == config.rounds:
+                rec["test_loss"], rec["test_accuracy"] = exp.evaluate(server)
+            records.append(rec)
+            if wd:
+                wd.append(rec)
+                if r == config.rounds or (config.checkpoint_every and r % config.checkpoint_every == 0):
+                    wd.save(server, r)
+            if bar is not None:
+                acc = rec["test_accuracy"]
+                bar.set_postfix_str(f"acc {acc:.4f}" if acc is not None else f"loss {train_loss:.4f}")
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+    return records
+
+
+def _kept(wd: Workdir | None) -> str:
+    """What a diverged run leaves behind, for its error line."""
+    if wd is None:
+        return ""
+    if wd.checkpoint_round:
+        return f"; the last good checkpoint (round {wd.checkpoint_round}) is kept"
+    return "; no checkpoint was written before it"
+
+
+@jax.jit
+def _all_finite(tree: Any) -> jax.Array:
+    leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in leaves])) if leaves else jnp.array(True)
+
+
+def _log_start(exp: Experiment, log: Callable[[str], None]) -> None:
+    config, execution = exp.config, exp.round.execution
+    loop = f" ({execution.loop} loop of lanes)" if execution.name == "fused" else ""
+    log(f"{config.algorithm} on {config.dataset} ({config.partition}): {size_summary(exp.parts)}; "
+        f"execution {execution.name}{loop} on {jax.default_backend()}, devices: {execution.devices}")
+    if exp.dataset.note:
+        log(f"note: {config.dataset} data is a {exp.dataset.note}")
+    if config.print_histograms:
+        log(format_histograms(label_histograms(exp.parts, exp.dataset.y_train, exp.dataset.num_classes)))
