@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import platform
+import time
 import sys
 
 import jax

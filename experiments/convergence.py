@@ -49,6 +49,13 @@ ROWS = {  # table row -> settings on top of the problem's config
     "fedbat_ef": dict(algorithm="fedbat", error_feedback="ef"),
     "fedbat_ef21": dict(algorithm="fedbat", error_feedback="ef21"),
     "signsgd_ef21": dict(algorithm="signsgd", error_feedback="ef21"),
+    # EF21 repairs the clipping bias; bounds that follow eta_t let the upload's variance decay with it.
+    "fedbat_ef21_bounds_lr": dict(algorithm="fedbat", error_feedback="ef21", alpha_bounds="lr"),
+    "fedbat_ef_bounds_lr": dict(algorithm="fedbat", error_feedback="ef", alpha_bounds="lr"),
+    # Where the bias sits: phi=1 trains in full precision (alpha stays at its initial 0.01), so the upload's
+    # clipping is the only bias left; EF21 on top of it.
+    "fedbat_phi1": dict(algorithm="fedbat", phi=1.0),
+    "fedbat_phi1_ef21": dict(algorithm="fedbat", phi=1.0, error_feedback="ef21"),
     # Partial participation: 40 clients of 100 digits, 10 sampled a round (stale residuals and estimates).
     "fedavg_pp": dict(algorithm="fedavg", num_clients=40, clients_per_round=10),
     "fedbat_pp": dict(algorithm="fedbat", num_clients=40, clients_per_round=10),

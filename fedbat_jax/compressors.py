@@ -128,7 +128,7 @@ def with_error_feedback(inner: Compressor, kind: str, mask: Params) -> Compresso
       federation, stale for clients not sampled) as ``G += sum_k w_k decode(c_k)``; its update is ``G``.
 
     State per client: ``ef`` one float32 copy of the compressed leaves; ``ef21`` one of every leaf, plus
-    one on the server. ``inner`` receives ``p`` (or ``m - g``) as the update and the same ``scales``
+    one on the server (the paper's CNN4: 1.56 MB a client either way, ResNet-10: 19.6 MB). ``inner`` receives ``p`` (or ``m - g``) as the update and the same ``scales``
     and key, so FedBAT's upload draws ``Q(p, alpha)`` with the step size it learned on ``m``.
     """
     if kind == "none":

@@ -176,5 +176,6 @@ class Federated(NamedTuple):
         return (ServerState(params, agg.batch_stats, compressor_states, opt_state),
                 agg.loss_sum / jnp.maximum(agg.seen, 1.0))
 
+
 def _scaled(p: jax.Array, tree: Any) -> Any:
     return jax.tree.map(lambda x: p * x, tree)

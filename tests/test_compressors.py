@@ -198,3 +198,10 @@ def test_ef21_server_estimate_is_the_federation_weighted_sum_of_client_estimates
         g = np.asarray(server.compressor_states[name]["kernel"], np.float64)
         expected = -np.tensordot(shares, g, axes=1)  # the running sum of the pseudo-gradient: -G
         np.testing.assert_allclose(estimate[name]["kernel"], expected, atol=1e-6)
+
+
+def test_ef_signsgd_is_signsgd_with_ef_bit_for_bit():
+    a, b = fb.build(tiny("ef_signsgd", batch_size=128)), fb.build(tiny("signsgd", batch_size=128, error_feedback="ef"))
+    (sa, ma), (sb, mb) = a.round.run(a.server, 1), b.round.run(b.server, 1)
+    chex.assert_trees_all_equal(sa, sb)
+    assert float(ma["train_loss"]) == float(mb["train_loss"]) and ma["uplink_bits"] == mb["uplink_bits"]

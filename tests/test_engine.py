@@ -22,7 +22,7 @@ from conftest import tiny
 from fedbat_jax.compressors import full_precision
 from fedbat_jax.errors import ConfigError
 from fedbat_jax.executions import absorb, empty_aggregate
-from fedbat_jax.federated import Client, ClientInput, Federated, ServerState, make_roster
+from fedbat_jax.federated import Client, ClientInput, Federated, make_roster
 from fedbat_jax.local import LocalConfig, binarized_mask
 from fedbat_jax.whole_run import make_train
 

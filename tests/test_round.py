@@ -11,7 +11,7 @@ import pytest
 import fedbat_jax as fb
 from conftest import tiny
 from fedbat_jax.bits import payload_bits
-from fedbat_jax.local import ClientState
+
 from fedbat_jax.executions import pack_lanes
 from fedbat_jax.round import cohort
 
