@@ -106,15 +106,16 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path | None = None, pr
             train_loss = float(m["train_loss"])  # waits for the round to finish
             seconds = time.perf_counter() - t0
             model_finite = bool(_all_finite(server))
-            if not (math.isfinite(train_loss) and model_finite):
-                raise DivergenceError(f"round {r} diverged (training loss {train_loss}, global model "
-                                      f"{'finite' if model_finite else 'non-finite'}){_kept(wd)}; try a smaller lr",
-                                      r, records)
             rec = {"round": r, "test_accuracy": None, "test_loss": None, "train_loss": train_loss,
                    "uplink_bits": int(m["uplink_bits"]), "downlink_bits": int(m["downlink_bits"]),
                    "round_seconds": round(seconds, 4)}
-            if r % config.eval_every == 0 or r == config.rounds:
+            if model_finite and (r % config.eval_every == 0 or r == config.rounds):
                 rec["test_loss"], rec["test_accuracy"] = exp.evaluate(server)
+            # A non-finite training loss, global model or evaluation is a divergence: that round is neither
+            # written nor checkpointed, so null in metrics.jsonl only ever means "not evaluated".
+            if not (math.isfinite(train_loss) and model_finite and math.isfinite(rec["test_loss"] or 0.0)):
+                raise DivergenceError(_divergence_message(config, r, train_loss, model_finite, rec["test_loss"], wd),
+                                      r, records)
             records.append(rec)
             if wd:
                 wd.append(rec)
@@ -127,6 +128,19 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path | None = None, pr
         if bar is not None:
             bar.close()
     return records
+
+
+def _divergence_message(config, r: int, train_loss: float, model_finite: bool, test_loss, wd) -> str:
+    """The one line of a diverged round: what went non-finite, what is kept, the setting most likely at fault
+    (the clients' lr when their training loss blew up; the server's step when the clients were finite)."""
+    what = (f"training loss {train_loss}" if not math.isfinite(train_loss) else
+            "global model non-finite" if not model_finite else f"test loss {test_loss} of a finite model")
+    server_steps = config.server_optimizer != "sgd" or config.server_lr != 1.0
+    if math.isfinite(train_loss) and server_steps:
+        hint = f"try a smaller server_lr (now {config.server_lr}, server_optimizer={config.server_optimizer})"
+    else:
+        hint = f"try a smaller lr (now {config.lr})"
+    return f"round {r} diverged ({what}){_kept(wd)}; {hint}"
 
 
 def _kept(wd: Workdir | None) -> str:

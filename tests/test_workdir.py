@@ -160,7 +160,7 @@ def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(workdir, fi
         return server, m
 
     monkeypatch.setattr(Round, "run", poisoned)
-    with pytest.raises(DivergenceError, match=r"round 3 diverged .*global model non-finite.*checkpoint \(round 2\) "
+    with pytest.raises(DivergenceError, match=r"round 3 diverged \(global model non-finite\).*checkpoint \(round 2\) "
                                               "is kept") as e:
         fb.run(tiny(rounds=4), workdir, allow_change=["rounds"])
     assert e.value.round == 3 and results(e.value.records) == results(finished[1])
@@ -260,3 +260,14 @@ def test_a_checkpoint_and_config_of_older_names_still_resume(tmp_path):
     new = tiny(lane_loop="python").to_dict()
     assert result_changes({**new, "lane_loop": "host"}, new) == {}
     assert result_changes({**new, "lane_loop": "host"}, {**new, "lane_loop": "scan"}) == {"lane_loop": ("python", "scan")}
+
+
+def test_a_model_that_explodes_without_a_nan_is_a_divergence_naming_server_lr(tmp_path):
+    """adam at server_lr=1e30 leaves finite weights near 1e30 whose test loss is not finite: that round is
+    the divergence (not written, not checkpointed), and the message names the server's step, not lr."""
+    with pytest.raises(DivergenceError, match=r"round 1 diverged \(test loss .* of a finite model\); no checkpoint "
+                                              r"was written before it; try a smaller server_lr") as e:
+        fb.run(tiny(server_optimizer="adam", server_lr=1e30, rounds=2), tmp_path / "w")
+    assert e.value.round == 1 and e.value.records == []
+    assert not (tmp_path / "w" / "checkpoint.npz").exists()
+    assert (tmp_path / "w" / "metrics.jsonl").read_text() == ""
