@@ -255,20 +255,34 @@ class Workdir:
             _write_atomic(self.path / CONFIG_FILE, self.config.to_json(indent=2) + "\n")
             _write_atomic(self.metrics_path, "".join(strict_json(rec) + "\n" for rec in records))
             if self.config.tensorboard:
-                from tensorboardX import SummaryWriter
-
-                # purge_step: a resume drops the events of rounds after the checkpoint, as metrics.jsonl does
-                self._tensorboard = SummaryWriter(str(self.path), purge_step=done + 1)
+                self._open_tensorboard(records)
         return state, done, records
+
+    def _open_tensorboard(self, records: list[dict]) -> None:
+        """TensorBoard shows every round of metrics.jsonl once: the event files are rewritten from it (the
+        source of truth) at every start, so rounds lost in a crash's unflushed buffer, or run before
+        tensorboard was turned on, are there too; each later round is flushed as it is appended."""
+        from tensorboardX import SummaryWriter
+
+        for old in self.path.glob("events.out.tfevents.*"):
+            old.unlink()
+        self._tensorboard = SummaryWriter(str(self.path))
+        for record in records:
+            self._scalars(record)
+        self._tensorboard.flush()
+
+    def _scalars(self, record: dict) -> None:
+        for name, value in record.items():
+            if name != "round" and isinstance(value, (int, float)):
+                self._tensorboard.add_scalar(name, value, record["round"])
 
     def append(self, record: dict) -> None:
         if self.writer:
             with self.metrics_path.open("a") as f:
                 f.write(strict_json(record) + "\n")
         if self._tensorboard is not None:
-            for name, value in record.items():
-                if name != "round" and isinstance(value, (int, float)):
-                    self._tensorboard.add_scalar(name, value, record["round"])
+            self._scalars(record)
+            self._tensorboard.flush()
 
     def save(self, state: Any, r: int) -> None:
         """Checkpoint round ``r`` (after making the metrics up to it durable)."""

@@ -244,6 +244,19 @@ def test_tensorboard_scalars_are_the_metrics(tmp_path):
         fb.run(tiny(tensorboard=True))
 
 
+def test_tensorboard_turned_on_later_shows_every_round_once(tmp_path):
+    """Rounds 1-2 without TensorBoard, then 3-4 with it: the events hold rounds 1-4 once each, flushed as they
+    are written (a crash cannot lose them in a buffer); a further resume rewrites them from metrics.jsonl."""
+    fb.run(tiny(), tmp_path)
+    fb.run(tiny(rounds=4, tensorboard=True), tmp_path, allow_change=["rounds"])
+    records = strict_lines(tmp_path / "metrics.jsonl")
+    scalars = read_scalars(tmp_path)
+    assert [s for s, _ in scalars["train_loss"]] == [1, 2, 3, 4]
+    np.testing.assert_allclose([v for _, v in scalars["train_loss"]], [r["train_loss"] for r in records], rtol=1e-6)
+    fb.run(tiny(rounds=4, tensorboard=True), tmp_path)  # already complete: nothing runs, events rewritten once
+    assert [s for s, _ in read_scalars(tmp_path)["train_loss"]] == [1, 2, 3, 4]
+
+
 def test_a_checkpoint_and_config_of_older_names_still_resume(tmp_path):
     """Renamed since they were written: ServerState.client_states (now compressor_states) and lane_loop=host
     (now python)."""
