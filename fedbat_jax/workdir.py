@@ -102,6 +102,16 @@ def _current_name(name: str) -> str:
     return name
 
 
+def _spans(rounds: list[int]) -> str:
+    """``[2, 3, 4, 7]`` -> ``2-4, 7``."""
+    out, start = [], rounds[0]
+    for a, b in zip(rounds, rounds[1:] + [None]):
+        if b != a + 1:
+            out.append(f"{start}-{a}" if a > start else f"{a}")
+            start = b
+    return ", ".join(out)
+
+
 def _fsync_dir(folder: Path) -> None:
     fd = os.open(folder, os.O_RDONLY)
     try:
@@ -119,17 +129,20 @@ def strict_json(record: dict) -> str:
 
 def read_metrics(path: Path, warn: Callable[[str], None]) -> list[dict]:
     """The records of ``metrics.jsonl``, last one per round; a truncated last line is dropped with a warning."""
-    lines = path.read_text().splitlines() if path.exists() else []
+    try:
+        lines = path.read_bytes().splitlines() if path.exists() else []
+    except OSError as e:
+        raise WorkdirError(f"{path} is unreadable ({e.strerror or e}); repair or delete it") from None
     by_round = {}
     for i, line in enumerate(lines):
         if not line.strip():
             continue
         try:
-            rec = json.loads(line)
+            rec = json.loads(line.decode("utf-8"))
             by_round[int(rec["round"])] = rec
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError):  # (UnicodeDecodeError is a ValueError)
             if i == len(lines) - 1:
-                warn(f"{path}: dropped an incomplete last line (the run stopped while writing it)")
+                warn(f"{path}: dropped an unreadable last line (cut short, as by a run stopped while writing it)")
             else:
                 raise WorkdirError(f"{path} line {i + 1} is not a metrics record; repair or delete that line")
     return [by_round[r] for r in sorted(by_round)]
@@ -201,6 +214,9 @@ class Workdir:
 
     def _newest_checkpoint(self):
         for name in (CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE):
+            if (self.path / name).is_dir():
+                raise WorkdirError(f"{self.path / name} is a folder, not a checkpoint; move it away")
+        for name in (CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE):
             file = self.path / name
             if not file.exists():
                 continue
@@ -217,6 +233,26 @@ class Workdir:
                                "the run over, or use a new --workdir")
         return None
 
+    def _covered_checkpoint(self, rounds: set):
+        """The newest checkpoint whose rounds metrics.jsonl all holds: a round the checkpoint covers but the
+        metrics lack is recomputed from the previous checkpoint (runs are deterministic), never dropped."""
+        file, done, arrays = self.checkpoint
+        missing = sorted(set(range(1, done + 1)) - rounds)
+        if not missing:
+            return self.checkpoint
+        lacking = f"{self.metrics_path} lacks round(s) {_spans(missing)} of the checkpoint's {done}"
+        previous = self.path / PREVIOUS_CHECKPOINT_FILE
+        if file != previous and previous.is_file():
+            try:
+                r, prev_arrays = read_checkpoint(previous)
+            except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile):
+                r = None
+            if r is not None and set(range(1, r + 1)) <= rounds:
+                self.warn(f"{lacking}; resuming from the previous checkpoint (round {r}) to recompute them")
+                return previous, r, prev_arrays
+        raise WorkdirError(f"{lacking}, and no earlier checkpoint covers the rest; restore metrics.jsonl or start "
+                           "over in a new --workdir")
+
     def _check_settings(self) -> dict:
         """Refuse (one line) to resume a run under settings that would change its numbers."""
         if self.checkpoint is None:
@@ -227,6 +263,9 @@ class Workdir:
         except (OSError, ValueError) as e:
             raise WorkdirError(f"{file} is missing or unreadable ({type(e).__name__}), so the checkpoint's settings "
                                "are unknown; use a new --workdir") from None
+        if not isinstance(old, dict):
+            raise WorkdirError(f"{file} holds a JSON {type(old).__name__}, not the run's settings, so the "
+                               "checkpoint's settings are unknown; use a new --workdir")
         done = self.checkpoint_round
         if self.config.rounds < done:
             raise WorkdirError(f"{self.path} has completed {done} rounds; rounds must be >= {done}")
@@ -247,10 +286,12 @@ class Workdir:
         settings and the records kept (a later partial round's are dropped) back to the folder."""
         state, done, records = like, 0, []
         if self.checkpoint is not None:
+            metrics = read_metrics(self.metrics_path, self.warn)
+            self.checkpoint = self._covered_checkpoint({rec["round"] for rec in metrics})
             file, done, arrays = self.checkpoint
             state = restore_tree(arrays, like, str(file))
             self.checkpoint = (file, done, None)  # the arrays are on the device now
-            records = [rec for rec in read_metrics(self.metrics_path, self.warn) if rec["round"] <= done]
+            records = [rec for rec in metrics if rec["round"] <= done]
         if self.writer:
             _write_atomic(self.path / CONFIG_FILE, self.config.to_json(indent=2) + "\n")
             _write_atomic(self.metrics_path, "".join(strict_json(rec) + "\n" for rec in records))

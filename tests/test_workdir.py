@@ -145,8 +145,43 @@ def test_a_truncated_last_metrics_line_is_dropped_with_a_warning(workdir, finish
     metrics.write_text(text[: len(text) - 40])
     warnings = []
     records = fb.run(tiny(), workdir, log=lambda s: warnings.append(s) if s.startswith("warning") else None)
-    assert any("dropped an incomplete last line" in w for w in warnings)
+    assert any("dropped an unreadable last line" in w for w in warnings)
     assert results(records) == results(finished[1]) == results(strict_lines(metrics))
+
+
+def test_rounds_the_checkpoint_covers_but_the_metrics_lack_are_recomputed_never_dropped(workdir, finished):
+    """Round 2's line cut short while round 2 is the checkpoint: the run resumes from round 1's checkpoint and
+    recomputes round 2; with metrics.jsonl deleted nothing covers round 1, which is refused in one line."""
+    metrics = workdir / "metrics.jsonl"
+    text = metrics.read_text()
+    metrics.write_text(text[: len(text) - 40])
+    warnings = []
+    records = fb.run(tiny(), workdir, log=lambda s: warnings.append(s) if s.startswith("warning") else None)
+    assert any("lacks round(s) 2 of the checkpoint's 2" in w and "(round 1)" in w for w in warnings)
+    assert results(records) == results(finished[1]) == results(strict_lines(metrics))
+    metrics.unlink()
+    before = snapshot(workdir)
+    with pytest.raises(WorkdirError, match=r"lacks round\(s\) 1-2 of the checkpoint's 2, and no earlier checkpoint"):
+        fb.run(tiny(), workdir)
+    assert snapshot(workdir) == before
+
+
+@pytest.mark.parametrize("damage", ["utf8", "config_list", "config_str", "checkpoint_folder"])
+def test_malformed_files_are_one_line(workdir, damage):
+    if damage == "utf8":
+        lines = (workdir / "metrics.jsonl").read_bytes().splitlines()
+        (workdir / "metrics.jsonl").write_bytes(b"\xff\xfe garbage\n" + b"\n".join(lines) + b"\n")
+        needle = "line 1 is not a metrics record"
+    elif damage.startswith("config"):
+        (workdir / "config.json").write_text("[]" if damage == "config_list" else '"hello"')
+        needle = "holds a JSON (list|str), not the run's settings"
+    else:
+        os.replace(workdir / "checkpoint.npz", workdir / "moved.npz")
+        (workdir / "checkpoint.npz").mkdir()
+        needle = "checkpoint.npz is a folder, not a checkpoint"
+    with pytest.raises(WorkdirError, match=needle) as e:
+        fb.run(tiny(), workdir)
+    assert "\n" not in str(e.value)
 
 
 def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(workdir, finished, monkeypatch):
