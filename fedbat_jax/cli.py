@@ -9,7 +9,7 @@ A script of several configs (a study grid) calls ``parse_args`` once and ``make_
 
 ``python -m fedbat_jax.main`` and every script in ``experiments/`` parse their arguments here, so they read
 the same syntax and fail the same way: a bad argument, config file or setting is one line on stderr and exit
-status 2 (``--help``: 0); a diverged run is exit 3. Only the project's own errors (``FedBatError``) become
+status 2 (``--help``: 0); a diverged run is exit 3; Ctrl-C 130 and SIGTERM 143, each with one line. Only the project's own errors (``FedBatError``) become
 one line; anything else is a bug and keeps its traceback.
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ import ml_collections
 from fedbat_jax.config import apply_overrides, load_config, unknown_field  # noqa: F401 (apply_overrides: for scripts)
 from fedbat_jax.errors import ConfigError, DivergenceError, FedBatError
 
-EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 3, 130
+EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_TERMINATED = 2, 3, 130, 143
 DEFAULT_CONFIG_FILE = str(Path(__file__).with_name("config.py"))  # every setting at its default
 
 
@@ -85,9 +85,24 @@ def parse(ap: argparse.ArgumentParser, argv: list[str], default_config: str | No
     return make_config(args.config, overrides), args
 
 
+class Terminated(Exception):
+    """SIGTERM arrived (raised in the main thread, so open workdirs close and the last checkpoint stays)."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
 def guarded(prog: str, body: Callable[[], int | None]) -> int:
     """Run ``body``; the project's errors become one line on stderr and an exit status (2 bad input or an
-    unusable workdir, 3 diverged, 130 interrupted). Other exceptions propagate with their traceback."""
+    unusable workdir, 3 diverged, 130 interrupted by Ctrl-C, 143 terminated by SIGTERM). Other exceptions
+    propagate with their traceback."""
+    import signal
+    import threading
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
+    resume = "rerun the same command to resume from the last checkpoint"
     try:
         return body() or 0
     except DivergenceError as e:
@@ -97,5 +112,11 @@ def guarded(prog: str, body: Callable[[], int | None]) -> int:
         print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        print(f"{prog}: interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)
+        print(f"{prog}: interrupted; {resume}", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Terminated:
+        print(f"{prog}: terminated (SIGTERM); {resume}", file=sys.stderr)
+        return EXIT_TERMINATED
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)

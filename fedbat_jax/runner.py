@@ -83,6 +83,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path | None = None, pr
     server state; process 0 writes the workdir (a folder all processes can read, to resume).
     """
     validate(config)  # before the workdir is touched or any data loads
+    if workdir is None and list(allow_change):
+        raise ConfigError("allow_change applies to resuming a run in a workdir: give one")
     if config.tensorboard and workdir is None:
         raise ConfigError("tensorboard=True writes into the workdir: give one")
     warn = (lambda s: log(f"warning: {s}")) if log else (lambda s: warnings.warn(s, stacklevel=3))

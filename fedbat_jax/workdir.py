@@ -12,9 +12,11 @@ state, the last checkpointed round and the metrics up to it; ``append`` and ``sa
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import shutil
 import zipfile
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -51,14 +53,15 @@ def save_checkpoint(path: Path, tree: Any, r: int) -> None:
     kept as ``checkpoint.prev.npz`` (so one complete checkpoint exists at every instant)."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, **{_ROUND: np.int64(r)}, **{name: np.asarray(x) for name, x in leaf_names(tree)})
-        f.flush()
-        os.fsync(f.fileno())
-    if path.exists():
-        os.replace(path, path.with_name(PREVIOUS_CHECKPOINT_FILE))
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    with _disk_errors(path, tmp):
+        with open(tmp, "wb") as f:
+            np.savez(f, **{_ROUND: np.int64(r)}, **{name: np.asarray(x) for name, x in leaf_names(tree)})
+            f.flush()
+            os.fsync(f.fileno())
+        if path.exists():
+            os.replace(path, path.with_name(PREVIOUS_CHECKPOINT_FILE))
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
 
 
 def read_checkpoint(path: Path) -> tuple[int, dict[str, np.ndarray]]:
@@ -174,12 +177,13 @@ class Workdir:
         if unknown:
             raise ConfigError(f"--allow_change takes {', '.join(RESUMABLE_FIELDS)}; got {', '.join(sorted(unknown))}")
         self._lock = self._tensorboard = None
+        self._created = False
         self._open_folder()
         try:
             self.checkpoint = self._newest_checkpoint()  # (file, round, arrays) or None
             self.changes = self._check_settings()
         except BaseException:
-            self.close()
+            self.close(failed=True)
             raise
 
     @property
@@ -191,6 +195,7 @@ class Workdir:
             raise WorkdirError(f"workdir {self.path} is a file, not a folder")
         if not self.writer:
             return
+        self._created = not self.path.exists()
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             self._lock = open(self.path / LOCK_FILE, "a+")
@@ -207,10 +212,11 @@ class Workdir:
             self._lock = None
             raise WorkdirError(f"workdir {self.path} is in use by another run (pid {holder}); wait for it to "
                                "finish or use another --workdir") from None
-        self._lock.seek(0)
-        self._lock.truncate()
-        self._lock.write(f"{os.getpid()}\n")
-        self._lock.flush()
+        with _disk_errors(self.path / LOCK_FILE):
+            self._lock.seek(0)
+            self._lock.truncate()
+            self._lock.write(f"{os.getpid()}\n")
+            self._lock.flush()
 
     def _newest_checkpoint(self):
         for name in (CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE):
@@ -319,7 +325,7 @@ class Workdir:
 
     def append(self, record: dict) -> None:
         if self.writer:
-            with self.metrics_path.open("a") as f:
+            with _disk_errors(self.metrics_path), self.metrics_path.open("a") as f:
                 f.write(strict_json(record) + "\n")
         if self._tensorboard is not None:
             self._scalars(record)
@@ -328,30 +334,52 @@ class Workdir:
     def save(self, state: Any, r: int) -> None:
         """Checkpoint round ``r`` (after making the metrics up to it durable)."""
         if self.writer:
-            with self.metrics_path.open("a") as f:
+            with _disk_errors(self.metrics_path), self.metrics_path.open("a") as f:
                 os.fsync(f.fileno())
             save_checkpoint(self.path / CHECKPOINT_FILE, state, r)
             self.checkpoint = (self.path / CHECKPOINT_FILE, r, None)
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
+        """Release the folder. ``failed``: the run stopped with an error; a folder it created and wrote
+        nothing into (its lock aside) is removed, so a refused run leaves no trace."""
         if self._tensorboard is not None:
             self._tensorboard.close()
             self._tensorboard = None
         if self._lock is not None:
             self._lock.close()  # closing the file releases the flock
             self._lock = None
+            if failed and self._created and {p.name for p in self.path.iterdir()} <= {LOCK_FILE}:
+                shutil.rmtree(self.path, ignore_errors=True)
 
     def __enter__(self) -> "Workdir":
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, kind, value, traceback) -> None:
+        self.close(failed=kind is not None)
 
 
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with _disk_errors(path, tmp):
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def _disk_errors(path: Path, tmp: Path | None = None):
+    """An OSError while writing ``path`` (a full disk, a read-only file system) becomes one line naming the
+    file and the free space; the temporary file is removed, so the previous version stays as it was."""
+    try:
+        yield
+    except OSError as e:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        try:
+            free = f"; {shutil.disk_usage(path.parent).free / 2**20:.1f} MB free there"
+        except OSError:
+            free = ""
+        raise WorkdirError(f"cannot write {path}: {e.strerror or e}{free}") from None

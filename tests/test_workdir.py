@@ -319,3 +319,40 @@ def test_a_model_that_explodes_without_a_nan_is_a_divergence_naming_server_lr(tm
     assert e.value.round == 1 and e.value.records == []
     assert not (tmp_path / "w" / "checkpoint.npz").exists()
     assert (tmp_path / "w" / "metrics.jsonl").read_text() == ""
+
+
+def test_a_full_disk_while_checkpointing_is_one_line_and_leaves_no_temporary_file(workdir, finished, monkeypatch):
+    import errno
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np, "savez", full)
+    before = (workdir / "checkpoint.npz").read_bytes()
+    with pytest.raises(WorkdirError, match=r"cannot write .*checkpoint.npz: No space left on device; [0-9.]+ MB free"):
+        fb.run(tiny(rounds=3), workdir, allow_change=["rounds"])
+    assert not list(workdir.glob("*.tmp")) and (workdir / "checkpoint.npz").read_bytes() == before
+
+
+def test_a_run_refused_after_opening_a_new_workdir_leaves_nothing(tmp_path):
+    """Missing data is found only after the workdir is opened: the folder this run created goes again."""
+    with pytest.raises(fb.DataError):
+        fb.run(tiny(dataset="fashion_mnist", data_dir=str(tmp_path / "nowhere")), tmp_path / "w")
+    assert not (tmp_path / "w").exists()
+    with pytest.raises(ConfigError, match="allow_change applies to resuming a run in a workdir"):
+        fb.run(tiny(), allow_change=["bogus"])
+
+
+def test_sigterm_is_one_line_and_exit_143(capsys):
+    import signal
+
+    from fedbat_jax import cli
+
+    def body():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises before this ends
+        return 0
+
+    assert cli.guarded("fedbat_jax", body) == 143
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "terminated (SIGTERM); rerun the same command to resume" in err
