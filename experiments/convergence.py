@@ -309,17 +309,17 @@ def plot(path: Path, curves) -> None:
     import matplotlib.pyplot as plt
 
     partitions = sorted({p for p, _ in curves})
-    fig, axes = plt.subplots(1, len(partitions), figsize=(6 * len(partitions), 4.5), squeeze=False)
+    fig, axes = plt.subplots(1, len(partitions), figsize=(7 * len(partitions), 5.5), squeeze=False)
+    styles = ["-", "--", ":", "-."]  # 10 colours a style: each row keeps its own look
     for ax, partition in zip(axes[0], partitions):
-        for (p, name), mean in curves.items():
-            if p == partition:
-                r = np.arange(1, len(mean) + 1)
-                ax.loglog(r, np.maximum(mean, 1e-12), label=name)
+        for i, ((p, name), mean) in enumerate((k, v) for k, v in curves.items() if k[0] == partition):
+            r = np.arange(1, len(mean) + 1)
+            ax.loglog(r, np.maximum(mean, 1e-12), styles[(i // 10) % 4], color=f"C{i % 10}", label=name)
         r = np.arange(1, len(mean) + 1)
         anchor = curves[(partition, "fedavg")] if (partition, "fedavg") in curves else mean
         ax.loglog(r, anchor[len(r) // 10] * (len(r) // 10 + 1) / r, "k--", lw=0.8, label="slope -1")
         ax.set(title=partition, xlabel="round", ylabel="F(w_t) - F* (mean over seeds)")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
