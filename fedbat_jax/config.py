@@ -58,7 +58,8 @@ SETTINGS: tuple[tuple[str, Any, str], ...] = (
     ("partition", "iid", "iid | dirichlet | label_count"),
     ("dirichlet_beta", 0.3, "dirichlet partition: concentration"),
     ("labels_per_client", 3, "label_count partition: labels per client"),
-    ("min_client_size", 10, "dirichlet partition: redraw until every client has this many samples"),
+    ("min_client_size", 10, "every partition: each client holds at least this many samples (dirichlet redraws "
+                            "until it does; iid and label_count refuse otherwise)"),
     ("partition_seed", 1234, "seed of the partition (>= 0)"),
     ("seed", 0, "seed of the model, cohorts and local training (>= 0)"),
     ("aggregation_weights", "samples", "[config] samples (n_k) | batches (ceil(n_k/B), the reference)"),

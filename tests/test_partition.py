@@ -154,13 +154,15 @@ def _cfg_error(**kw):
 def test_validation_errors(monkeypatch):
     assert "iid, dirichlet, label_count" in _cfg_error(method="shards")
     assert ">= 1" in _cfg_error(num_clients=0)
-    assert "exceeds the 100 samples" in _cfg_error(num_clients=101, min_size=0)
+    assert "use at most 100 clients" in _cfg_error(num_clients=101, min_size=0)
     assert "dirichlet_beta" in _cfg_error(method="dirichlet", dirichlet_beta=0.0)
     assert "dirichlet_beta" in _cfg_error(method="dirichlet", dirichlet_beta=-1.0)
     assert "[1, 10]" in _cfg_error(method="label_count", labels_per_client=0)
     assert "[1, 10]" in _cfg_error(method="label_count", labels_per_client=11)
     assert "cannot cover" in _cfg_error(method="label_count", num_clients=3, labels_per_client=3, min_size=1)
-    assert "min_size 10 x num_clients 11" in _cfg_error(num_clients=11)
+    # One consistent limit: the number it names is itself accepted.
+    assert "use at most 10 clients, or a lower min_client_size" in _cfg_error(num_clients=11)
+    assert len(part_mod.partition(np.zeros((100, 2), np.uint8), np.arange(100) % 10, 10, "iid", min_size=10)) == 10
     assert "1 images but 100 labels" in _cfg_error(x=np.zeros((1, 2), np.uint8))
     monkeypatch.setattr(part_mod, "MAX_DIRICHLET_DRAWS", 20)
     x = np.arange(100, dtype=np.uint8).reshape(100, 1)

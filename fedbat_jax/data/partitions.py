@@ -68,14 +68,12 @@ def _validate(
         raise ConfigError(f"partition got {len(x) if x.ndim else 0} images but {n} labels; pass matching x and y")
     if num_clients < 1:
         raise ConfigError(f"num_clients must be >= 1, got {num_clients}")
-    if num_clients > n:
-        raise ConfigError(f"num_clients {num_clients} exceeds the {n} samples; use at most {n} clients")
     if min_size < 0:
         raise ConfigError(f"min_size must be >= 0, got {min_size}")
-    if min_size * num_clients > n:
-        raise ConfigError(
-            f"min_size {min_size} x num_clients {num_clients} exceeds the {n} samples; lower min_size or num_clients"
-        )
+    most = n // max(min_size, 1)  # one limit: every client holds at least min_size samples (at least one)
+    if num_clients > most:
+        raise ConfigError(f"num_clients {num_clients} is too many for {n} samples with min_client_size {min_size}: "
+                          f"use at most {most} clients, or a lower min_client_size")
     if method == "dirichlet" and not beta > 0:
         raise ConfigError(f"dirichlet_beta must be > 0, got {beta}")
     if method == "label_count":
