@@ -324,8 +324,12 @@ EXECUTIONS: dict[str, Callable[[Federated, Any, int], Execution]] = {
     "host": lambda fed, config, longest: host(fed, config.client_threads or
                                               (2 if jax.default_backend() == "cpu" else 1)),
     "fused": _fused,
-    "padded": lambda fed, config, longest: padded(fed, config.padded_group),
+    "padded": lambda fed, config, longest: _jitted(padded(fed, config.padded_group)),  # (make_train traces it whole)
 }
+
+
+def _jitted(execution: Execution) -> Execution:
+    return execution._replace(run=jax.jit(execution.run))
 
 
 def resolve_execution(setting: str) -> str:
