@@ -101,7 +101,7 @@ def settings_help() -> str:
 def validate(c: ml_collections.ConfigDict) -> None:
     """Raise ConfigError (one line) for the first setting that is unknown, missing, mistyped or out of range.
 
-    Every entry point (CLI, ``train.run``, ``build``, ``make_train``) calls this before any data loads.
+    Every entry point (CLI, ``fb.run``, ``fb.build``, ``make_train``) calls this before any data loads.
     """
     from fedbat_jax.algorithms import ALGORITHMS
     from fedbat_jax.augment import AUGMENTATIONS

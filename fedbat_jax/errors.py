@@ -19,7 +19,7 @@ class WorkdirError(FedBatError):
 
 class DivergenceError(FedBatError):
     """Training diverged: a non-finite training loss or global model. ``round``: the first bad round;
-    ``records``: the good rounds' metrics, as ``train.run`` returns them."""
+    ``records``: the good rounds' metrics, as ``fb.run`` returns them."""
 
     def __init__(self, message: str, round: int, records: list):
         super().__init__(message)
