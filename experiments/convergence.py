@@ -72,9 +72,9 @@ def parser() -> cli.ArgumentParser:
                     "(finished cells are kept in PREFIX_cells/ and read back by a rerun)")
     ap.add_argument("--seeds", type=int, default=8, help="seeds per cell (the CLI's seeds config.seed + 0, 1, ...), "
                     "run as one vmapped program")
-    ap.add_argument("--rows", type=lambda s: [r for r in s.split(",") if r], default=DEFAULT_ROWS,
+    ap.add_argument("--rows", type=cli.names, default=DEFAULT_ROWS,
                     help="table rows: " + ", ".join(ROWS))
-    ap.add_argument("--partitions", type=lambda s: [r for r in s.split(",") if r], default=["iid", "label_count"])
+    ap.add_argument("--partitions", type=cli.names, default=["iid", "label_count"])
     ap.add_argument("--quick", action="store_true",
                     help="30 rounds (unless --config.rounds is given) and 2 seeds (for the tests)")
     ap.add_argument("--sweep_bench", type=int, default=0,
@@ -110,6 +110,11 @@ def optimum(X, y, lam, k) -> tuple[float, float, np.ndarray]:
     res = minimize(objective64, np.zeros(X.shape[1] * k), args=(X, y, lam, k), jac=True, method="L-BFGS-B",
                    options=dict(maxiter=20000, gtol=1e-12, ftol=1e-16, maxcor=30))
     return float(res.fun), float(np.linalg.norm(objective64(res.x, X, y, lam, k)[1])), res.x.reshape(-1, k)
+
+
+def local_steps(config, n: int) -> int:
+    """E: a client's local steps per round when ``n`` samples are split evenly over the config's clients."""
+    return config.local_epochs * math.ceil(n // config.num_clients / config.batch_size)
 
 
 def constants(X, lam, steps_per_round) -> dict:
@@ -224,8 +229,7 @@ def main(args, overrides: list[str]) -> int:
     ds = load_dataset(base.dataset, base.data_dir or None)
     lam = base.weight_decay
     X, y = design(ds)
-    n_k = len(y) // base.num_clients
-    steps = base.local_epochs * math.ceil(n_k / base.batch_size)
+    steps = local_steps(base, len(y))
     const = constants(X, lam, steps)
     f_star, grad_norm, w_star = optimum(X, y, lam, ds.num_classes)
     metric = suboptimality_metric(make_model(base.model, ds.num_classes), lam, X, w_star)
@@ -239,8 +243,7 @@ def main(args, overrides: list[str]) -> int:
             c.update(partition=partition, lr_beta=const["beta"], lr_gamma=const["gamma"], **ROWS[name])
             subopt, compile_s, run_s = cached_cell(Path(f"{args.out}_cells"), c, ds, seeds, metric)
             slope, lo, hi = slopes(subopt)
-            cell_steps = c.local_epochs * math.ceil(len(y) // c.num_clients / c.batch_size)  # E of this cell
-            bound, _, _ = slopes(1.0 / (const["gamma"] + cell_steps * np.arange(1, c.rounds + 1))[None])
+            bound, _, _ = slopes(1.0 / (const["gamma"] + local_steps(c, len(y)) * np.arange(1, c.rounds + 1))[None])
             curves[(partition, name)] = subopt.mean(axis=0)
             rows.append(dict(algorithm=name, partition=partition, clients=f"{c.clients_per_round}/{c.num_clients}",
                              seeds=seeds, rounds=c.rounds, slope=round(slope, 3),

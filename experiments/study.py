@@ -71,14 +71,13 @@ def vmapped_runs(config, seeds: list[int]) -> dict[int, list[dict]]:
 def main(args, overrides: list[str]) -> int:
     out = Path(args.out)
     specs = ([args.config] if args.config else
-             [f"{CONFIGS / 'paper.py'}:{d}" for d in args.datasets.split(",") if d])
+             [f"{CONFIGS / 'paper.py'}:{d}" for d in args.datasets])
     if not specs:
         raise ConfigError("give --datasets or --config")
     seeds = args.seeds
     rows, curves, notes = [], {}, {}
     started = time.time()
-    for spec, partition, algorithm, seed in itertools.product(specs, args.partitions.split(","),
-                                                              args.algorithms.split(","), seeds):
+    for spec, partition, algorithm, seed in itertools.product(specs, args.partitions, args.algorithms, seeds):
         if args.vmap_seeds and seed != seeds[0]:
             continue  # ran with the cell's first seed
         fields = dict(partition=partition, seed=seed, **algorithm_fields(algorithm, args.bits))
@@ -134,11 +133,11 @@ def main(args, overrides: list[str]) -> int:
 
 def parser() -> cli.ArgumentParser:
     ap = cli.ArgumentParser(prog="study", description=__doc__.splitlines()[0])
-    ap.add_argument("--datasets", default="", help="comma list of the paper's datasets (experiments/configs/paper.py)")
+    ap.add_argument("--datasets", type=cli.names, default=[], help="comma list of the paper's datasets (experiments/configs/paper.py)")
     ap.add_argument("--reduced", action="store_true", help="the paper configs' reduced CPU variants")
     ap.add_argument("--data-dir", default="")
-    ap.add_argument("--partitions", default="iid,dirichlet,label_count")
-    ap.add_argument("--algorithms", default="fedavg,fedbat", help="comma list of ALGORITHM[+ef|+ef21]")
+    ap.add_argument("--partitions", type=cli.names, default=["iid", "dirichlet", "label_count"])
+    ap.add_argument("--algorithms", type=cli.names, default=["fedavg", "fedbat"], help="comma list of ALGORITHM[+ef|+ef21]")
     ap.add_argument("--bits", type=int, default=4, help="bits for qsgd")
     ap.add_argument("--seeds", type=cli.int_list, default=[0], help="comma list, e.g. 0,1,2")
     ap.add_argument("--rounds", type=int, default=0, help="0: the config's")

@@ -43,6 +43,11 @@ class ArgumentParser(argparse.ArgumentParser):
         raise ConfigError(message)
 
 
+def names(text: str) -> list[str]:
+    """An argparse ``type``: ``iid,label_count`` -> ``["iid", "label_count"]`` (empty items dropped)."""
+    return [s.strip() for s in text.split(",") if s.strip()]
+
+
 def int_list(text: str) -> list[int]:
     """An argparse ``type``: ``0,1,2`` -> ``[0, 1, 2]``."""
     try:

@@ -31,7 +31,7 @@ def parser() -> cli.ArgumentParser:
     ap = cli.ArgumentParser(prog="fedbat_jax", add_help=False)
     ap.add_argument("--workdir", default="", help="folder for metrics.jsonl and checkpoints (resumed if present)")
     ap.add_argument("--progress", type=_bool, default=True, help="show a progress bar")
-    ap.add_argument("--allow_change", type=lambda s: [f for f in s.split(",") if f], default=[],
+    ap.add_argument("--allow_change", type=cli.names, default=[],
                     help="settings a resume may change (rounds, execution, lanes, lane_loop, num_devices, padded_group)")
     return ap
 

@@ -35,6 +35,8 @@ CHECKPOINT_FILE = "checkpoint.npz"
 PREVIOUS_CHECKPOINT_FILE = "checkpoint.prev.npz"
 LOCK_FILE = ".lock"
 _ROUND = "__round__"
+# What reading a truncated, empty or garbage checkpoint raises.
+UNREADABLE = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile)
 # Setting values that were renamed since config.json began ((field, old) -> new): an old run resumes.
 RENAMED_VALUES = {("lane_loop", "host"): "python"}
 # Leaf-name prefixes that were renamed since checkpoints began (old -> new): an old checkpoint still loads.
@@ -228,7 +230,7 @@ class Workdir:
                 continue
             try:
                 r, arrays = read_checkpoint(file)
-            except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
+            except UNREADABLE as e:
                 self.warn(f"{file} is unreadable ({type(e).__name__}: {' '.join(str(e).split())})")
                 continue
             if name != CHECKPOINT_FILE:
@@ -251,7 +253,7 @@ class Workdir:
         if file != previous and previous.is_file():
             try:
                 r, prev_arrays = read_checkpoint(previous)
-            except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile):
+            except UNREADABLE:
                 r = None
             if r is not None and set(range(1, r + 1)) <= rounds:
                 self.warn(f"{lacking}; resuming from the previous checkpoint (round {r}) to recompute them")

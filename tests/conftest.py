@@ -53,7 +53,6 @@ def _default_cache() -> str:
 def pytest_configure(config):
     """Tests build many identical rounds: keep compiled XLA programs in a persistent cache."""
     import os
-    import tempfile
 
     import jax
 

@@ -120,17 +120,12 @@ def test_make_train_is_the_cli_run(pure_and_cli):
 
 def test_the_padded_execution_in_the_run_loop_is_make_trains_round(pure_and_cli):
     c, train_fn, _ = pure_and_cli
-    records = fb.run(_with(c, execution="padded"))
+    padded = c.copy_and_resolve_references()
+    padded.execution = "padded"
+    records = fb.run(padded)
     _, metrics = jax.jit(train_fn)(jax.random.PRNGKey(c.seed))
     np.testing.assert_allclose([r["train_loss"] for r in records], metrics["train_loss"], rtol=1e-4)
     np.testing.assert_allclose([r["test_accuracy"] for r in records], metrics["test_accuracy"], atol=2e-3)
-
-
-def _with(config, **fields):
-    c = tiny()
-    c.update(config.to_dict())
-    c.update(**fields)
-    return c
 
 
 def test_make_train_vmaps_seeds_and_a_float_setting(pure_and_cli):
