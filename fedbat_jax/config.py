@@ -7,6 +7,7 @@ from typing import Any
 
 import ml_collections
 
+from fedbat_jax import distributed
 from fedbat_jax.errors import ConfigError
 
 EXECUTIONS = ("auto", "host", "fused", "padded")  # fedbat_jax.executions.EXECUTIONS, and auto
@@ -73,17 +74,24 @@ SETTINGS: tuple[tuple[str, Any, str], ...] = (
                           "Python call; the default on one CPU device)"),
     ("padded_group", 0, "padded execution (make_train): clients trained side by side, each group run to its "
                         "longest client (0 = the whole cohort); bounds memory to padded_group x client state"),
-    ("num_devices", 0, "fused execution: local devices the lanes are sharded over (0 = all)"),
+    ("num_devices", 0, "fused execution: devices the lanes are sharded over (0 = all, of every process)"),
+    ("coordinator_address", "", "multi-process runs: '' (one process) | auto (jax.distributed's cluster detection: "
+                                "SLURM, Open MPI, TPU pods) | HOST:PORT of process 0 (fedbat_jax.launch sets it)"),
+    ("num_processes", 1, "multi-process runs: processes in the job (with coordinator_address=HOST:PORT)"),
+    ("process_id", 0, "multi-process runs: this process's rank, 0 to num_processes - 1 (process 0 writes the workdir)"),
     ("checkpoint_every", 10, "rounds between checkpoints in the workdir (0 = only at the end)"),
     ("print_histograms", False, "print each client's label histogram at start"),
     ("tensorboard", False, "also write each round's metrics as TensorBoard scalars in the workdir (tensorboardX)"),
 )
 # Settings that do not change a run's numbers: a resume may change them freely. ``client_threads`` only
 # changes which thread trains a client (absorption stays in cohort order, so not one bit changes).
-RUNTIME_FIELDS = ("data_dir", "eval_every", "checkpoint_every", "print_histograms", "client_threads", "tensorboard")
+# ``coordinator_address`` and ``process_id`` say where a process finds its job (the launcher picks a new port
+# each time), not what it computes.
+RUNTIME_FIELDS = ("data_dir", "eval_every", "checkpoint_every", "print_histograms", "client_threads", "tensorboard",
+                  "coordinator_address", "process_id")
 # Settings a resume may change when asked explicitly (``--allow_change``): more rounds extend a run; the
 # execution settings move it to other hardware, with a result equal up to floating-point summation order.
-RESUMABLE_FIELDS = ("rounds", "execution", "lanes", "lane_loop", "num_devices", "padded_group")
+RESUMABLE_FIELDS = ("rounds", "execution", "lanes", "lane_loop", "num_devices", "padded_group", "num_processes")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -101,7 +109,9 @@ def settings_help() -> str:
 def validate(c: ml_collections.ConfigDict) -> None:
     """Raise ConfigError (one line) for the first setting that is unknown, missing, mistyped or out of range.
 
-    Every entry point (CLI, ``fb.run``, ``fb.build``, ``make_train``) calls this before any data loads.
+    Every entry point (CLI, ``fb.run``, ``fb.build``, ``make_train``) calls this before any data loads. With
+    ``coordinator_address`` set, it joins the multi-process job (``fedbat_jax.distributed``) before its device
+    checks, the first thing that touches a device.
     """
     from fedbat_jax.algorithms import ALGORITHMS
     from fedbat_jax.augment import AUGMENTATIONS
@@ -157,18 +167,32 @@ def validate(c: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"alpha_min ({c.alpha_min}) must be < alpha_max ({c.alpha_max})")
     if c.bits not in (1, 2, 4, 8):
         raise ConfigError(f"bits must be one of 1, 2, 4, 8, got {c.bits!r}")
-    import jax
-
-    if c.num_devices > jax.local_device_count():
-        raise ConfigError(f"num_devices ({c.num_devices}) exceeds the {jax.local_device_count()} local "
-                          f"{jax.default_backend()} devices")
-    if c.lane_loop == "python" and (c.num_devices or jax.local_device_count()) > 1:
-        raise ConfigError("lane_loop=python runs on one device; use lane_loop=scan or num_devices=1")
     if c.labels_per_client < 1:
         raise ConfigError(f"labels_per_client must be >= 1, got {c.labels_per_client!r}")
     for field in ("partition_seed", "seed"):
         if not 0 <= c[field] < 2**32:
             raise ConfigError(f"{field} must be in [0, 2**32), got {c[field]!r}")
+    distributed.check_address(c)
+    distributed.initialize(c)
+    import jax
+
+    if c.num_devices > jax.device_count():
+        raise ConfigError(f"num_devices ({c.num_devices}) exceeds the {jax.device_count()} "
+                          f"{jax.default_backend()} devices")
+    if c.lane_loop == "python" and (c.num_devices or jax.device_count()) > 1:
+        raise ConfigError("lane_loop=python runs on one device; use lane_loop=scan or num_devices=1")
+    if jax.process_count() > 1 and resolve_execution(c.execution) != "fused":
+        raise ConfigError(f"execution={c.execution} runs on one process; a multi-process run uses execution=fused")
+
+
+def resolve_execution(setting: str) -> str:
+    """The backend the ``execution`` setting names: ``auto`` is ``host`` on one CPU process and ``fused``
+    elsewhere (on accelerators, and across processes)."""
+    if setting != "auto":
+        return setting
+    import jax
+
+    return "host" if jax.default_backend() == "cpu" and jax.process_count() == 1 else "fused"
 
 
 def unknown_field(name: str) -> ConfigError:

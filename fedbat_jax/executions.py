@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fedbat_jax.config import resolve_execution
 from fedbat_jax.federated import Aggregate, Client, ClientInput, Federated, ServerState
 from fedbat_jax.local import ClientData
 
@@ -330,13 +331,6 @@ EXECUTIONS: dict[str, Callable[[Federated, Any, int], Execution]] = {
 
 def _jitted(execution: Execution) -> Execution:
     return execution._replace(run=jax.jit(execution.run))
-
-
-def resolve_execution(setting: str) -> str:
-    """The backend the ``execution`` setting names: ``auto`` is ``host`` on CPU and ``fused`` elsewhere."""
-    if setting != "auto":
-        return setting
-    return "host" if jax.default_backend() == "cpu" else "fused"
 
 
 def make_execution(config, fed: Federated, longest: int) -> Execution:

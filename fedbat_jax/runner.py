@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from fedbat_jax import distributed
 from fedbat_jax.config import validate
 from fedbat_jax.data import Dataset, format_histograms, label_histograms, load_dataset, size_summary
 from fedbat_jax.errors import ConfigError, DivergenceError
@@ -164,7 +165,7 @@ def _log_start(exp: Experiment, log: Callable[[str], None]) -> None:
     config, execution = exp.config, exp.round.execution
     loop = f" ({execution.loop} loop of lanes)" if execution.name == "fused" else ""
     log(f"{config.algorithm} on {config.dataset} ({config.partition}): {size_summary(exp.parts)}; "
-        f"execution {execution.name}{loop} on {jax.default_backend()}, devices: {execution.devices}")
+        f"execution {execution.name}{loop} on {jax.default_backend()}, devices: {distributed.describe(execution.devices)}")
     if exp.dataset.note:
         log(f"note: {config.dataset} data is a {exp.dataset.note}")
     if config.print_histograms:
