@@ -96,14 +96,16 @@ def compressor_costs(algorithms: list[str], rounds: int, epochs: int, dataset: s
         inputs = rnd.plan(jax.random.PRNGKey(exp.config.seed), 1, index=rnd.data.index)
         clients = jax.vmap(fed.client_init, (None, None, 0))(server.params, server.batch_stats, inputs)
         done = jnp.ones(inputs.client.shape, bool)
-        upload = jax.jit(lambda s, c, i: absorb(fed, s.params, empty_aggregate(s), s.compressor_states, c, i, done))
-        jax.block_until_ready(upload(server, clients, inputs))
+        rows = lambda s: jax.tree.map(lambda t: t[np.asarray(inputs.client)], s.compressor_states)  # noqa: E731
+        upload = jax.jit(lambda p, b, st, c, i: absorb(fed, p, empty_aggregate(p, b), st, c, i, done))
+        upload_of = lambda s: upload(s.params, s.batch_stats, rows(s), clients, inputs)  # noqa: E731
+        jax.block_until_ready(upload_of(server))
         round_s, finish_s = [], []
         for r in range(2, rounds + 2):
             seconds, server, _ = timed_round(exp, server, r)
             round_s.append(seconds)
             t0 = time.perf_counter()
-            jax.block_until_ready(upload(server, clients, inputs))
+            jax.block_until_ready(upload_of(server))
             finish_s.append(time.perf_counter() - t0)
         tr, fi = float(np.median(round_s)), float(np.median(finish_s))
         out.append({"algorithm": a, "round_seconds": round(tr, 3), "encode_decode_aggregate_seconds": round(fi, 4),

@@ -1,10 +1,12 @@
 """How a round's clients execute: interchangeable backends over the pure functions of ``federated``.
 
-An ``Execution`` is a record: its ``name`` (the ``execution`` setting's value), ``run(server, data,
-inputs) -> (Aggregate, compressor_states)``, the ``devices`` it uses and its ``loop`` (what drives the local
-steps: ``python``, a jitted call per step; ``scan``, one compiled loop). ``run`` trains every client of
+An ``Execution`` is a record: its ``name`` (the ``execution`` setting's value), ``run(params, batch_stats,
+data, inputs, states) -> (Aggregate, states)``, the ``devices`` it uses and its ``loop`` (what drives the
+local steps: ``python``, a jitted call per step; ``scan``, one compiled loop). ``run`` trains every client of
 ``inputs`` (a stacked ``ClientInput``) from the broadcast model and folds each finished client into the
-server's running ``Aggregate``, so memory holds a few clients' states, never the whole cohort's.
+server's running ``Aggregate``, so memory holds a few clients' states, never the whole cohort's. ``states``
+are the cohort's compressor states (row ``inputs.row[i]`` is client i's), gathered by the caller from the
+N-client table and scattered back after: only K rows ever reach the devices.
 
 * ``host`` (the CPU default): each client's jitted, donated step called from a Python loop, clients over
   threads, absorbed strictly in cohort order (so threads change no bit). Nothing is padded. On XLA:CPU a
@@ -34,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fedbat_jax.config import resolve_execution
-from fedbat_jax.federated import Aggregate, Client, ClientInput, Federated, ServerState
+from fedbat_jax.federated import Aggregate, Client, ClientInput, Federated
 from fedbat_jax.local import ClientData
 
 MESH_AXIS = "clients"
@@ -42,32 +44,33 @@ MESH_AXIS = "clients"
 
 class Execution(NamedTuple):
     name: str  # the ``execution`` setting's value that selects it
-    run: Callable[[ServerState, ClientData, ClientInput], "tuple[Aggregate, Any]"]
+    run: Callable[[Any, Any, ClientData, ClientInput, Any], "tuple[Aggregate, Any]"]
     devices: int  # devices the cohort is spread over
     loop: str  # what drives the local steps: "python" (a jitted call per step) or "scan" (one compiled loop)
+    place: Callable[[Any], Any] = lambda tree: tree  # lays out, once, what every round reads (the data) as run wants
 
 
 # ---- what every backend does with finished clients -------------------------------------------------------
-def empty_aggregate(server: ServerState) -> Aggregate:
+def empty_aggregate(params, batch_stats) -> Aggregate:
     zeros = lambda t: jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), t)  # noqa: E731
-    return Aggregate(zeros(server.params), zeros(server.batch_stats), jnp.float32(0), jnp.float32(0))
+    return Aggregate(zeros(params), zeros(batch_stats), jnp.float32(0), jnp.float32(0))
 
 
-def absorb(fed: Federated, params, acc: Aggregate, table: Any, clients: Client, inputs: ClientInput,
+def absorb(fed: Federated, params, acc: Aggregate, states: Any, clients: Client, inputs: ClientInput,
            done: jax.Array) -> tuple[Aggregate, Any]:
     """Add the finished clients among a batch of lanes (leading axis; ``done`` marks them) to ``acc``, and
-    write their new compressor state into the all-clients ``table`` (other rows untouched)."""
-    n = jax.tree.leaves(table)[0].shape[0] if jax.tree.leaves(table) else 0
-    rows = jax.tree.map(lambda x: x[inputs.client], table)
+    write their new compressor state into the cohort's ``states`` (at ``inputs.row``; other rows untouched)."""
+    n = jax.tree.leaves(states)[0].shape[0] if jax.tree.leaves(states) else 0
+    rows = jax.tree.map(lambda x: x[inputs.row], states)
     contrib, rows = jax.vmap(fed.client_final, (None, 0, 0, 0))(params, clients, rows, inputs)
 
     def add(a, c):
         keep = done.reshape(done.shape + (1,) * (c.ndim - 1))
         return a + jnp.sum(jnp.where(keep, c, 0.0), axis=0)
 
-    dest = jnp.where(done, inputs.client, n)  # n is out of bounds: dropped
-    table = jax.tree.map(lambda t, r: t.at[dest].set(r, mode="drop"), table, rows)
-    return jax.tree.map(add, acc, contrib), table
+    dest = jnp.where(done, inputs.row, n)  # n is out of bounds: dropped
+    states = jax.tree.map(lambda t, r: t.at[dest].set(r, mode="drop"), states, rows)
+    return jax.tree.map(add, acc, contrib), states
 
 
 def select_rows(rows: jax.Array, a: Any, b: Any) -> Any:
@@ -90,26 +93,26 @@ def host(fed: Federated, threads: int = 1) -> Execution:
     step = jax.jit(fed.client_step, donate_argnums=0)
 
     @partial(jax.jit, donate_argnums=(1, 2))
-    def absorb_one(params, acc, table, client, inp):
-        return absorb(fed, params, acc, table, _batch1(client), _batch1(inp), jnp.ones((1,), bool))
+    def absorb_one(params, acc, states, client, inp):
+        return absorb(fed, params, acc, states, _batch1(client), _batch1(inp), jnp.ones((1,), bool))
 
-    def run(server: ServerState, data: ClientData, inputs: ClientInput):
+    def run(params, batch_stats, data: ClientData, inputs: ClientInput, states):
         num_steps = np.asarray(inputs.num_steps)
 
         def train_one(i: int) -> Client:
             inp = _one(inputs, i)
-            client = init(server.params, server.batch_stats, inp)
+            client = init(params, batch_stats, inp)
             for t in range(int(num_steps[i])):
-                client = step(client, server.params, data, inp, t)
+                client = step(client, params, data, inp, t)
             return client
 
-        acc, table = empty_aggregate(server), server.compressor_states
+        acc, states = empty_aggregate(params, batch_stats), states
         k = len(num_steps)
         workers = max(1, min(threads, k))
         if workers == 1:
             for i in range(k):
-                acc, table = absorb_one(server.params, acc, table, train_one(i), _one(inputs, i))
-            return acc, table
+                acc, states = absorb_one(params, acc, states, train_one(i), _one(inputs, i))
+            return acc, states
         # Clients finish out of order; absorb them in cohort order (same sums as one thread), keeping at
         # most 2 x threads finished states waiting.
         with concurrent.futures.ThreadPoolExecutor(workers) as pool:
@@ -118,8 +121,8 @@ def host(fed: Federated, threads: int = 1) -> Execution:
                 client = pending.popleft().result()
                 if i + len(pending) + 1 < k:
                     pending.append(pool.submit(train_one, i + len(pending) + 1))
-                acc, table = absorb_one(server.params, acc, table, client, _one(inputs, i))
-        return acc, table
+                acc, states = absorb_one(params, acc, states, client, _one(inputs, i))
+        return acc, states
 
     return Execution("host", run, 1, "python")
 
@@ -133,17 +136,17 @@ class LaneConsts(NamedTuple):
     fresh: Any  # ClientState of the broadcast model, one per lane
 
 
-def lane_start(fed: Federated, params, batch_stats, table, inputs: ClientInput, num_lanes: int):
-    """The constants of a lane schedule and its first carry ``(lanes, aggregate, table)``."""
+def lane_start(fed: Federated, params, batch_stats, states, inputs: ClientInput, num_lanes: int):
+    """The constants of a lane schedule and its first carry ``(lanes, aggregate, states)``."""
     orders = jax.vmap(fed.orders)(inputs)
     fresh = jax.tree.map(lambda x: jnp.broadcast_to(x, (num_lanes,) + x.shape), fed.fresh_state(params, batch_stats))
     lanes0 = Client(fresh, orders[jnp.zeros(num_lanes, jnp.int32)])
-    return LaneConsts(inputs, orders, fresh), (lanes0, empty_aggregate(ServerState(params, batch_stats, (), ())), table)
+    return LaneConsts(inputs, orders, fresh), (lanes0, empty_aggregate(params, batch_stats), states)
 
 
 def lane_step(fed: Federated, params, data: ClientData, consts: LaneConsts, carry, row):
     """One step of every lane (``row``: int32 [4, lanes] = slot, t, first, last); finished clients absorbed."""
-    lanes, acc, table = carry
+    lanes, acc, states = carry
     k = consts.inputs.client.shape[0]
     slot, t, first, last = row[0], row[1], row[2] > 0, row[3] > 0
     active, c = slot < k, jnp.minimum(slot, k - 1)
@@ -152,21 +155,21 @@ def lane_step(fed: Federated, params, data: ClientData, consts: LaneConsts, carr
     step = jax.vmap(fed.client_step, (0, None, None, 0, 0))
     lanes = select_rows(active, step(lanes, params, data, inp, t), lanes)
     done = active & last
-    acc, table = jax.lax.cond(jnp.any(done), lambda a, tb: absorb(fed, params, a, tb, lanes, inp, done),
-                              lambda a, tb: (a, tb), acc, table)
-    return lanes, acc, table
+    acc, states = jax.lax.cond(jnp.any(done), lambda a, tb: absorb(fed, params, a, tb, lanes, inp, done),
+                              lambda a, tb: (a, tb), acc, states)
+    return lanes, acc, states
 
 
-def lane_scan(fed: Federated, params, batch_stats, table, data: ClientData, inputs: ClientInput,
+def lane_scan(fed: Federated, params, batch_stats, states, data: ClientData, inputs: ClientInput,
               sched: jax.Array) -> tuple[Aggregate, Any]:
     """Run the schedule ``sched`` (int32 [4, lanes, T]: slot, t, first, last) over the cohort ``inputs``."""
-    consts, carry = lane_start(fed, params, batch_stats, table, inputs, sched.shape[1])
+    consts, carry = lane_start(fed, params, batch_stats, states, inputs, sched.shape[1])
     carry, _ = jax.lax.scan(lambda cr, row: (lane_step(fed, params, data, consts, cr, row), None), carry,
                             jnp.moveaxis(sched, 2, 0))
     return carry[1], carry[2]
 
 
-def _merge_tables(table, new):
+def _merge_states(states, new):
     """Across devices: each client's row comes from the one device that trained it (exact, no arithmetic)."""
     def merge(old, mine):
         changed = jnp.any((mine != old).reshape(old.shape[0], -1), axis=1)
@@ -175,7 +178,7 @@ def _merge_tables(table, new):
         summed = jax.lax.psum(jnp.where(mask, mine, jnp.zeros_like(mine)), MESH_AXIS)
         return jnp.where(count > 0, summed, old)
 
-    return jax.tree.map(merge, table, new)
+    return jax.tree.map(merge, states, new)
 
 
 def fused(fed: Federated, num_lanes: int, cap: int, mesh: jax.sharding.Mesh | None = None,
@@ -194,27 +197,40 @@ def fused(fed: Federated, num_lanes: int, cap: int, mesh: jax.sharding.Mesh | No
 
         rep = P()
 
-        def sharded(params, batch_stats, table, data, inputs, sched):
-            acc, new = local(params, batch_stats, table, data, inputs, sched)
-            return jax.lax.psum(acc, MESH_AXIS), _merge_tables(table, new)
+        def sharded(params, batch_stats, states, data, inputs, sched):
+            acc, new = local(params, batch_stats, states, data, inputs, sched)
+            return jax.lax.psum(acc, MESH_AXIS), _merge_states(states, new)
 
         body = _shard_map(sharded, mesh, in_specs=(rep, rep, rep, rep, rep, P(None, MESH_AXIS, None)),
                           out_specs=(rep, rep))
     compiled = jax.jit(body, donate_argnums=(2,))
+    place = (lambda tree: tree) if devices == 1 else partial(replicate, mesh)
     start = jax.jit(partial(lane_start, fed), static_argnums=4, donate_argnums=2)
     step = jax.jit(partial(lane_step, fed), donate_argnums=3)
 
-    def run(server: ServerState, data: ClientData, inputs: ClientInput):
+    def run(params, batch_stats, data: ClientData, inputs: ClientInput, states):
         steps = np.asarray(inputs.num_steps)
         sched = pack_lanes(steps, num_lanes, quantum=max(1, cap // 8), cap=cap, multiple=devices)
         if loop == "scan":
-            return compiled(server.params, server.batch_stats, server.compressor_states, data, inputs, jnp.asarray(sched))
-        consts, carry = start(server.params, server.batch_stats, server.compressor_states, inputs, sched.shape[1])
+            return compiled(params, batch_stats, states, data, inputs, jnp.asarray(sched))
+        consts, carry = start(params, batch_stats, states, inputs, sched.shape[1])
         for t in range(sched.shape[2]):
-            carry = step(server.params, data, consts, carry, sched[:, :, t])
+            carry = step(params, data, consts, carry, sched[:, :, t])
         return carry[1], carry[2]
 
-    return Execution("fused", run, devices, loop)
+    return Execution("fused", run, devices, loop, place)
+
+
+def replicate(mesh: jax.sharding.Mesh, tree: Any) -> Any:
+    """``tree`` copied onto every device of ``mesh`` once (so no round moves it again); across processes, each
+    process places its own devices' copies (every process holds the same values)."""
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+    def one(x):
+        host = np.asarray(x)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    return jax.tree.map(one, tree)
 
 
 def _shard_map(f, mesh, in_specs, out_specs):
@@ -282,7 +298,7 @@ def padded(fed: Federated, group: int = 0) -> Execution:
     (shorter clients are padded: their extra steps are computed and discarded); groups in a ``lax.scan``.
     ``run`` is jittable and vmappable: nothing in it reads a concrete value."""
 
-    def run(server: ServerState, data: ClientData, inputs: ClientInput) -> tuple[Aggregate, Any]:
+    def run(params, batch_stats, data: ClientData, inputs: ClientInput, states) -> tuple[Aggregate, Any]:
         k = inputs.client.shape[0]
         g = min(group or k, k)
         num_groups = -(-k // g)
@@ -293,18 +309,18 @@ def padded(fed: Federated, group: int = 0) -> Execution:
         step = jax.vmap(fed.client_step, (0, None, None, 0, None))
 
         def one_group(carry, xs):
-            acc, table = carry
+            acc, states = carry
             inp, real = xs
-            clients = jax.vmap(fed.client_init, (None, None, 0))(server.params, server.batch_stats, inp)
+            clients = jax.vmap(fed.client_init, (None, None, 0))(params, batch_stats, inp)
 
             def body(t, cl):
-                return select_rows(t < inp.num_steps, step(cl, server.params, data, inp, t), cl)
+                return select_rows(t < inp.num_steps, step(cl, params, data, inp, t), cl)
 
             clients = jax.lax.fori_loop(0, jnp.max(inp.num_steps), body, clients)
-            return absorb(fed, server.params, acc, table, clients, inp, real), None
+            return absorb(fed, params, acc, states, clients, inp, real), None
 
-        (acc, table), _ = jax.lax.scan(one_group, (empty_aggregate(server), server.compressor_states), grouped)
-        return acc, table
+        (acc, states), _ = jax.lax.scan(one_group, (empty_aggregate(params, batch_stats), states), grouped)
+        return acc, states
 
     return Execution("padded", run, 1, "scan")
 

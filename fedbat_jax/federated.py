@@ -35,6 +35,7 @@ class ServerState(NamedTuple):
     params: Params
     batch_stats: Any
     compressor_states: Any  # each of the N clients' compressor state (e.g. an EF residual), stacked on axis 0
+    # (the run loop keeps this table in host memory; a round gathers the cohort's rows and scatters them back)
     opt_state: Any  # the server optimizer's state (with EF21: the running estimate, then the optimizer's)
 
 
@@ -51,6 +52,7 @@ class ClientInput(NamedTuple):
     """What the server hands one sampled client for one round. All arrays: a cohort stacks on axis 0."""
 
     client: jax.Array  # int32: the client's id (its row of ``ServerState.compressor_states``)
+    row: jax.Array  # int32: its place in the cohort (its row of the cohort's gathered compressor states)
     index: jax.Array  # int32 [max_n + B]: its sample indices into the training set, zero-padded
     size: jax.Array  # int32 n_k
     num_steps: jax.Array  # int32 S_k
@@ -103,7 +105,7 @@ def plan_round(root: jax.Array, r, roster: Roster, index: jax.Array, k: int) -> 
     base = jax.random.fold_in(jax.random.fold_in(root, r), CLIENTS)
     keys = jax.vmap(lambda c: jax.random.fold_in(base, c))(cohort)
     w = jnp.asarray(roster.weight)[cohort]
-    return ClientInput(cohort.astype(jnp.int32), index[cohort], jnp.asarray(roster.sizes)[cohort],
+    return ClientInput(cohort.astype(jnp.int32), jnp.arange(k, dtype=jnp.int32), index[cohort], jnp.asarray(roster.sizes)[cohort],
                        jnp.asarray(roster.num_steps)[cohort], jnp.asarray(roster.n_warm)[cohort], w / w.sum(),
                        w / jnp.asarray(roster.weight).sum(), keys, (r - 1) * jnp.asarray(roster.num_steps)[cohort])
 
@@ -160,20 +162,21 @@ class Federated(NamedTuple):
             return self.server_optimizer
         return optax.chain(self.compressor.server, self.server_optimizer)
 
-    def server_init(self, params: Params, batch_stats: Any, num_clients: int) -> ServerState:
-        """The server before round 1: the initial model, every client's fresh compressor state, the optimizer's."""
-        one = self.compressor.init(params)
-        table = jax.tree.map(lambda x: jnp.zeros((num_clients,) + x.shape, x.dtype), one)
+    def server_init(self, params: Params, batch_stats: Any, num_clients: int, zeros=jnp.zeros) -> ServerState:
+        """The server before round 1: the initial model, every client's fresh compressor state, the optimizer's.
+        ``zeros=round.host_zeros`` keeps the N-client table in host memory (the run loop's)."""
+        one = jax.eval_shape(self.compressor.init, params)
+        table = jax.tree.map(lambda x: zeros((num_clients,) + x.shape, x.dtype), one)
         return ServerState(params, batch_stats, table, self.server_transform().init(params))
 
-    def server_update(self, server: ServerState, agg: Aggregate, compressor_states: Any) -> tuple[ServerState, jax.Array]:
+    def server_update(self, server: ServerState, agg: Aggregate) -> tuple[ServerState, jax.Array]:
         """The new global model: the server optimizer's step on the pseudo-gradient ``-sum_k p_k
         decode(payload_k)`` (plain averaging: ``w + sum_k p_k decode(payload_k)``); BatchNorm statistics averaged.
-        Returns it with the round's mean training loss."""
+        Returns it (its compressor states as given) with the round's mean training loss."""
         pseudo_gradient = jax.tree.map(jnp.negative, agg.update)
         updates, opt_state = self.server_transform().update(pseudo_gradient, server.opt_state, server.params)
         params = optax.apply_updates(server.params, updates)
-        return (ServerState(params, agg.batch_stats, compressor_states, opt_state),
+        return (server._replace(params=params, batch_stats=agg.batch_stats, opt_state=opt_state),
                 agg.loss_sum / jnp.maximum(agg.seen, 1.0))
 
 

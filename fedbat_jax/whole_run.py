@@ -71,8 +71,10 @@ def make_train(config: ml_collections.ConfigDict, dataset: Dataset | None = None
 
         def one_round(server, r):
             inputs = plan_round(key, r, roster, clients.index, k)
-            agg, table = run_clients(server, clients, inputs)
-            server, train_loss = f.server_update(server, agg, table)
+            rows = jax.tree.map(lambda t: t[inputs.client], server.compressor_states)  # the cohort's K rows
+            agg, rows = run_clients(server.params, server.batch_stats, clients, inputs, rows)
+            table = jax.tree.map(lambda t, new: t.at[inputs.client].set(new), server.compressor_states, rows)
+            server, train_loss = f.server_update(server._replace(compressor_states=table), agg)
             nan = jnp.float32(jnp.nan)
             loss, acc = jax.lax.cond((r % every == 0) | (r == rounds),
                                      lambda s: tuple(evaluate(s.params, s.batch_stats, test) / n_test),

@@ -96,7 +96,8 @@ def restore_tree(arrays: dict[str, np.ndarray], like: Any, source: str = "checkp
         mismatch = f"it has {extra[0]}, which this config's state does not"
     if mismatch:
         raise WorkdirError(f"{source} does not match this config ({mismatch}); use a new --workdir")
-    leaves = [jnp.asarray(arrays[name]) for name, _ in named]
+    # a host leaf (the run loop's table of client states) stays in host memory; the rest go to the device
+    leaves = [arrays[name] if isinstance(leaf, np.ndarray) else jnp.asarray(arrays[name]) for name, leaf in named]
     return jax.tree.unflatten(jax.tree.structure(like), leaves)
 
 

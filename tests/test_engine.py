@@ -47,13 +47,13 @@ def test_aggregate_is_the_weighted_sum_of_finished_clients(jit):
     stacked = jax.tree.map(lambda *x: jnp.stack(x), *theta)
     states = states._replace(theta=stacked, loss_sum=jnp.array([2.0, 4.0, 9.0]), seen=jnp.array([4.0, 8.0, 9.0]))
     clients = Client(states, jnp.zeros((3, 1, 8), jnp.int32))
-    inputs = ClientInput(jnp.arange(3), jnp.zeros((3, 8), jnp.int32), jnp.array([4, 8, 9]), jnp.ones(3, jnp.int32),
+    inputs = ClientInput(jnp.arange(3), jnp.arange(3), jnp.zeros((3, 8), jnp.int32), jnp.array([4, 8, 9]), jnp.ones(3, jnp.int32),
                          jnp.zeros(3, jnp.int32), jnp.array([1 / 3, 2 / 3, 0.5]), jnp.array([0.1, 0.2, 0.7]), jax.random.split(jax.random.PRNGKey(0), 3),
                          jnp.zeros(3, jnp.int32))
     f = (lambda *a: absorb(fed, *a))
     f = jax.jit(f) if jit else f
-    acc, _ = f(params, empty_aggregate(server), (), clients, inputs, jnp.array([True, True, False]))
-    new, train_loss = fed.server_update(server, acc, ())
+    acc, _ = f(params, empty_aggregate(params, {}), (), clients, inputs, jnp.array([True, True, False]))
+    new, train_loss = fed.server_update(server, acc)
     # w + 1/3 * 1 + 2/3 * 3 = w + 7/3; the idle lane (update 100) contributes nothing.
     chex.assert_trees_all_close(new.params, jax.tree.map(lambda w: w + 7 / 3, params), rtol=1e-6)
     assert float(train_loss) == pytest.approx(6.0 / 12.0)
@@ -69,7 +69,7 @@ def test_roster_steps_warmup_and_weights():
 def test_python_lane_loop_with_several_devices_is_refused_before_data_loads(monkeypatch):
     from fedbat_jax.config import validate
 
-    monkeypatch.setattr(jax, "local_device_count", lambda: 4)
+    monkeypatch.setattr(jax, "device_count", lambda: 4)
     with pytest.raises(ConfigError, match="lane_loop=python runs on one device"):
         validate(tiny(lane_loop="python"))
     validate(tiny(lane_loop="python", num_devices=1))  # one of the four: fine
