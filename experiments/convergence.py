@@ -10,9 +10,10 @@ smoothness ``L = lambda_max(X^T X / n) / 2 + lambda`` (the softmax Hessian is at
 theorem's schedule ``eta_t = 2 / (mu (gamma + t))`` with ``gamma = max(8 L / mu, E)``, ``E`` the local
 steps per round and ``t`` the local steps over the run. ``F*`` comes from L-BFGS in float64 (scipy).
 
-Every row runs its seeds as one ``jax.jit(jax.vmap(train))`` program (``fedbat_jax.make_train``) that
-records the training objective ``F(w_t)`` after every round. The slope of ``log(F(w_t) - F*)`` against
-``log t`` is fitted per seed over the last decade of rounds; the table gives its mean and 95% interval.
+Every row runs its seeds as one program (``fedbat_jax.sweep``: ``fedbat_jax.make_train`` vmapped, the seeds
+split over every device) that records the training objective ``F(w_t)`` after every round. The slope of
+``log(F(w_t) - F*)`` against ``log t`` is fitted per seed over the last decade of rounds; the table gives its
+mean and 95% interval.
 """
 from __future__ import annotations
 
@@ -28,10 +29,10 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-import fedbat_jax
 from fedbat_jax import cli
 from fedbat_jax.data import load_dataset
 from fedbat_jax.models import make_model
+from fedbat_jax.sweeps import compile_sweep
 
 ROWS = {  # table row -> settings on top of the problem's config
     "fedavg": dict(algorithm="fedavg"),
@@ -165,20 +166,20 @@ def slopes(subopt: np.ndarray) -> tuple[float, float, float]:
 
 
 # ---- the study -----------------------------------------------------------------------------------------
-def seed_keys(config, seeds: int) -> jax.Array:
-    """Run i is the CLI's ``--config.seed=config.seed + i``: the key ``PRNGKey(config.seed + i)``."""
-    return jnp.stack([jax.random.PRNGKey(config.seed + i) for i in range(seeds)])
+def seed_list(config, seeds: int) -> list[int]:
+    """Run i is the CLI's ``--config.seed=config.seed + i``."""
+    return [config.seed + i for i in range(seeds)]
 
 
 def run_cell(config, ds, seeds: int, metric):
-    train = fedbat_jax.make_train(config, ds, metrics_fn=metric)
-    keys = seed_keys(config, seeds)
+    """The cell's seeds as one sweep: ``F(w_t) - F*`` ``[seeds, rounds]``, the seconds to build and compile the
+    program (compiled apart, to time it), the seconds to run it."""
     t0 = time.perf_counter()
-    compiled = jax.jit(jax.vmap(train)).lower(keys).compile()
+    sweep = compile_sweep(config, seed_list(config, seeds), dataset=ds, metrics_fn=metric)
     t1 = time.perf_counter()
-    _, metrics = jax.block_until_ready(compiled(keys))
+    records = sweep.run()
     t2 = time.perf_counter()
-    return np.asarray(metrics["suboptimality"], np.float64), t1 - t0, t2 - t1  # [seeds, rounds]
+    return np.stack([r["metrics"]["suboptimality"] for r in records]).astype(np.float64), t1 - t0, t2 - t1
 
 
 def cached_cell(folder: Path, config, ds, seeds: int, metric):
@@ -199,19 +200,20 @@ def cached_cell(folder: Path, config, ds, seeds: int, metric):
 
 
 def sweep_bench(config, ds, n: int, metric) -> dict:
-    """N seeds as one vmapped program against the same N runs one after another (each compiled once)."""
-    train = fedbat_jax.make_train(config, ds, metrics_fn=metric)
-    keys = seed_keys(config, n)
-    vmapped = jax.jit(jax.vmap(train)).lower(keys).compile()
-    single = jax.jit(train).lower(keys[0]).compile()
+    """N seeds as one vmapped program (a sweep) against the same N runs one after another (each compiled once,
+    the data an argument of both)."""
+    sweep = compile_sweep(config, seed_list(config, n), dataset=ds, metrics_fn=metric)
+    keys = [jax.random.PRNGKey(seed) for seed, _ in sweep.runs]
+    data = sweep.train.data
+    single = jax.jit(sweep.train).lower(keys[0], None, data).compile()
     t0 = time.perf_counter()
-    batched = jax.block_until_ready(vmapped(keys))
+    batched = sweep.run()
     t1 = time.perf_counter()
-    one_by_one = [jax.block_until_ready(single(k)) for k in keys]
+    one_by_one = [jax.block_until_ready(single(k, None, data)) for k in keys]
     t2 = time.perf_counter()
     # Bit-equality is not expected: batching changes the matmuls' summation order in the last bits, and
     # stochastic rounding turns such differences into different draws. The runs agree in distribution.
-    a = np.asarray(batched[1]["suboptimality"])[:, -1]
+    a = np.asarray([r["metrics"]["suboptimality"][-1] for r in batched])
     b = np.asarray([np.asarray(m["suboptimality"])[-1] for _, m in one_by_one])
     return dict(seeds=n, rounds=config.rounds, vmapped_s=t1 - t0, sequential_s=t2 - t1, speedup=(t2 - t1) / (t1 - t0),
                 final_mean_vmapped=float(a.mean()), final_mean_sequential=float(b.mean()),

@@ -16,9 +16,9 @@ Each run lives in WORKDIR/<dataset>[_reduced]/<partition>/<algorithm>[_bK]/seed<
 between methods) and OUT_<dataset>_<partition>.png (mean accuracy curves with 95% bands, against round and
 against cumulative uplink MB). ``--config.FIELD=VALUE`` overrides a field for every run.
 
-``--vmap-seeds`` runs each cell's seeds as one ``jax.jit(jax.vmap(train))`` program (``fedbat_jax.make_train``)
-instead of one run after another; such runs keep no workdir (no resume) and their seconds are the cell's wall
-time split evenly over its seeds.
+``--vmap-seeds`` runs each cell's seeds as one program (``fedbat_jax.sweep``: ``fedbat_jax.make_train`` vmapped,
+the seeds split over every device) instead of one run after another; such runs keep no workdir (no resume) and
+their seconds are the cell's wall time split evenly over its seeds.
 """
 from __future__ import annotations
 
@@ -51,21 +51,20 @@ def run_name(spec: str, config) -> str:
 
 
 def vmapped_runs(config, seeds: list[int]) -> dict[int, list[dict]]:
-    """Every seed of one config as one vmapped program; records shaped like ``fedbat_jax.run``'s."""
-    import jax
+    """Every seed of one config as one program (``fedbat_jax.sweep``); records shaped like ``fedbat_jax.run``'s."""
     import numpy as np
 
     t0 = time.perf_counter()
-    train = fedbat_jax.make_train(config)
-    keys = jax.numpy.stack([jax.random.PRNGKey(s) for s in seeds])
-    _, metrics = jax.block_until_ready(jax.jit(jax.vmap(train))(keys))
+    runs = fedbat_jax.sweep(config, seeds)
     seconds = (time.perf_counter() - t0) / len(seeds) / config.rounds
-    metrics = {k: np.asarray(v, np.float64) for k, v in metrics.items()}
     value = lambda x: None if np.isnan(x) else float(x)  # noqa: E731
-    return {seed: [{"round": r + 1, "test_accuracy": value(metrics["test_accuracy"][i, r]),
-                    "test_loss": value(metrics["test_loss"][i, r]), "train_loss": float(metrics["train_loss"][i, r]),
-                    "uplink_bits": int(metrics["uplink_bits"][i, r]), "round_seconds": seconds}
-                   for r in range(config.rounds)] for i, seed in enumerate(seeds)}
+
+    def records(m: dict) -> list[dict]:
+        return [{"round": r + 1, "test_accuracy": value(m["test_accuracy"][r]), "test_loss": value(m["test_loss"][r]),
+                 "train_loss": float(m["train_loss"][r]), "uplink_bits": int(m["uplink_bits"][r]),
+                 "round_seconds": seconds} for r in range(config.rounds)]
+
+    return {run["seed"]: records(run["metrics"]) for run in runs}
 
 
 def main(args, overrides: list[str]) -> int:

@@ -22,6 +22,7 @@ _EXPORTS = {
     "build_from_data": "fedbat_jax.runner",
     "run": "fedbat_jax.runner",
     "make_train": "fedbat_jax.whole_run",
+    "sweep": "fedbat_jax.sweeps",  # make_train over seeds x a grid, sharded over every device
     # registries
     "ALGORITHMS": "fedbat_jax.algorithms",
     "MODELS": "fedbat_jax.models",
@@ -32,6 +33,7 @@ _EXPORTS = {
     "stochastic_levels": "fedbat_jax.compressors",
     "scaled_sign": "fedbat_jax.compressors",
     "with_error_feedback": "fedbat_jax.compressors",
+    "load_dataset": "fedbat_jax.data",  # a dataset by name, as the config's dataset/data_dir
     "partition": "fedbat_jax.data",
     "default_binarize_predicate": "fedbat_jax.local",
     # errors

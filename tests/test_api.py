@@ -10,7 +10,7 @@ import fedbat_jax as fb
 
 PUBLIC = {"binarize", "quantize", "default_config", "validate", "build", "build_from_data", "run", "make_train",
           "ALGORITHMS", "MODELS", "DATASETS", "Compressor", "full_precision", "stochastic_levels", "scaled_sign",
-          "with_error_feedback", "partition",
+          "with_error_feedback", "partition", "sweep", "load_dataset",
           "default_binarize_predicate", "FedBatError", "ConfigError", "DataError", "WorkdirError", "DivergenceError"}
 
 
