@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from fedbat_jax import cli
+from fedbat_jax.config import RESUMABLE_FIELDS
 
 USAGE = """usage: python -m fedbat_jax.main --workdir=DIR [--config=FILE[:ARG]] [--config.FIELD=VALUE ...]
                               [--allow_change=FIELD,...] [--progress=false]
@@ -32,7 +33,7 @@ def parser() -> cli.ArgumentParser:
     ap.add_argument("--workdir", default="", help="folder for metrics.jsonl and checkpoints (resumed if present)")
     ap.add_argument("--progress", type=_bool, default=True, help="show a progress bar")
     ap.add_argument("--allow_change", type=cli.names, default=[],
-                    help="settings a resume may change (rounds, execution, lanes, lane_loop, num_devices, padded_group)")
+                    help="settings a resume may change: " + ", ".join(RESUMABLE_FIELDS))
     return ap
 
 
