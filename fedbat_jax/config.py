@@ -94,9 +94,19 @@ RUNTIME_FIELDS = ("data_dir", "eval_every", "checkpoint_every", "print_histogram
 RESUMABLE_FIELDS = ("rounds", "execution", "lanes", "lane_loop", "num_devices", "padded_group", "num_processes")
 
 
+class Settings(ml_collections.ConfigDict):
+    """A ConfigDict that refuses ``True``/``False`` for a number setting (ml_collections would store 1.0)."""
+
+    def __setitem__(self, key, value):
+        if isinstance(value, bool) and key in self and isinstance(self[key], (int, float)) \
+                and not isinstance(self[key], bool):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        super().__setitem__(key, value)
+
+
 def default_config() -> ml_collections.ConfigDict:
     """Every setting at its default, locked: a field that does not exist cannot be set (typos fail)."""
-    return ml_collections.ConfigDict({name: default for name, default, _ in SETTINGS}).lock()
+    return Settings({name: default for name, default, _ in SETTINGS}).lock()
 
 
 def settings_help() -> str:

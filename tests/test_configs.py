@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fedbat_jax.config import load_config, validate
+from fedbat_jax.config import default_config, load_config, validate
 from fedbat_jax.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,3 +102,16 @@ def test_error_feedback_is_refused_where_it_does_not_apply(algorithm, kind, word
     c.algorithm, c.error_feedback = algorithm, kind
     with pytest.raises(ConfigError, match=words):
         validate(c)
+
+
+def test_true_for_a_number_setting_is_refused_not_stored_as_one():
+    c = default_config()
+    for assign in (lambda: setattr(c, "lr", True), lambda: c.update(lr=False), lambda: c.__setitem__("rho", True)):
+        with pytest.raises(ConfigError, match="must be a number"):
+            assign()
+    assert c.lr == 0.1 and c.rho == 6.0
+    c.lr = 2  # an int for a float setting is still a number
+    assert c.lr == 2.0
+    c.copy_and_resolve_references().tensorboard = True  # a bool setting takes a bool, in copies too
+    with pytest.raises(ConfigError):
+        c.copy_and_resolve_references().lr = True

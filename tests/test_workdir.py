@@ -251,6 +251,34 @@ def test_sigkill_mid_round_then_resume_equals_an_uninterrupted_run(tmp_path, xla
     assert [r["round"] for r in strict_lines(killed / "metrics.jsonl")] == [1, 2, 3, 4]
 
 
+@pytest.mark.parametrize("sig,status,words", [(signal.SIGTERM, 143, "terminated (SIGTERM)"),
+                                              (signal.SIGINT, 130, "interrupted")])
+def test_sigterm_and_sigint_of_a_real_run_are_one_line_and_resume(tmp_path, xla_cache_env, sig, status, words):
+    """The signal a scheduler (SIGTERM) or Ctrl-C (SIGINT) sends mid-run: its own exit status and one line;
+    the checkpoint kept; the same command finishes the run."""
+    args = [sys.executable, "-m", "fedbat_jax.main", "--config=experiments/configs/mnist5k.py", "--progress=false",
+            "--config.model=logreg", "--config.rounds=40", "--config.local_epochs=1", "--config.checkpoint_every=1",
+            f"--workdir={tmp_path / 'w'}"]
+    env = {**os.environ, **xla_cache_env, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "w" / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not (metrics.exists() and
+                                                                  len(metrics.read_text().splitlines()) >= 2):
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stderr.read()[-2000:]
+    proc.send_signal(sig)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == status, err[-2000:]
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and words in lines[0] and "rerun the same command to resume" in lines[0], err
+    r, _ = read_checkpoint(tmp_path / "w" / "checkpoint.npz")
+    assert 1 <= r < 40
+    done = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert [rec["round"] for rec in strict_lines(metrics)] == list(range(1, 41))
+
+
 def read_scalars(folder: Path) -> dict:
     """``{tag: [(step, value)]}`` from the TensorBoard event files in ``folder`` (TFRecord framing)."""
     import struct
