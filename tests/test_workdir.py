@@ -1,6 +1,7 @@
 """Runs that never lie: a workdir holds one run, divergence stops it, and crashes lose nothing."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -360,6 +361,42 @@ def test_a_full_disk_while_checkpointing_is_one_line_and_leaves_no_temporary_fil
     with pytest.raises(WorkdirError, match=r"cannot write .*checkpoint.npz: No space left on device; [0-9.]+ MB free"):
         fb.run(tiny(rounds=3), workdir, allow_change=["rounds"])
     assert not list(workdir.glob("*.tmp")) and (workdir / "checkpoint.npz").read_bytes() == before
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A real 48 KB file system (a tmpfs), where this machine lets the tests mount one."""
+    mount = tmp_path / "tmpfs"
+    mount.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48k", "tmpfs", str(mount)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("mounting a tmpfs is not allowed here (the injected-OSError test covers the same code)")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_a_real_full_disk_at_start_and_at_a_checkpoint_is_one_line(small_tmpfs, tmp_path):
+    """A full disk when the run starts (nothing but the lock and config.json written) and when the second
+    checkpoint does not fit: one line naming the file and the free space, no temporary file, the first
+    checkpoint intact; with space again the run resumes and equals an uninterrupted one."""
+    filler = small_tmpfs / "filler"
+    with open(filler, "wb", buffering=0) as f, contextlib.suppress(OSError):  # fill it to the last byte
+        while True:
+            f.write(b"x" * 4096)
+    with pytest.raises(WorkdirError, match=r"cannot write .*: No space left on device; 0.0 MB free"):
+        fb.run(tiny(model="logreg", rounds=3), small_tmpfs / "w")
+    assert not list(small_tmpfs.rglob("*.tmp"))
+    filler.unlink()
+
+    cfg = tiny(model="logreg", rounds=3)  # a 31 KB checkpoint: the first fits in 48 KB, a second beside it not
+    with pytest.raises(WorkdirError, match=r"cannot write .*checkpoint.npz: No space left on device; [0-9.]+ MB free"):
+        fb.run(cfg, small_tmpfs / "w")
+    assert not list(small_tmpfs.rglob("*.tmp"))
+    r, _ = read_checkpoint(small_tmpfs / "w" / "checkpoint.npz")
+    assert r == 1
+    shutil.copytree(small_tmpfs / "w", tmp_path / "moved")  # space again: the same run, elsewhere
+    resumed, straight = fb.run(cfg, tmp_path / "moved"), fb.run(cfg, tmp_path / "straight")
+    assert results(resumed) == results(straight)
 
 
 def test_a_run_refused_after_opening_a_new_workdir_leaves_nothing(tmp_path):
