@@ -11,10 +11,12 @@ import sys
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
 import fedbat_jax as fb
+from conftest import tiny
 from fedbat_jax import cli
 from fedbat_jax.workdir import read_checkpoint
 
@@ -148,3 +150,40 @@ def test_a_failing_process_is_named_and_the_job_stops(tmp_path):
     assert out.returncode == 2
     assert "lr must be > 0" in out.stderr
     assert "fedbat_jax.launch: process" in out.stderr.strip().splitlines()[-1]
+
+
+SWEEP = """
+import json, sys
+sys.path.insert(0, "tests")
+import jax
+import fedbat_jax as fb
+from conftest import tiny
+c = tiny("fedbat", model="logreg", lr=0.02, batch_size=128)
+c.coordinator_address, c.num_processes, c.process_id = sys.argv[1], 2, int(sys.argv[2])
+records = fb.sweep(c, [0, 1], grid={"lr": [0.01, 0.02, 0.05, 0.1]})
+print("RESULT " + json.dumps({"devices": jax.device_count(), "processes": jax.process_count(),
+                              "runs": [[r["seed"], r["settings"]["lr"], {k: v.tolist() for k, v in r["metrics"].items()}]
+                                       for r in records]}))
+"""
+
+
+def test_a_sweep_spans_the_devices_of_two_processes():
+    """fb.sweep in a 2-process x 2-device job: 8 runs over 4 devices; every process gets every record, each
+    equal to its run by make_train alone."""
+    from fedbat_jax.launch import free_port
+
+    address = f"127.0.0.1:{free_port()}"
+    procs = [subprocess.Popen([sys.executable, "-c", SWEEP, address, str(i)], cwd=ROOT, env=env(2),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs[0][1][-2000:] + outs[1][1][-2000:]
+    results = [json.loads(next(line[7:] for line in out.splitlines() if line.startswith("RESULT "))) for out, _ in outs]
+    assert results[0] == results[1]  # every process holds every record
+    assert results[0]["devices"] == 4 and results[0]["processes"] == 2
+    c = tiny("fedbat", model="logreg", lr=0.02, batch_size=128)
+    train = jax.jit(fb.make_train(c))
+    assert [(s, lr) for s, lr, _ in results[0]["runs"]] == [(s, lr) for s in (0, 1) for lr in (0.01, 0.02, 0.05, 0.1)]
+    for seed, lr, metrics in results[0]["runs"]:
+        _, alone = train(jax.random.PRNGKey(seed), {"lr": lr})
+        for name, values in metrics.items():
+            np.testing.assert_allclose(values, np.asarray(alone[name]), rtol=1e-4, atol=1e-6, err_msg=name)
