@@ -3,6 +3,8 @@
 * ``paper_fmnist_round_s``: the paper's Fashion-MNIST round (10 of 100 IID clients x 10 epochs x 600
   samples, CNN4), FedBAT and FedAvg, fused execution, median of 5 rounds after the compiling one;
 * ``scale``: ``experiments/scale.py`` records (fused, cohorts of 10, 100 and 1,000 clients of 60 samples);
+* ``clients``: ``scale.py`` records of per-client state (ef_signsgd, CNN4 width 8, cohorts of 10 from
+  federations of 100 and 10,000 clients of 6 samples: round time and peak memory as the table grows);
 * ``resnet10_round``: a CIFAR-shaped round of the paper's ResNet-10 (width 64) on 32x32x3 random pixels
   (speed does not depend on pixel values) with crop+flip, FedBAT, fused;
 * ``compile_s`` of each, ``device``, ``jax_version``.
@@ -60,22 +62,32 @@ def main(args, overrides: list[str]) -> int:
                                     data="uniform random pixels (timing only)")
     print(f"ResNet-10 round: {report['resnet10_round']}", flush=True)
 
-    scale_out = Path(args.out).with_suffix(".scale.json")
-    cmd = [sys.executable, str(ROOT / "experiments" / "scale.py"), "--executions", "fused", "--out", str(scale_out),
-           "--data-dir", args.data_dir]
-    cmd += (["--dataset", "mnist5k", "--clients", "2", "--num-clients", "8", "--lanes", "2", "--rounds", "1",
-             "--model-width", "4"] if args.tiny else ["--rounds", "3"])
-    done = subprocess.run(cmd, text=True, capture_output=True)
-    print(done.stdout, done.stderr, flush=True)
-    if done.returncode != 0:
-        raise cli.ConfigError("scale.py failed")
-    report["scale"] = json.loads(scale_out.read_text())
-    scale_out.unlink()
+    tiny = ["--dataset", "mnist5k", "--rounds", "1", "--model-width", "4"] if args.tiny else ["--rounds", "3"]
+    report["scale"] = scale(args, tiny + (["--clients", "2", "--num-clients", "8", "--lanes", "2"] if args.tiny else []))
+    # per-client state: an EF residual for each of N clients, the cohort's rows gathered each round
+    report["clients"] = scale(args, tiny + ["--algorithm", "ef_signsgd", "--clients", "2" if args.tiny else "10",
+                                            "--num-clients", "8,80" if args.tiny else "100,10000",
+                                            "--samples-per-client", "6", "--batch-size", "6",
+                                            "--config.min_client_size=4"] + ([] if args.tiny else ["--model-width", "8"]))
     report["total_s"] = round(time.perf_counter() - t_start, 1)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out} in {report['total_s']} s")
     return 0
+
+
+def scale(args, extra: list[str]) -> list[dict]:
+    """``experiments/scale.py`` records (fused execution) for the arguments ``extra``."""
+    out = Path(args.out).with_suffix(".scale.json")
+    cmd = [sys.executable, str(ROOT / "experiments" / "scale.py"), "--executions", "fused", "--out", str(out),
+           "--data-dir", args.data_dir] + extra
+    done = subprocess.run(cmd, text=True, capture_output=True)
+    print(done.stdout, done.stderr, flush=True)
+    if done.returncode != 0:
+        raise cli.ConfigError("scale.py failed")
+    records = json.loads(out.read_text())
+    out.unlink()
+    return records
 
 
 def parser() -> cli.ArgumentParser:

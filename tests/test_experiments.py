@@ -93,6 +93,8 @@ def test_gpu_check_runs_at_tiny_sizes(tmp_path, xla_cache_env):
     for r in report["scale"]:
         assert r["execution"] == "fused" and r["samples_per_s"] > 0 and r["peak_memory_bytes"] > 0
         assert r["compile_s"] >= 0
+    assert [(r["num_clients"], r["algorithm"]) for r in report["clients"]] == [(8, "ef_signsgd"), (80, "ef_signsgd")]
+    assert report["clients"][1]["table_bytes"] == 10 * report["clients"][0]["table_bytes"] > 0
     assert report["resnet10_round"]["samples_per_s"] > 0 and report["resnet10_round"]["width"] == 4
 
 
