@@ -80,8 +80,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path | None = None, pr
     the same numbers; a resume whose settings would change the numbers raises ``WorkdirError`` unless
     each changed field is named in ``allow_change`` (``rounds``, or an execution setting). A non-finite
     training loss or global model raises ``DivergenceError`` before that round is written or checkpointed.
-    In a multi-process run (``jax.distributed.initialize()``) every process holds the same replicated
-    server state; process 0 writes the workdir (a folder all processes can read, to resume).
+    In a multi-process job (the settings ``coordinator_address``, ``num_processes``, ``process_id``; joined in
+    ``validate``) every process holds the same replicated server state; process 0 writes the workdir (a folder
+    all processes can read, to resume).
     """
     validate(config)  # before the workdir is touched or any data loads
     if workdir is None and list(allow_change):
