@@ -35,6 +35,10 @@ FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_
 
 @pytest.fixture
 def xla_cache_env() -> dict:
+    return subprocess_env()
+
+
+def subprocess_env() -> dict:
     """Environment for a subprocess test: the same persistent XLA cache as this process (reruns compile
     less) and fast, unoptimised XLA:CPU compilation (``XLA_FLAGS``; extend it, don't replace it)."""
     import os

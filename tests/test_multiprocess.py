@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import fedbat_jax as fb
-from conftest import tiny
+from conftest import subprocess_env, tiny
 from fedbat_jax import cli
 from fedbat_jax.workdir import read_checkpoint
 
@@ -29,9 +29,10 @@ ROUNDS = 8
 
 
 def env(devices: int = 0) -> dict:
-    e = dict(os.environ, PYTHONPATH=str(ROOT))
-    e["XLA_FLAGS"] = " ".join([f for f in e.get("XLA_FLAGS", "").split() if "device_count" not in f] +
-                              ([f"--xla_force_host_platform_device_count={devices}"] if devices else []))
+    """The tests' subprocess environment (XLA cache, fast compiles), with ``devices`` forced CPU devices."""
+    e = dict(os.environ, PYTHONPATH=str(ROOT), **subprocess_env())
+    if devices:
+        e["XLA_FLAGS"] += f" --xla_force_host_platform_device_count={devices}"
     return e
 
 
@@ -157,7 +158,7 @@ import json, sys
 sys.path.insert(0, "tests")
 import jax
 import fedbat_jax as fb
-from conftest import tiny
+from conftest import subprocess_env, tiny
 c = tiny("fedbat", model="logreg", lr=0.02, batch_size=128)
 c.coordinator_address, c.num_processes, c.process_id = sys.argv[1], 2, int(sys.argv[2])
 records = fb.sweep(c, [0, 1], grid={"lr": [0.01, 0.02, 0.05, 0.1]})
