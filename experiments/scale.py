@@ -166,10 +166,10 @@ def _layout(text: str) -> tuple[int, int]:
 
 def _measure(cell: list[str], processes: int, devices: int) -> tuple[dict | None, str]:
     """Run one cell as ``processes`` processes of ``devices`` devices each; process 0's record, or an error line."""
-    from fedbat_jax.launch import free_port, process_env, stop
+    from fedbat_jax.launch import free_port, job_flags, process_env, stop
 
-    job = [f"--config.coordinator_address=127.0.0.1:{free_port()}", f"--config.num_processes={processes}"]
-    procs = [subprocess.Popen(cell + (job + [f"--config.process_id={i}"] if processes > 1 else []),
+    address = f"127.0.0.1:{free_port()}"
+    procs = [subprocess.Popen(cell + job_flags(address, processes, i),
                               env=process_env(i, devices), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for i in range(processes)]
     try:

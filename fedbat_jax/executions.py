@@ -106,7 +106,7 @@ def host(fed: Federated, threads: int = 1) -> Execution:
                 client = step(client, params, data, inp, t)
             return client
 
-        acc, states = empty_aggregate(params, batch_stats), states
+        acc = empty_aggregate(params, batch_stats)
         k = len(num_steps)
         workers = max(1, min(threads, k))
         if workers == 1:
@@ -155,8 +155,8 @@ def lane_step(fed: Federated, params, data: ClientData, consts: LaneConsts, carr
     step = jax.vmap(fed.client_step, (0, None, None, 0, 0))
     lanes = select_rows(active, step(lanes, params, data, inp, t), lanes)
     done = active & last
-    acc, states = jax.lax.cond(jnp.any(done), lambda a, tb: absorb(fed, params, a, tb, lanes, inp, done),
-                              lambda a, tb: (a, tb), acc, states)
+    acc, states = jax.lax.cond(jnp.any(done), lambda a, st: absorb(fed, params, a, st, lanes, inp, done),
+                               lambda a, st: (a, st), acc, states)
     return lanes, acc, states
 
 
@@ -222,15 +222,15 @@ def fused(fed: Federated, num_lanes: int, cap: int, mesh: jax.sharding.Mesh | No
 
 
 def replicate(mesh: jax.sharding.Mesh, tree: Any) -> Any:
-    """``tree`` copied onto every device of ``mesh`` once (so no round moves it again); across processes, each
-    process places its own devices' copies (every process holds the same values)."""
+    """``tree`` copied onto every device of ``mesh`` once (so no round moves it again)."""
     sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    return jax.tree.map(lambda x: global_array(np.asarray(x), sharding), tree)
 
-    def one(x):
-        host = np.asarray(x)
-        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
-    return jax.tree.map(one, tree)
+def global_array(host: np.ndarray, sharding: jax.sharding.Sharding) -> jax.Array:
+    """``host`` (the same on every process) as one array laid out by ``sharding``, each process placing the
+    parts its own devices hold (``jax.device_put`` of a host array covers one process only)."""
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
 def _shard_map(f, mesh, in_specs, out_specs):

@@ -72,6 +72,14 @@ def process_env(i: int, devices: int) -> dict:
     return env
 
 
+def job_flags(address: str, processes: int, i: int) -> list[str]:
+    """The settings that make a ``fedbat_jax.main`` process rank ``i`` of a job (none for a single process)."""
+    if processes == 1:
+        return []
+    return [f"--config.coordinator_address={address}", f"--config.num_processes={processes}",
+            f"--config.process_id={i}"]
+
+
 def describe_exit(code: int) -> str:
     if code < 0:
         try:
@@ -110,14 +118,13 @@ def launch(processes: int, devices: int, main_args: list[str]) -> int:
     procs, logs = [], []
     try:
         for i in range(processes):
-            job = [f"--config.coordinator_address={address}", f"--config.num_processes={processes}",
-                   f"--config.process_id={i}"] if processes > 1 else []
             quiet = ["--progress=false"] if i > 0 else []
             out = None
             if i > 0:
                 out = open(workdir / f"process-{i}.log", "w")
                 logs.append(out)
-            procs.append(subprocess.Popen([sys.executable, "-m", "fedbat_jax.main", *quiet, *main_args, *job],
+            procs.append(subprocess.Popen([sys.executable, "-m", "fedbat_jax.main", *quiet, *main_args,
+                                           *job_flags(address, processes, i)],
                                           env=process_env(i, devices), stdout=out, stderr=subprocess.STDOUT if out else None))
         while True:
             codes = [p.poll() for p in procs]

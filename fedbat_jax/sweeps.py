@@ -35,6 +35,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from fedbat_jax.config import validate
 from fedbat_jax.data import Dataset
 from fedbat_jax.errors import ConfigError
+from fedbat_jax.executions import global_array, replicate
 from fedbat_jax.whole_run import TRACEABLE, make_train
 
 AXIS = "runs"
@@ -75,7 +76,7 @@ def compile_sweep(config: ml_collections.ConfigDict, seeds, grid: dict | None = 
     keys = np.stack([np.asarray(jax.random.PRNGKey(seed)) for seed, _ in padded])
     hparams = {name: np.array([point[name] for _, point in padded], np.float32) for name in runs[0][1]}
     args = (global_array(keys, split), {k: global_array(v, split) for k, v in hparams.items()},
-            jax.tree.map(lambda x: global_array(np.asarray(x), replicated), train.data))
+            replicate(mesh, train.data))
 
     def program(keys, hparams, data):
         return jax.vmap(train, in_axes=(0, 0, None))(keys, hparams, data)[1]  # the metrics; the servers are dropped
@@ -83,12 +84,6 @@ def compile_sweep(config: ml_collections.ConfigDict, seeds, grid: dict | None = 
     compiled = jax.jit(program, in_shardings=(split, split, replicated),
                        out_shardings=replicated).lower(*args).compile()
     return Sweep(runs, compiled, args, mesh, train)
-
-
-def global_array(host: np.ndarray, sharding: NamedSharding) -> jax.Array:
-    """``host`` (the same on every process) as one array laid out by ``sharding``, each process placing the
-    parts its own devices hold (``jax.device_put`` of a host array covers one process only)."""
-    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
 def seed_list(seeds) -> list[int]:
