@@ -147,6 +147,8 @@ def test_convergence_slope_fit_and_optimum():
     ("bench.py", ["--rounds=many"], "invalid int value"),
     ("study.py", ["--config=experiments/configs/convergence.py", "--seeds=a,b"], "expected comma-separated integers"),
     ("scale.py", ["--config.nope=1", "--executions=host", "--clients=2"], "unknown config field 'nope'"),
+    ("scale.py", ["--layouts=2", "--executions=host", "--clients=2"], "--layouts takes PROCESSESxDEVICES items"),
+    ("scale.py", ["--layouts=0x1", "--executions=host", "--clients=2"], "--layouts takes PROCESSESxDEVICES items"),
 ])
 def test_every_script_fails_in_one_line_like_the_cli(tmp_path, script, args, needle):
     config = tmp_path / "config.py"

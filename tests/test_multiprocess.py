@@ -136,7 +136,10 @@ def test_killed_process_stops_the_job_and_the_same_command_resumes(launched, tmp
 def test_launcher_bad_arguments_are_one_line(tmp_path):
     for args, expected in [(["--processes", "2"], "put the run's arguments after --"),
                            (["--processes", "0", "--", f"--workdir={tmp_path}"], "--processes must be >= 1"),
-                           (["--processes", "2", "--", "--config.rounds=2"], "give the run's --workdir")]:
+                           (["--processes", "2", "--", "--config.rounds=2"], "give the run's --workdir"),
+                           (["--processes", "2", "--devices-per-process", "-1", "--", f"--workdir={tmp_path}"],
+                            "--devices-per-process must be >= 0"),
+                           (["--processes", "2", "--", f"--workdir={__file__}"], "is a file, not a folder")]:
         out = subprocess.run([sys.executable, "-m", "fedbat_jax.launch", *args], env=env(), capture_output=True,
                              text=True, timeout=60)
         assert out.returncode == 2
