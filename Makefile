@@ -1,10 +1,16 @@
 PYTHON ?= python3
 
-.PHONY: install test run bench
+.PHONY: install lint test test-fast run bench
 
 install:  ## install the pinned dependencies, then this package (editable: scripts run from any directory)
 	$(PYTHON) -m pip install -r requirements.txt
 	$(PYTHON) -m pip install -e .
+
+lint:  ## ruff over the package, experiments, tests and the notebook (the rules are in pyproject.toml)
+	$(PYTHON) -m ruff check .
+
+test-fast:  ## the edit-test loop: every test not marked slow (under 2 minutes on a 2-core CPU)
+	$(PYTHON) -m pytest -q -m "not slow" tests
 
 test:  ## the whole test suite (about 8-12 minutes on a 2-core CPU; reruns use the XLA cache in /tmp)
 	$(PYTHON) -m pytest -q tests

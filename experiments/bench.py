@@ -57,17 +57,19 @@ def bench(configs: list, rounds: int, data: Dataset | None = None) -> list[dict]
             times[i].append(seconds)
     results = []
     for (exp, _), ts in zip(built, times):
-        c, execution = exp.config, exp.round.execution
+        c, execution = exp.config, exp.execution
         samples = samples_per_round(exp)
         med = float(np.median(ts))
-        results.append({"algorithm": c.algorithm, "model": c.model, "input": "x".join(map(str, exp.dataset.input_shape)),
+        shape = "x".join(map(str, exp.dataset.input_shape))
+        results.append({"algorithm": c.algorithm, "model": c.model, "input": shape,
                         "execution": execution.name, "loop": execution.loop, "client_threads": c.client_threads,
                         "samples_per_round": samples, "round_seconds_median": round(med, 3),
                         "round_seconds_all": [round(t, 3) for t in ts], "samples_per_second": round(samples / med, 1)})
     return results
 
 
-def resnet_bench(algorithms: list[str], rounds: int, clients: int, samples: int, width: int, execution: str) -> list[dict]:
+def resnet_bench(algorithms: list[str], rounds: int, clients: int, samples: int, width: int, execution: str,
+                 ) -> list[dict]:
     """ResNet-10 rounds on 32x32x3 inputs with CIFAR's crop+flip: ``clients`` clients x ``samples`` each, 1 epoch."""
     configs = []
     for a in algorithms:
@@ -85,20 +87,27 @@ def report_line(r: dict) -> str:
 
 def compressor_costs(algorithms: list[str], rounds: int, epochs: int, dataset: str) -> list[dict]:
     """Per algorithm: seconds of a whole round vs seconds of the cohort's encode + decode + aggregation
-    (``federated.absorb`` of every client, jitted on its own), each after a warm-up."""
-    from fedbat_jax.executions import absorb, empty_aggregate
+    (``backends.finish`` of every client, jitted on its own), each after a warm-up."""
+    from fedbat_jax.backends import finish, start_clients
+    from fedbat_jax.federated import plan_round
+    from fedbat_jax.rounds import gather
 
     out = []
     for a in algorithms:
         exp, server = build(make_config(a, epochs, dataset=dataset))
-        rnd = exp.round
-        fed = rnd.fed
-        inputs = rnd.plan(jax.random.PRNGKey(exp.config.seed), 1, index=rnd.data.index)
-        clients = jax.vmap(fed.client_init, (None, None, 0))(server.params, server.batch_stats, inputs)
+        learner, federation = exp.federation.learner, exp.federation
+        inputs = plan_round(jax.random.PRNGKey(exp.config.seed), 1, federation.roster, federation.data.index,
+                            exp.config.clients_per_round)
         done = jnp.ones(inputs.client.shape, bool)
-        rows = lambda s: jax.tree.map(lambda t: t[np.asarray(inputs.client)], s.compressor_states)  # noqa: E731
-        upload = jax.jit(lambda p, b, st, c, i: absorb(fed, p, empty_aggregate(p, b), st, c, i, done))
-        upload_of = lambda s: upload(s.params, s.batch_stats, rows(s), clients, inputs)  # noqa: E731
+
+        @jax.jit
+        def upload(sent, rows):
+            clients = start_clients(learner, sent, rows, inputs)
+            return finish(learner, sent, learner.empty_aggregate(sent), rows, clients, inputs, done)
+
+        def upload_of(s):
+            return upload(learner.broadcast(s), gather(s.client_table, inputs.client))
+
         jax.block_until_ready(upload_of(server))
         round_s, finish_s = [], []
         for r in range(2, rounds + 2):
@@ -109,9 +118,9 @@ def compressor_costs(algorithms: list[str], rounds: int, epochs: int, dataset: s
             finish_s.append(time.perf_counter() - t0)
         tr, fi = float(np.median(round_s)), float(np.median(finish_s))
         out.append({"algorithm": a, "round_seconds": round(tr, 3), "encode_decode_aggregate_seconds": round(fi, 4),
-                    "relative_to_round": round(fi / tr, 5), "uplink_bits_per_round": rnd.bits["uplink_bits"]})
+                    "relative_to_round": round(fi / tr, 5), "uplink_bits_per_round": exp.wire["uplink_bits"]})
         print(f"{a:12s} round {tr:6.2f} s   encode+decode+aggregate {1e3 * fi:7.1f} ms "
-              f"({100 * fi / tr:.2f}% of the round)   uplink {rnd.bits['uplink_bits'] / 8e6:.2f} MB/round")
+              f"({100 * fi / tr:.2f}% of the round)   uplink {exp.wire['uplink_bits'] / 8e6:.2f} MB/round")
     return out
 
 

@@ -21,7 +21,7 @@ def main(args, overrides: list[str]) -> int:
     c = cli.make_config(args.config or cli.DEFAULT_CONFIG_FILE, overrides, algorithm="fedavg", dataset="mnist5k",
                         num_clients=10, clients_per_round=5, local_epochs=2, rounds=1)
     exp = fb.build(c)
-    server, _ = exp.round.run(exp.server, 1)
+    server, _ = exp.run_round(exp.server, 1)
     ds = exp.dataset
     test, n = test_set(ds), len(ds.y_test)
     for name, running in (("averaged running statistics", True), ("each chunk's own statistics", False)):

@@ -24,7 +24,8 @@ def main(args, overrides: list[str]) -> int:
         config = cli.make_config(args.config, overrides, algorithm=name)
         results[name] = fb.run(config, workdir / name, progress=True, log=print)
     rows = {name: report.summarize(records) for name, records in results.items()}
-    print(f"\n{config.dataset}, {config.partition}, {config.num_clients} clients ({config.clients_per_round} per round), "
+    print(f"\n{config.dataset}, {config.partition}, {config.num_clients} clients "
+          f"({config.clients_per_round} per round), "
           f"{config.local_epochs} local epochs, {rows['fedbat']['rounds']} rounds")
     print("| algorithm | final acc | best acc | uplink MB (total) | train s |")
     print("|---|---|---|---|---|")

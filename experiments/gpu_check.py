@@ -35,7 +35,7 @@ def timed(config, rounds: int, data=None) -> dict:
     t = time_rounds(exp, rounds)
     return {"round_s": round(t.median, 4), "all_s": [round(x, 4) for x in t.times],
             "samples_per_s": round(samples_per_round(exp) / t.median, 1), "compile_s": round(t.compile_s, 2),
-            "execution": exp.round.execution.name, "train_loss": t.train_loss}
+            "execution": exp.execution.name, "train_loss": t.train_loss}
 
 
 def main(args, overrides: list[str]) -> int:
@@ -63,12 +63,14 @@ def main(args, overrides: list[str]) -> int:
     print(f"ResNet-10 round: {report['resnet10_round']}", flush=True)
 
     tiny = ["--dataset", "mnist5k", "--rounds", "1", "--model-width", "4"] if args.tiny else ["--rounds", "3"]
-    report["scale"] = scale(args, tiny + (["--clients", "2", "--num-clients", "8", "--lanes", "2"] if args.tiny else []))
+    small = ["--clients", "2", "--num-clients", "8", "--lanes", "2"] if args.tiny else []
+    report["scale"] = scale(args, tiny + small)
     # per-client state: an EF residual for each of N clients, the cohort's rows gathered each round
     report["clients"] = scale(args, tiny + ["--algorithm", "ef_signsgd", "--clients", "2" if args.tiny else "10",
                                             "--num-clients", "8,80" if args.tiny else "100,10000",
                                             "--samples-per-client", "6", "--batch-size", "6",
-                                            "--config.min_client_size=4"] + ([] if args.tiny else ["--model-width", "8"]))
+                                            "--config.min_client_size=4"]
+                                 + ([] if args.tiny else ["--model-width", "8"]))
     report["total_s"] = round(time.perf_counter() - t_start, 1)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")

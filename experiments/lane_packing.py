@@ -2,7 +2,7 @@
 
 For many sampled cohorts of a partition, compares the step-cells a fused round computes when every
 client of the cohort is padded to the longest one (K lanes x max_k S_k) with the packed lanes
-(`fedbat_jax.executions.pack_lanes`), against the useful work sum_k S_k. Host-side arithmetic only.
+(`fedbat_jax.backends.fused.pack_lanes`), against the useful work sum_k S_k. Host-side arithmetic only.
 
     python experiments/lane_packing.py [--dataset fashion_mnist --data-dir DIR] [--partition dirichlet]
                                        [--config=FILE[:ARG]] [--config.FIELD=VALUE ...]
@@ -15,8 +15,8 @@ import numpy as np
 
 import fedbat_jax as fb
 from fedbat_jax import cli
-from fedbat_jax.executions import pack_lanes
-from fedbat_jax.round import cohort
+from fedbat_jax.backends.fused import pack_lanes
+from fedbat_jax.rounds import cohort
 
 
 def parser() -> cli.ArgumentParser:
@@ -35,7 +35,7 @@ def main(args, overrides: list[str]) -> int:
                         partition=args.partition, dirichlet_beta=args.beta, num_clients=args.num_clients,
                         clients_per_round=10, local_epochs=10, batch_size=64)
     exp = fb.build(c)
-    steps_all = exp.round.roster.num_steps
+    steps_all = exp.federation.roster.num_steps
     quantum = max(1, int(steps_all.max()) // 8)
     useful, padded, packed, lanes = [], [], [], []
     for r in range(1, args.rounds + 1):

@@ -43,7 +43,7 @@ def one(args, overrides: list[str]) -> dict:
     import jax
 
     import fedbat_jax as fb
-    from fedbat_jax.config import apply_overrides
+    from fedbat_jax.cli import apply_overrides
     from fedbat_jax.timing import samples_per_round, time_rounds
 
     c = fb.default_config()
@@ -52,20 +52,19 @@ def one(args, overrides: list[str]) -> dict:
              local_epochs=1, batch_size=args.batch_size, partition="iid", execution=args.execution,
              lanes=args.lanes, rounds=args.rounds + 1)
     apply_overrides(c, overrides)
-    fb.validate(c)  # joins the multi-process job, if the overrides name one
     ds = fb.load_dataset(c.dataset, c.data_dir or None)
     if args.samples_per_client:
         n = args.samples_per_client * c.num_clients
         ds = ds._replace(x_train=ds.x_train[:n], y_train=ds.y_train[:n])
     exp = fb.build_from_data(c, ds)
     jax.block_until_ready(exp.server)
-    table = sum(x.nbytes for x in jax.tree.leaves(exp.server.compressor_states))
+    table = sum(x.nbytes for x in jax.tree.leaves(exp.server.client_table))
     base = _rss()
     t = time_rounds(exp, args.rounds)
     samples = samples_per_round(exp)
     stats = jax.devices()[0].memory_stats() if jax.default_backend() != "cpu" else None
     peak = int(stats["peak_bytes_in_use"]) if stats and "peak_bytes_in_use" in stats else _rss()
-    execution = exp.round.execution
+    execution = exp.execution
     return {"execution": execution.name, "clients": args.clients, "num_clients": c.num_clients,
             "processes": jax.process_count(), "devices": execution.devices, "table_bytes": table,
             "lanes": args.lanes, "lane_loop": execution.loop,
@@ -83,14 +82,19 @@ def _rss() -> int:
 
 def table(records: list[dict]) -> str:
     """One row per cell; ``vs first`` compares it with the first cell of the same execution and layout."""
-    lines = ["| execution | processes x devices | loop | clients (K) | federation (N) | client table (MB) | round (s) | "
-             "vs first | samples/s | peak memory (MB) | compile (s) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| execution | processes x devices | loop | clients (K) | federation (N) | client table (MB) | "
+             "round (s) | vs first | samples/s | peak memory (MB) | compile (s) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+
+    def key(x):
+        return (x["execution"], x.get("processes", 1), x.get("devices", 1))
+
     for r in records:
-        key = lambda x: (x["execution"], x.get("processes", 1), x.get("devices", 1))  # noqa: E731
         base = next(b for b in records if key(b) == key(r))
         lines.append(f"| {r['execution']} | {r.get('processes', 1)} x {r.get('devices', 1) // r.get('processes', 1)} | "
                      f"{r['lane_loop']} | {r['clients']} | {r.get('num_clients', '')} | "
-                     f"{r.get('table_bytes', 0) / 2**20:.0f} | {r['round_s']:.3f} | {r['round_s'] / base['round_s']:.2f}x | "
+                     f"{r.get('table_bytes', 0) / 2**20:.0f} | {r['round_s']:.3f} | "
+                     f"{r['round_s'] / base['round_s']:.2f}x | "
                      f"{r['samples_per_s']:.0f} | {r['peak_memory_bytes'] / 2**20:.0f} | {r['compile_s']:.1f} |")
     return "\n".join(lines)
 
@@ -133,7 +137,8 @@ def main(args, overrides: list[str]) -> int:
     records = []
     passthrough = ["--lanes", str(args.lanes), "--rounds", str(args.rounds), "--dataset", args.dataset,
                    "--data-dir", args.data_dir, "--algorithm", args.algorithm, "--model-width", str(args.model_width),
-                   "--samples-per-client", str(args.samples_per_client), "--batch-size", str(args.batch_size)] + overrides
+                   "--samples-per-client", str(args.samples_per_client), "--batch-size", str(args.batch_size),
+                   *overrides]
     for execution in args.executions.split(","):
         for processes, devices in layouts:
             for n in args.num_clients:

@@ -4,9 +4,11 @@
     python experiments/study.py --datasets fashion_mnist --data-dir ../shared/data --rounds 20 \
         --algorithms fedavg,fedbat --out docs/results/paper_fmnist
     # the reduced CPU variants (20 clients, 5 per round, 2 local epochs, 20 rounds, ResNet-10 width 16)
-    python experiments/study.py --datasets cifar10 --reduced --data-dir ../shared/data --out docs/results/reduced_cifar10
+    python experiments/study.py --datasets cifar10 --reduced --data-dir ../shared/data \
+        --out docs/results/reduced_cifar10
     # three seeds a cell, FedBAT with and without error feedback (ALGORITHM+ef, ALGORITHM+ef21)
-    python experiments/study.py --datasets fashion_mnist --reduced --seeds 0,1,2 --algorithms fedbat,fedbat+ef,fedbat+ef21
+    python experiments/study.py --datasets fashion_mnist --reduced --seeds 0,1,2 \
+        --algorithms fedbat,fedbat+ef,fedbat+ef21
     # any single config file (its partition field is set per cell)
     python experiments/study.py --config experiments/configs/mnist5k.py --partitions iid
 
@@ -55,9 +57,13 @@ def vmapped_runs(config, seeds: list[int]) -> dict[int, list[dict]]:
     import numpy as np
 
     t0 = time.perf_counter()
-    runs = fedbat_jax.sweep(config, seeds)
+    traced = config.copy_and_resolve_references()
+    traced.execution = "auto"  # one traced program runs the padded backend, whatever the run loop's execution
+    runs = fedbat_jax.sweep(traced, seeds)
     seconds = (time.perf_counter() - t0) / len(seeds) / config.rounds
-    value = lambda x: None if np.isnan(x) else float(x)  # noqa: E731
+
+    def value(x):
+        return None if np.isnan(x) else float(x)
 
     def records(m: dict) -> list[dict]:
         return [{"round": r + 1, "test_accuracy": value(m["test_accuracy"][r]), "test_loss": value(m["test_loss"][r]),
@@ -132,11 +138,13 @@ def main(args, overrides: list[str]) -> int:
 
 def parser() -> cli.ArgumentParser:
     ap = cli.ArgumentParser(prog="study", description=__doc__.splitlines()[0])
-    ap.add_argument("--datasets", type=cli.names, default=[], help="comma list of the paper's datasets (experiments/configs/paper.py)")
+    ap.add_argument("--datasets", type=cli.names, default=[],
+                    help="comma list of the paper's datasets (experiments/configs/paper.py)")
     ap.add_argument("--reduced", action="store_true", help="the paper configs' reduced CPU variants")
     ap.add_argument("--data-dir", default="")
     ap.add_argument("--partitions", type=cli.names, default=["iid", "dirichlet", "label_count"])
-    ap.add_argument("--algorithms", type=cli.names, default=["fedavg", "fedbat"], help="comma list of ALGORITHM[+ef|+ef21]")
+    ap.add_argument("--algorithms", type=cli.names, default=["fedavg", "fedbat"],
+                    help="comma list of ALGORITHM[+ef|+ef21]")
     ap.add_argument("--bits", type=int, default=4, help="bits for qsgd")
     ap.add_argument("--seeds", type=cli.int_list, default=[0], help="comma list, e.g. 0,1,2")
     ap.add_argument("--rounds", type=int, default=0, help="0: the config's")

@@ -76,7 +76,8 @@ def main() -> None:
             step()
             n += 1
         rates.append(n * 64 / (time.perf_counter() - t0))
-    print(f"{args.model} torch {torch.__version__} threads={torch.get_num_threads()}: {statistics.median(rates):.1f} samples/s "
+    print(f"{args.model} torch {torch.__version__} threads={torch.get_num_threads()}: "
+          f"{statistics.median(rates):.1f} samples/s "
           f"(runs {[round(r) for r in rates]})")
 
 

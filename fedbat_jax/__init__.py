@@ -23,19 +23,26 @@ _EXPORTS = {
     "run": "fedbat_jax.runner",
     "make_train": "fedbat_jax.whole_run",
     "sweep": "fedbat_jax.sweeps",  # make_train over seeds x a grid, sharded over every device
-    # registries
+    # registries: every choice a setting names (fedbat_jax.registry)
     "ALGORITHMS": "fedbat_jax.algorithms",
+    "COMPRESSORS": "fedbat_jax.compressors",
+    "BACKENDS": "fedbat_jax.backends",
     "MODELS": "fedbat_jax.models",
     "DATASETS": "fedbat_jax.data",
+    "Registry": "fedbat_jax.registry",
+    "Setting": "fedbat_jax.registry",
     # pieces to compose
+    "Algorithm": "fedbat_jax.algorithms",
+    "Learner": "fedbat_jax.federated",
     "Compressor": "fedbat_jax.compressors",
+    "CompressorSpec": "fedbat_jax.compressors",
     "full_precision": "fedbat_jax.compressors",
     "stochastic_levels": "fedbat_jax.compressors",
     "scaled_sign": "fedbat_jax.compressors",
     "with_error_feedback": "fedbat_jax.compressors",
     "load_dataset": "fedbat_jax.data",  # a dataset by name, as the config's dataset/data_dir
     "partition": "fedbat_jax.data",
-    "default_binarize_predicate": "fedbat_jax.local",
+    "default_binarize_predicate": "fedbat_jax.binarization",
     # errors
     "FedBatError": "fedbat_jax.errors",
     "ConfigError": "fedbat_jax.errors",

@@ -3,14 +3,14 @@
 An augmentation is ``fn(key, images) -> images`` on a raw batch (uint8 [B,H,W,C], before
 normalisation), drawing independently per example from ``key``; the local step derives ``key`` from
 (seed, round, client, step), so augmentation is reproducible and resumes exactly.
-Adding one = a function here + an entry in ``AUGMENTATIONS``.
+Adding one = a function (here, or in a file of its own) + an entry in ``AUGMENTATIONS``.
 """
 from __future__ import annotations
 
-from typing import Callable
-
 import jax
 import jax.numpy as jnp
+
+from fedbat_jax.registry import Registry
 
 
 def none(key: jax.Array, images: jax.Array) -> jax.Array:
@@ -30,7 +30,8 @@ def crop_flip(key: jax.Array, images: jax.Array, pad: int = 4) -> jax.Array:
     return jnp.where(flip[:, None, None, None], crops[:, :, ::-1], crops)
 
 
-AUGMENTATIONS: dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
+# The ``augment`` setting (besides ``auto``, the dataset's own): name -> fn(key, images) -> images.
+AUGMENTATIONS = Registry("augment", {
     "none": none,
     "crop_flip": crop_flip,  # CIFAR-10 / CIFAR-100 (REFERENCE.md section 3)
-}
+})

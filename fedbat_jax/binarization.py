@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+
+Params = Any
 
 
 def _sum_to_shape(t: jax.Array, shape: tuple[int, ...]) -> jax.Array:
@@ -144,3 +147,17 @@ def warmup_steps(phi: float, num_steps: int) -> int:
     binarized step is ``floor(phi * S) + 1``; at that step ``alpha0 = mean|u|`` is taken.
     """
     return min(num_steps, max(0, math.floor(phi * num_steps)))
+
+
+# ---- which leaves the operator acts on -------------------------------------------------------------------
+def default_binarize_predicate(path: tuple, leaf: jax.Array) -> bool:
+    """Binarize every conv and dense kernel (REFERENCE.md 1.3); norm scales and biases stay full precision."""
+    last = path[-1]
+    return getattr(last, "key", getattr(last, "name", None)) == "kernel" and leaf.ndim >= 2
+
+
+def binarized_mask(params: Params, predicate: Callable[[tuple, jax.Array], bool] | None) -> Params:
+    """A pytree of Python bools (static) marking the binarized leaves; ``predicate=None`` marks none."""
+    if predicate is None:
+        return jax.tree.map(lambda _: False, params)
+    return jax.tree_util.tree_map_with_path(lambda p, x: bool(predicate(p, x)), params)

@@ -7,21 +7,25 @@
 A script of several configs (a study grid) calls ``parse_args`` once and ``make_config(spec, overrides,
 **fields)`` per cell.
 
+Reading a config file (``load_config``) and applying overrides (``apply_overrides``) live here, apart from the
+settings table and its validation (``fedbat_jax.config``).
+
 ``python -m fedbat_jax.main`` and every script in ``experiments/`` parse their arguments here, so they read
 the same syntax and fail the same way: a bad argument, config file or setting is one line on stderr and exit
-status 2 (``--help``: 0); a diverged run is exit 3; Ctrl-C 130 and SIGTERM 143, each with one line. Only the project's own errors (``FedBatError``) become
-one line; anything else is a bug and keeps its traceback.
+status 2 (``--help``: 0); a diverged run is exit 3; Ctrl-C 130 and SIGTERM 143, each with one line. Only the
+project's own errors (``FedBatError``) become one line; anything else is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from pathlib import Path
 from typing import Callable
 
 import ml_collections
 
-from fedbat_jax.config import apply_overrides, load_config, unknown_field  # noqa: F401 (apply_overrides: for scripts)
+from fedbat_jax.config import unknown_field
 from fedbat_jax.errors import ConfigError, DivergenceError, FedBatError
 
 EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_TERMINATED = 2, 3, 130, 143
@@ -88,6 +92,66 @@ def parse(ap: argparse.ArgumentParser, argv: list[str], default_config: str | No
     """For a script of one config: ``parse_args`` then ``make_config``."""
     args, overrides = parse_args(ap, argv, default_config)
     return make_config(args.config, overrides), args
+
+
+# ---- configs from the command line: --config=FILE[:ARG] and --config.FIELD=VALUE ---------------------
+def load_config(spec: str) -> ml_collections.ConfigDict:
+    """The config of ``FILE[:ARG]``: a Python file defining ``get_config([ARG])`` (the CLI's ``--config``).
+
+    Every failure is a one-line ``ConfigError``: no such file, a file that fails to load, ``get_config``
+    missing, rejecting ``ARG`` or raising, or returning something other than a config of these settings.
+    """
+    path, _, arg = spec.partition(":")
+    if not Path(path).is_file():
+        raise ConfigError(f"config file {path} not found")
+    try:
+        module_spec = importlib.util.spec_from_file_location("fedbat_experiment_config", path)
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+        get_config = module.get_config
+    except Exception as e:
+        raise ConfigError(f"config file {path} failed to load: {type(e).__name__}: {' '.join(str(e).split())}") from e
+    try:
+        config = get_config(arg) if arg else get_config()
+    except ConfigError:
+        raise
+    except TypeError as e:
+        if arg and "positional argument" in str(e):
+            raise ConfigError(f"config file {path} takes no argument (got {arg!r})") from e
+        raise ConfigError(f"config {spec}: get_config() raised TypeError: {' '.join(str(e).split())}") from e
+    except Exception as e:
+        raise ConfigError(f"config {spec}: get_config() raised {type(e).__name__}: {' '.join(str(e).split())}") from e
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ConfigError(f"config {spec}: get_config() must return a config (fedbat_jax.config.default_config() "
+                          f"with fields set), got {type(config).__name__}")
+    return config
+
+
+def apply_overrides(c: ml_collections.ConfigDict, args: list[str]) -> list[str]:
+    """Apply every ``--config.FIELD=VALUE`` in ``args`` to ``c`` (the CLI's syntax; the value is read as the
+    field's type); return the other arguments. An unknown field or a bad value is a one-line ConfigError."""
+    rest = []
+    for arg in args:
+        if not arg.startswith("--config."):
+            rest.append(arg)
+            continue
+        field, eq, text = arg[len("--config."):].partition("=")
+        if field not in c:
+            raise unknown_field(field)
+        if not eq:
+            raise ConfigError(f"{arg}: give a value, as --config.{field}=VALUE")
+        kind = type(c[field])
+        try:
+            if kind is bool:
+                if text.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError(text)
+                value = text.lower() in ("true", "1")
+            else:
+                value = kind(text)
+        except ValueError:
+            raise ConfigError(f"--config.{field}: could not convert {text!r} to {kind.__name__}") from None
+        c[field] = value
+    return rest
 
 
 class Terminated(Exception):

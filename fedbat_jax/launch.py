@@ -125,7 +125,8 @@ def launch(processes: int, devices: int, main_args: list[str]) -> int:
                 logs.append(out)
             procs.append(subprocess.Popen([sys.executable, "-m", "fedbat_jax.main", *quiet, *main_args,
                                            *job_flags(address, processes, i)],
-                                          env=process_env(i, devices), stdout=out, stderr=subprocess.STDOUT if out else None))
+                                          env=process_env(i, devices), stdout=out,
+                                          stderr=subprocess.STDOUT if out else None))
         while True:
             codes = [p.poll() for p in procs]
             failed = [i for i, c in enumerate(codes) if c not in (None, 0)]

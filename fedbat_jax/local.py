@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import optax
 
 from fedbat_jax.augment import AUGMENTATIONS
-from fedbat_jax.binarization import binarize, leaf_keys, quantize, step_size
+from fedbat_jax.binarization import binarize, binarized_mask, default_binarize_predicate, leaf_keys, quantize, step_size  # noqa: F401
 from fedbat_jax.optimizers import client_direction, learning_rate
 
 Params = Any
@@ -28,19 +28,6 @@ Params = Any
 AUGMENT_STREAM = 0x41554721
 # Before warm-up ends alpha0 holds the reference's initial value (used if binarization never switches on).
 ALPHA0_INIT = 0.01
-
-
-def default_binarize_predicate(path: tuple, leaf: jax.Array) -> bool:
-    """Binarize every conv and dense kernel (REFERENCE.md 1.3); norm scales and biases stay full precision."""
-    last = path[-1]
-    return getattr(last, "key", getattr(last, "name", None)) == "kernel" and leaf.ndim >= 2
-
-
-def binarized_mask(params: Params, predicate: Callable[[tuple, jax.Array], bool] | None) -> Params:
-    """A pytree of Python bools (static) marking the binarized leaves; ``predicate=None`` marks none."""
-    if predicate is None:
-        return jax.tree.map(lambda _: False, params)
-    return jax.tree_util.tree_map_with_path(lambda p, x: bool(predicate(p, x)), params)
 
 
 class LocalConfig(NamedTuple):
@@ -57,14 +44,14 @@ class LocalConfig(NamedTuple):
     alpha_bounds: str = "fixed"  # fixed (the paper) | lr (alpha_min, alpha_max scaled by lr_t / lr_0)
     momentum: float = 0.0
     weight_decay: float = 0.0
-    schedule: str = "constant"  # constant | inverse_time | cosine (fedbat_jax.optimizers.learning_rate)
-    beta: float = 1.0  # inverse_time: beta / (gamma + t)
-    gamma: float = 1.0
+    lr_schedule: str = "constant"  # a name in fedbat_jax.optimizers.LR_SCHEDULES
+    lr_beta: float = 1.0  # inverse_time: lr_beta / (lr_gamma + t)
+    lr_gamma: float = 1.0
     rounds: int = 1  # the run's length (cosine schedule)
 
     def lr_at(self, t, steps_per_round):
         """The learning rate at the client's step ``t``, counted over the whole run."""
-        return learning_rate(self.schedule, self.lr, self.beta, self.gamma, t, self.rounds * steps_per_round)
+        return learning_rate(self.lr_schedule, self.lr, self.lr_beta, self.lr_gamma, t, self.rounds * steps_per_round)
 
     def bounds_scale(self, lr):
         """What the clip bounds of alpha are multiplied by at learning rate ``lr`` (1 unless ``alpha_bounds=lr``)."""
@@ -81,14 +68,19 @@ class ClientState(NamedTuple):
     opt: Any  # the client optimizer's state for theta (empty for plain SGD)
     loss_sum: jax.Array  # sum of per-example training losses seen so far
     seen: jax.Array  # number of (real, unpadded) examples trained on
+    lr_sum: jax.Array  # sum of the learning rates of the steps taken (SCAFFOLD's control variates read it)
 
 
 def init_client(params: Params, batch_stats: Any, mask: Params, cfg: LocalConfig) -> ClientState:
     """The state a sampled client starts its round from (the broadcast global model)."""
     theta = jax.tree.map(lambda w, b: jnp.zeros_like(w) if b else w, params, mask)
-    scalars = lambda v: jax.tree.map(lambda w: jnp.asarray(v, jnp.float32), params)  # noqa: E731
     opt = client_direction(cfg.momentum, cfg.weight_decay).init(theta)
-    return ClientState(theta, scalars(0.0), scalars(ALPHA0_INIT), batch_stats, opt, jnp.float32(0), jnp.float32(0))
+    return ClientState(theta, _scalars(params, 0.0), _scalars(params, ALPHA0_INIT), batch_stats, opt, jnp.float32(0),
+                       jnp.float32(0), jnp.float32(0))
+
+
+def _scalars(params: Params, value: float) -> Params:
+    return jax.tree.map(lambda w: jnp.asarray(value, jnp.float32), params)
 
 
 def step_sizes(a: Params, alpha0: Params, cfg: LocalConfig, theta: Params, scale=1.0) -> Params:
@@ -126,8 +118,8 @@ def client_update(params: Params, state: ClientState, mask: Params, cfg: LocalCo
     return update, step_sizes(state.a, state.alpha0, cfg, state.theta, scale)
 
 
-class ClientData(NamedTuple):
-    """The federated training set on the device: all images once, each client as padded index rows."""
+class FederatedData(NamedTuple):
+    """The federated training set on the device: all images once, each client as a padded row of indices."""
 
     images: jax.Array  # uint8 [N, H, W, C]
     labels: jax.Array  # int32 [N]
@@ -159,12 +151,13 @@ def batch_at(orders: jax.Array, n: jax.Array, t: jax.Array, batch_size: int) -> 
     return idx, start + jnp.arange(batch_size) < n
 
 
-def make_local_step(model, mask: Params, cfg: LocalConfig) -> Callable:
-    """``step(state, params, data, orders, n, n_warm, t, key, lr) -> state``: one local step of one client.
+def make_local_step(model, mask: Params, cfg: LocalConfig, correct: Callable | None = None) -> Callable:
+    """``step(state, params, data, orders, n, n_warm, t, key, lr, context) -> state``: one local step of one client.
 
     ``t`` is the 0-based local step; steps ``t < n_warm`` are warm-up (full precision) and at
     ``t == n_warm`` alpha0 is set to ``mean|u|`` before the first binarized forward pass. ``lr``: this
-    step's learning rate (``LocalConfig.lr_at``).
+    step's learning rate (``LocalConfig.lr_at``). ``correct(grad, weights, params, context)``: the algorithm's
+    correction of the trainable leaves' gradient (``fedbat_jax.algorithms.Algorithm.correct``), if any.
     """
     direction = client_direction(cfg.momentum, cfg.weight_decay)
 
@@ -181,7 +174,7 @@ def make_local_step(model, mask: Params, cfg: LocalConfig) -> Callable:
 
     grad_fn = jax.grad(loss_fn, has_aux=True)
 
-    def step(state: ClientState, params, data: ClientData, orders, n, n_warm, t, key, lr) -> ClientState:
+    def step(state: ClientState, params, data: FederatedData, orders, n, n_warm, t, key, lr, context=()) -> ClientState:
         idx, valid = batch_at(orders, n, t, cfg.batch_size)
         x = data.images[idx]
         if cfg.augment != "none":
@@ -199,9 +192,12 @@ def make_local_step(model, mask: Params, cfg: LocalConfig) -> Callable:
                                                cfg.bounds_scale(lr))
         g_theta, g_a, _ = grads
         weights = jax.tree.map(lambda w, th, b: w + th if b else th, params, state.theta, mask)
+        if correct is not None:
+            g_theta = correct(g_theta, weights, params, context)
         d_theta, opt = direction.update(g_theta, state.opt, weights)
         theta = jax.tree.map(lambda p, d: p - lr * d, state.theta, d_theta)
         a = jax.tree.map(lambda p, g: p - lr * g, state.a, g_a)
-        return ClientState(theta, a, alpha0, batch_stats, opt, state.loss_sum + ce_sum, state.seen + valid.sum())
+        return ClientState(theta, a, alpha0, batch_stats, opt, state.loss_sum + ce_sum, state.seen + valid.sum(),
+                           state.lr_sum + lr)
 
     return step

@@ -16,6 +16,8 @@ from __future__ import annotations
 import jax.numpy as jnp
 import optax
 
+from fedbat_jax.registry import Registry
+
 
 def client_direction(momentum: float, weight_decay: float) -> optax.GradientTransformation:
     """The client's update direction from its gradient (``params``: the full-precision weights)."""
@@ -27,21 +29,48 @@ def client_direction(momentum: float, weight_decay: float) -> optax.GradientTran
     return optax.chain(*parts) if parts else optax.identity()
 
 
-def learning_rate(schedule: str, lr, beta, gamma, t, total):
-    """The client learning rate at its step ``t`` of ``total`` (both counted over the whole run)."""
-    if schedule == "inverse_time":  # the convergence theorem's eta_t = beta / (gamma + t)
-        return beta / (gamma + t)
-    if schedule == "cosine":
-        return lr * 0.5 * (1.0 + jnp.cos(jnp.pi * jnp.minimum(t / total, 1.0)))
+def _constant(lr, beta, gamma, t, total):
     return lr
 
 
-def server_optimizer(name: str, lr: float, b1: float, b2: float, eps: float) -> optax.GradientTransformation:
-    """The server's optimizer over the pseudo-gradient ``-(sum_k p_k decode(payload_k))``."""
-    if name == "momentum":
-        return optax.sgd(lr, momentum=b1)
-    if name == "adam":
-        return optax.adam(lr, b1=b1, b2=b2, eps=eps)
-    if name == "yogi":
-        return optax.yogi(lr, b1=b1, b2=b2, eps=eps)
-    return optax.sgd(lr)
+def _inverse_time(lr, beta, gamma, t, total):  # the convergence theorem's eta_t = beta / (gamma + t)
+    return beta / (gamma + t)
+
+
+def _cosine(lr, beta, gamma, t, total):
+    return lr * 0.5 * (1.0 + jnp.cos(jnp.pi * jnp.minimum(t / total, 1.0)))
+
+
+# The ``lr_schedule`` setting: name -> (lr, lr_beta, lr_gamma, t, total) -> the learning rate at step t.
+LR_SCHEDULES = Registry("lr_schedule", {"constant": _constant, "inverse_time": _inverse_time, "cosine": _cosine})
+
+
+def learning_rate(schedule: str, lr, beta, gamma, t, total):
+    """The client learning rate at its step ``t`` of ``total`` (both counted over the whole run)."""
+    return LR_SCHEDULES[schedule](lr, beta, gamma, t, total)
+
+
+def _sgd(c) -> optax.GradientTransformation:
+    return optax.sgd(c.server_lr)
+
+
+def _momentum(c) -> optax.GradientTransformation:
+    return optax.sgd(c.server_lr, momentum=c.server_b1)
+
+
+def _adam(c) -> optax.GradientTransformation:
+    return optax.adam(c.server_lr, b1=c.server_b1, b2=c.server_b2, eps=c.server_eps)
+
+
+def _yogi(c) -> optax.GradientTransformation:
+    return optax.yogi(c.server_lr, b1=c.server_b1, b2=c.server_b2, eps=c.server_eps)
+
+
+# The ``server_optimizer`` setting: name -> (config) -> the optax transform over the pseudo-gradient.
+SERVER_OPTIMIZERS = Registry("server_optimizer", {"sgd": _sgd, "momentum": _momentum, "adam": _adam, "yogi": _yogi})
+
+
+def server_optimizer(config) -> optax.GradientTransformation:
+    """The server's optimizer over the pseudo-gradient ``-(sum_k p_k decode(payload_k))``, as the settings
+    ``server_optimizer``, ``server_lr``, ``server_b1``, ``server_b2``, ``server_eps`` say."""
+    return SERVER_OPTIMIZERS[config.server_optimizer](config)

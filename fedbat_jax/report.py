@@ -1,4 +1,5 @@
-"""For the study scripts (experiments/): summarize a run's records, aggregate seeds, write tables, plot accuracy curves."""
+"""For the study scripts (experiments/): summarize a run's records, aggregate seeds, write tables, plot accuracy
+curves."""
 from __future__ import annotations
 
 import csv

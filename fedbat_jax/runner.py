@@ -3,7 +3,7 @@
     import fedbat_jax as fb
     cfg = fb.default_config(); cfg.rounds = 5
     records = fb.run(cfg)               # one dict per round, as in metrics.jsonl
-    exp = fb.build(cfg)                 # the pieces: exp.round.run(server, r), exp.evaluate(server), ...
+    exp = fb.build(cfg)                 # the pieces: exp.run_round(exp.server, 1), exp.evaluate(server), ...
 """
 from __future__ import annotations
 
@@ -19,27 +19,29 @@ import jax.numpy as jnp
 import ml_collections
 
 from fedbat_jax import distributed
+from fedbat_jax.backends import Execution, make_execution
 from fedbat_jax.config import validate
 from fedbat_jax.data import Dataset, format_histograms, label_histograms, load_dataset, size_summary
 from fedbat_jax.errors import ConfigError, DivergenceError
 from fedbat_jax.evaluation import host_evaluator
-from fedbat_jax.executions import make_execution
 from fedbat_jax.federated import ServerState
 from fedbat_jax.federation import Federation, build_federation
-from fedbat_jax.round import Round, host_zeros, wire_bits
+from fedbat_jax.rounds import host_table, host_zeros, make_round, wire_sizes
 from fedbat_jax.workdir import Workdir
 
 __all__ = ["Experiment", "build", "build_from_data", "run"]
 
 
 class Experiment(NamedTuple):
-    """A run's pieces: its federation, its round (with the execution backend), the initial server state."""
+    """A run's pieces: its federation, its backend, its round, the initial server state, the evaluation."""
 
     config: ml_collections.ConfigDict
     federation: Federation
-    round: Round
-    server: ServerState  # the initial global model
+    execution: Execution
+    run_round: Callable[[ServerState, int], tuple[ServerState, dict]]  # (server, r) -> (server, metrics)
+    server: ServerState  # the initial global model, its client table in host memory
     evaluate: Callable[[ServerState], tuple[float, float]]  # -> (test_loss, test_accuracy)
+    wire: dict  # exact uplink_bits and downlink_bits of one round
 
     @property
     def dataset(self) -> Dataset:
@@ -57,19 +59,36 @@ class Experiment(NamedTuple):
 def build(config: ml_collections.ConfigDict) -> Experiment:
     """Everything a run needs, from the config alone (data on the device, model, jitted round)."""
     validate(config)
-    return build_from_data(config, load_dataset(config.dataset, config.data_dir or None))
+    distributed.start(config)
+    return _build(config, load_dataset(config.dataset, config.data_dir or None))
 
 
 def build_from_data(config: ml_collections.ConfigDict, ds: Dataset) -> Experiment:
     """As ``build``, on a ``Dataset`` already in memory (``config.dataset`` and ``data_dir`` are not read)."""
-    fedn = build_federation(config, ds)
-    fed, roster = fedn.fed, fedn.roster
-    params, batch_stats = fedn.variables["params"], fedn.variables.get("batch_stats", {})
-    execution = make_execution(config, fed, int(roster.num_steps.max()))
-    rnd = Round(fed, roster, fedn.data, execution, config.clients_per_round, config.seed,
-                wire_bits(fed, params, batch_stats, config.clients_per_round))
-    server = fed.server_init(params, batch_stats, config.num_clients, zeros=host_zeros)  # the table in host memory
-    return Experiment(config, fedn, rnd, server, host_evaluator(fedn.model, ds))
+    validate(config)
+    distributed.start(config)
+    return _build(config, ds)
+
+
+def _build(config: ml_collections.ConfigDict, ds: Dataset) -> Experiment:
+    federation = build_federation(config, ds)
+    learner, roster = federation.learner, federation.roster
+    params, batch_stats = federation.variables["params"], federation.variables.get("batch_stats", {})
+    execution = make_execution(config, learner, int(roster.num_steps.max()))
+    if execution.traceable:
+        execution = execution._replace(run=jax.jit(execution.run))
+    one_round = make_round(learner, roster, config.clients_per_round, execution)
+    data = execution.place(federation.data)  # laid out once as the backend reads it (replicated over its devices)
+    root = jax.random.PRNGKey(config.seed)
+    wire = wire_sizes(learner, params, batch_stats, config.clients_per_round)
+
+    def run_round(server: ServerState, r: int) -> tuple[ServerState, dict]:
+        """Round ``r``; consumes ``server`` (its host table is updated in place): keep the returned state."""
+        server, train_loss = one_round(server._replace(client_table=host_table(server.client_table)), data, root, r)
+        return server, {"train_loss": train_loss, **wire}
+
+    server = learner.server_init(params, batch_stats, config.num_clients, zeros=host_zeros)  # the table on the host
+    return Experiment(config, federation, execution, run_round, server, host_evaluator(federation.model, ds), wire)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | Path | None = None, progress: bool = False,
@@ -85,6 +104,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path | None = None, pr
     all processes can read, to resume).
     """
     validate(config)  # before the workdir is touched or any data loads
+    distributed.start(config)  # a multi-process job joined before anything touches a device
     if workdir is None and list(allow_change):
         raise ConfigError("allow_change applies to resuming a run in a workdir: give one")
     if config.tensorboard and workdir is None:
@@ -93,7 +113,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path | None = None, pr
     folder = (Workdir(workdir, config, allow_change, warn, writer=jax.process_index() == 0)
               if workdir is not None else contextlib.nullcontext())
     with folder as wd:
-        exp = build(config)
+        exp = _build(config, load_dataset(config.dataset, config.data_dir or None))
         server, done, records = wd.restore(exp.server) if wd else (exp.server, 0, [])
         if log:
             _log_start(exp, log)
@@ -106,10 +126,10 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path | None = None, pr
             bar = tqdm(total=config.rounds, initial=done, desc=config.algorithm, unit="round")
         for r in range(done + 1, config.rounds + 1):
             t0 = time.perf_counter()
-            server, m = exp.round.run(server, r)
+            server, m = exp.run_round(server, r)
             train_loss = float(m["train_loss"])  # waits for the round to finish
             seconds = time.perf_counter() - t0
-            model_finite = bool(_all_finite(server._replace(compressor_states=())))
+            model_finite = bool(_all_finite(server._replace(client_table=())))
             rec = {"round": r, "test_accuracy": None, "test_loss": None, "train_loss": train_loss,
                    "uplink_bits": int(m["uplink_bits"]), "downlink_bits": int(m["downlink_bits"]),
                    "round_seconds": round(seconds, 4)}
@@ -163,10 +183,11 @@ def _all_finite(tree: Any) -> jax.Array:
 
 
 def _log_start(exp: Experiment, log: Callable[[str], None]) -> None:
-    config, execution = exp.config, exp.round.execution
+    config, execution = exp.config, exp.execution
     loop = f" ({execution.loop} loop of lanes)" if execution.name == "fused" else ""
     log(f"{config.algorithm} on {config.dataset} ({config.partition}): {size_summary(exp.parts)}; "
-        f"execution {execution.name}{loop} on {jax.default_backend()}, devices: {distributed.describe(execution.devices)}")
+        f"execution {execution.name}{loop} on {jax.default_backend()}, "
+        f"devices: {distributed.describe(execution.devices)}")
     if exp.dataset.note:
         log(f"note: {config.dataset} data is a {exp.dataset.note}")
     if config.print_histograms:

@@ -32,11 +32,12 @@ import numpy as np
 import ml_collections
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from fedbat_jax import distributed
 from fedbat_jax.config import validate
 from fedbat_jax.data import Dataset
 from fedbat_jax.errors import ConfigError
-from fedbat_jax.executions import global_array, replicate
-from fedbat_jax.whole_run import TRACEABLE, make_train
+from fedbat_jax.backends.fused import global_array, replicate
+from fedbat_jax.whole_run import TRACEABLE, build_train
 
 AXIS = "runs"
 
@@ -68,8 +69,10 @@ def sweep(config: ml_collections.ConfigDict, seeds, grid: dict | None = None, da
 def compile_sweep(config: ml_collections.ConfigDict, seeds, grid: dict | None = None, dataset: Dataset | None = None,
                   metrics_fn: Callable[[Any, Any], dict] | None = None) -> Sweep:
     """``sweep``'s program, compiled for ``jax.devices()`` with its arguments placed, not yet run."""
+    validate(config)  # the config's own errors first, without a grid point's name
     runs = tuple(itertools.product(seed_list(seeds), grid_points(config, grid)))
-    train = make_train(config, dataset, metrics_fn)  # validates (and joins a multi-process job) before any device use
+    distributed.start(config)  # a multi-process job joined before any device use
+    train = build_train(config, dataset, metrics_fn)
     mesh = Mesh(np.array(jax.devices()), (AXIS,))
     split, replicated = NamedSharding(mesh, P(AXIS)), NamedSharding(mesh, P())
     padded = list(runs) + [runs[-1]] * (-len(runs) % mesh.size)  # repeats of the last run: dropped in run()
@@ -121,7 +124,6 @@ def grid_points(config: ml_collections.ConfigDict, grid: dict | None) -> list[di
         if bad:
             raise ConfigError(f"grid[{name!r}] holds {bad[0]!r}, not a number")
     points = [dict(zip(lists, map(float, values))) for values in itertools.product(*lists.values())]
-    validate(config)  # the config's own errors first, without a grid point's name
     for point in points:
         c = config.copy_and_resolve_references()
         c.update(**point)

@@ -36,7 +36,7 @@ class RoundTimes(NamedTuple):
 def timed_round(exp, server, r: int) -> tuple[float, Any, Any]:
     """Seconds of round ``r`` (waiting for its result), the new server state and the round's metrics."""
     t0 = time.perf_counter()
-    server, m = exp.round.run(server, r)
+    server, m = exp.run_round(server, r)
     jax.block_until_ready((server, m["train_loss"]))
     return time.perf_counter() - t0, server, m
 

@@ -8,14 +8,14 @@
 ``train(key)`` samples every cohort on the device, runs ``config.rounds`` rounds in a ``lax.scan``, and
 evaluates every ``eval_every`` rounds (and at the last). ``metrics`` holds arrays with a leading rounds
 axis: ``test_accuracy`` and ``test_loss`` (NaN in rounds not evaluated), ``train_loss``, ``uplink_bits``
-(float32: exact below 2^24 bits; ``Round.bits`` has the exact integers). With
+(float32: exact below 2^24 bits; the run loop's records have the exact integers). With
 ``key = jax.random.PRNGKey(seed)`` it trains the same run as the CLI with ``--config.seed=seed``: the same
 cohorts, batches and draws, equal up to the rounding of a differently compiled program.
 
-Ragged clients are padded here (``fedbat_jax.executions.padded``): the cohort runs in groups of
-``config.padded_group`` clients (0: all at once), and each group runs as many steps as its longest client,
-the shorter ones' extra steps discarded. The run loop keeps the host and fused executions, which compute
-no padded steps.
+The round is ``fedbat_jax.rounds.make_round``'s, the run loop's own, with a traceable backend: ``execution=auto``
+is ``padded`` here (the cohort runs in groups of ``config.padded_group`` clients, 0: all at once, and each group
+runs as many steps as its longest client, the shorter ones' extra steps discarded); a backend that cannot be traced
+(``host``, ``fused``, ``debug``) is refused in one line. The table of per-client state lives on the device.
 """
 from __future__ import annotations
 
@@ -25,14 +25,15 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from fedbat_jax import distributed
+from fedbat_jax.backends import BACKENDS, Execution
 from fedbat_jax.config import validate
 from fedbat_jax.data import Dataset, load_dataset
 from fedbat_jax.errors import ConfigError
 from fedbat_jax.evaluation import make_evaluate, test_set
-from fedbat_jax.executions import padded
-from fedbat_jax.federated import plan_round
+from fedbat_jax.federated import Learner
 from fedbat_jax.federation import build_federation
-from fedbat_jax.round import wire_bits
+from fedbat_jax.rounds import make_round, wire_sizes
 
 # Settings that may be traced (passed per run in ``hparams``); the others fix shapes or step counts.
 TRACEABLE = ("lr", "rho", "alpha_min", "alpha_max")
@@ -49,32 +50,38 @@ def make_train(config: ml_collections.ConfigDict, dataset: Dataset | None = None
     (e.g. the training objective over all clients' data, for a convergence-rate study).
     """
     validate(config)
+    distributed.start(config)
+    return build_train(config, dataset, metrics_fn)
+
+
+def build_train(config: ml_collections.ConfigDict, dataset: Dataset | None = None,
+                metrics_fn: Callable[[Any, Any], dict] | None = None) -> Callable[..., tuple[Any, dict]]:
+    """``make_train`` on a config its caller has validated (``fb.sweep`` validates its grid points itself)."""
     ds = dataset if dataset is not None else load_dataset(config.dataset, config.data_dir or None)
-    fedn = build_federation(config, ds)
-    fed, roster, model = fedn.fed, fedn.roster, fedn.model
-    rounds, every, group = config.rounds, config.eval_every, config.padded_group  # read once: later edits don't leak in
+    federation = build_federation(config, ds)
+    learner, roster, model = federation.learner, federation.roster, federation.model
+    rounds, every = config.rounds, config.eval_every  # read once: later edits don't leak in
     n, k = config.num_clients, config.clients_per_round
+    longest = int(roster.num_steps.max())
+    traced_backend(config, learner, longest)  # refuses an untraceable backend now, not when traced
     n_test = len(ds.y_test)
     evaluate = make_evaluate(model, n_test)
-    uplink = float(wire_bits(fed, fedn.variables["params"], fedn.variables.get("batch_stats", {}), k)["uplink_bits"])
+    variables = federation.variables
+    uplink = float(wire_sizes(learner, variables["params"], variables.get("batch_stats", {}), k)["uplink_bits"])
     sample = jnp.zeros((1,) + ds.input_shape, jnp.float32)
 
     def train(key: jax.Array, hparams: dict | None = None, data: tuple | None = None):
         unknown = set(hparams or {}) - set(TRACEABLE)
         if unknown:
             raise ConfigError(f"hparams {sorted(unknown)} cannot be traced; these can: {', '.join(TRACEABLE)}")
-        f = fed._replace(local=fed.local._replace(**(hparams or {})))
+        run_learner = learner._replace(local=learner.local._replace(**(hparams or {})))
         clients, test = data if data is not None else train.data
         variables = model.init(jax.random.fold_in(key, 0), sample)
-        server = f.server_init(variables["params"], variables.get("batch_stats", {}), n)
-        run_clients = padded(f, group).run
+        server = run_learner.server_init(variables["params"], variables.get("batch_stats", {}), n)
+        one_round = make_round(run_learner, roster, k, traced_backend(config, run_learner, longest), jit=False)
 
-        def one_round(server, r):
-            inputs = plan_round(key, r, roster, clients.index, k)
-            rows = jax.tree.map(lambda t: t[inputs.client], server.compressor_states)  # the cohort's K rows
-            agg, rows = run_clients(server.params, server.batch_stats, clients, inputs, rows)
-            table = jax.tree.map(lambda t, new: t.at[inputs.client].set(new), server.compressor_states, rows)
-            server, train_loss = f.server_update(server._replace(compressor_states=table), agg)
+        def round_and_metrics(server, r):
+            server, train_loss = one_round(server, clients, key, r)
             nan = jnp.float32(jnp.nan)
             loss, acc = jax.lax.cond((r % every == 0) | (r == rounds),
                                      lambda s: tuple(evaluate(s.params, s.batch_stats, test) / n_test),
@@ -83,7 +90,17 @@ def make_train(config: ml_collections.ConfigDict, dataset: Dataset | None = None
             return server, {"test_accuracy": acc, "test_loss": loss, "train_loss": train_loss,
                             "uplink_bits": jnp.float32(uplink), **extra}
 
-        return jax.lax.scan(one_round, server, jnp.arange(1, rounds + 1))
+        return jax.lax.scan(round_and_metrics, server, jnp.arange(1, rounds + 1))
 
-    train.data = (fedn.data, test_set(ds))
+    train.data = (federation.data, test_set(ds))
     return train
+
+
+def traced_backend(config: ml_collections.ConfigDict, learner: Learner, longest: int) -> Execution:
+    """The backend ``make_train`` traces: ``execution=auto`` is ``padded``; one that cannot be traced is refused."""
+    name = "padded" if config.execution == "auto" else config.execution
+    execution = BACKENDS[name](learner, config, longest)
+    if not execution.traceable:
+        raise ConfigError(f"make_train traces the whole run as one program, and execution={name} cannot be traced; "
+                          "use execution=auto or padded (or fb.run for the run loop's backends)")
+    return execution

@@ -40,7 +40,7 @@ UNREADABLE = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile)
 # Setting values that were renamed since config.json began ((field, old) -> new): an old run resumes.
 RENAMED_VALUES = {("lane_loop", "host"): "python"}
 # Leaf-name prefixes that were renamed since checkpoints began (old -> new): an old checkpoint still loads.
-_RENAMED = {"client_states/": "compressor_states/"}
+_RENAMED = {"client_states/": "client_table/compressor/", "compressor_states/": "client_table/compressor/"}
 
 
 # ---- checkpoints: leaves by tree path, written durably, checked on load ---------------------------------

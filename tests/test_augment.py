@@ -4,6 +4,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from fedbat_jax.augment import AUGMENTATIONS, crop_flip
 
@@ -25,6 +26,7 @@ def _explain(src: np.ndarray, out: np.ndarray, pad: int = 4):
     return None
 
 
+@pytest.mark.slow
 def test_each_output_is_a_padded_crop_maybe_flipped():
     x = _images()
     for fn in (crop_flip, jax.jit(crop_flip)):

@@ -72,7 +72,8 @@ class KBitTest(chex.TestCase):
         np.testing.assert_allclose(draws.mean(0), np.clip(u, -alpha, alpha), atol=5 * alpha / 3 / np.sqrt(20000))
         g = jax.random.normal(jax.random.PRNGKey(2), u.shape)
         k = jax.random.PRNGKey(4)
-        du, da = self.variant(jax.grad(lambda u, a: jnp.sum(g * quantize(u, a, k, bits)), (0, 1)))(u, jnp.float32(alpha))
+        grad = jax.grad(lambda u, a: jnp.sum(g * quantize(u, a, k, bits)), (0, 1))
+        du, da = self.variant(grad)(u, jnp.float32(alpha))
         x = np.asarray(u) / alpha
         v = np.asarray(quantize(u, alpha, k, bits)) / alpha
         np.testing.assert_allclose(du, np.asarray(g) * (np.abs(x) <= 1), rtol=1e-6)
@@ -137,7 +138,10 @@ class StepSizeTest(chex.TestCase):
         """``a`` receives ``rho * alpha * dL/dalpha`` (REFERENCE.md section 2)."""
         u = jax.random.normal(KEY, (50,)) * 0.01
         key, rho, a0 = jax.random.PRNGKey(9), 6.0, 0.008
-        loss = lambda alpha: jnp.sum(jnp.sin(binarize(u, alpha, key)))  # noqa: E731
+
+        def loss(alpha):
+            return jnp.sum(jnp.sin(binarize(u, alpha, key)))
+
         a = 0.02
         alpha = step_size(a, a0, rho, 5e-4, 5e-2)
         da = jax.grad(lambda a: loss(step_size(a, a0, rho, 5e-4, 5e-2)))(a)

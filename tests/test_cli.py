@@ -18,6 +18,7 @@ def run_cli(capsys, *args):
     return code, out, err
 
 
+@pytest.mark.slow
 def test_tiny_run_writes_metrics(tmp_path, capsys):
     code, out, err = run_cli(capsys, f"--workdir={tmp_path}", "--config=experiments/configs/mnist5k.py", *TINY)
     assert code == 0, err
@@ -125,6 +126,7 @@ def test_unusable_workdir_is_one_line_before_data_loads(tmp_path, capsys, kind):
     assert target.read_text() == "keep me"
 
 
+@pytest.mark.slow
 def test_divergence_is_one_line_exit_3_and_strict_json(tmp_path, capsys):
     args = [a for a in TINY if "rounds" not in a]
     code, _, err = run_cli(capsys, f"--workdir={tmp_path}", "--config=experiments/configs/mnist5k.py", *args,

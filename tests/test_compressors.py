@@ -11,7 +11,8 @@ import pytest
 
 import fedbat_jax as fb
 from conftest import tiny
-from fedbat_jax.bits import pack_levels, payload_bits, unpack_levels
+from fedbat_jax.packing import pack_levels, unpack_levels
+from fedbat_jax.payloads import payload_bits
 from fedbat_jax.compressors import (full_precision, running_sum, scaled_sign, stochastic_levels,
                                    with_error_feedback)
 
@@ -143,11 +144,12 @@ def test_payload_size_formula(make, per_value, per_tensor):
 
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("algorithm,bits,per_value", [("signsgd", 1, 1), ("ef_signsgd", 1, 1),
                                                        ("stoch_binary", 1, 1), ("qsgd", 4, 4), ("fedbat", 2, 2)])
 def test_every_algorithm_runs_and_reports_its_payload(algorithm, bits, per_value):
     exp = fb.build(tiny(algorithm, bits=bits, batch_size=128))
-    server, metrics = exp.round.run(exp.server, 1)
+    server, metrics = exp.run_round(exp.server, 1)
     assert np.isfinite(float(metrics["train_loss"]))
     params, stats = exp.server.params, exp.server.batch_stats
     kernels = [x.size for p, x in jax.tree_util.tree_leaves_with_path(params) if p[-1].key == "kernel"]
@@ -159,68 +161,76 @@ def test_every_algorithm_runs_and_reports_its_payload(algorithm, bits, per_value
     assert min(jax.tree.leaves(moved)) > 0
 
 
+@pytest.mark.slow
 def test_error_feedback_state_changes_only_for_sampled_clients():
     exp = fb.build(tiny("ef_signsgd", batch_size=128))
     n, k = exp.config.num_clients, exp.config.clients_per_round
-    server, _ = exp.round.run(exp.server, 1)
-    table = server.compressor_states["Conv_1"]["kernel"]
+    server, _ = exp.run_round(exp.server, 1)
+    table = server.client_table.compressor["Conv_1"]["kernel"]
     assert isinstance(table, np.ndarray)  # the N-row table stays in host memory; only K rows visit the devices
     residual = table.copy()  # [num_clients, ...] (the next round updates the table in place)
     touched = np.asarray(jnp.abs(residual).reshape(residual.shape[0], -1).max(1) > 0)
-    from fedbat_jax.round import cohort
+    from fedbat_jax.rounds import cohort
 
     np.testing.assert_array_equal(np.flatnonzero(touched), cohort(exp.config.seed, 1, n, k))
-    server2, _ = exp.round.run(server, 2)
+    server2, _ = exp.run_round(server, 2)
     again = cohort(exp.config.seed, 2, n, k)
     untouched = np.array([c for c in range(n) if c not in again])
-    np.testing.assert_array_equal(server2.compressor_states["Conv_1"]["kernel"][untouched], residual[untouched])
-    moved = np.abs(server2.compressor_states["Conv_1"]["kernel"] - residual).reshape(n, -1).max(1) > 0
+    np.testing.assert_array_equal(server2.client_table.compressor["Conv_1"]["kernel"][untouched], residual[untouched])
+    moved = np.abs(server2.client_table.compressor["Conv_1"]["kernel"] - residual).reshape(n, -1).max(1) > 0
     np.testing.assert_array_equal(np.flatnonzero(moved), again)
 
 
+@pytest.mark.slow
 def test_client_table_is_checkpointed_and_resumes_exactly(tmp_path):
     """The host-held table of EF residuals goes into the checkpoint; 2 rounds, then 2 more from it, equal 4."""
     straight = fb.run(tiny("ef_signsgd", rounds=4), tmp_path / "a")
     fb.run(tiny("ef_signsgd", rounds=2), tmp_path / "b")
     resumed = fb.run(tiny("ef_signsgd", rounds=4), tmp_path / "b", allow_change=["rounds"])
-    strip = lambda recs: [{k: v for k, v in r.items() if k != "round_seconds"} for r in recs]  # noqa: E731
+
+    def strip(recs):
+        return [{k: v for k, v in r.items() if k != "round_seconds"} for r in recs]
+
     assert strip(resumed) == strip(straight)
     from fedbat_jax.workdir import read_checkpoint
 
-    (_, a), (_, b) = read_checkpoint(tmp_path / "a" / "checkpoint.npz"), read_checkpoint(tmp_path / "b" / "checkpoint.npz")
-    assert a.keys() == b.keys() and any(k.startswith("compressor_states/") for k in a)
+    (_, a), (_, b) = (read_checkpoint(tmp_path / run / "checkpoint.npz") for run in ("a", "b"))
+    assert a.keys() == b.keys() and any(k.startswith("client_table/compressor/") for k in a)
     for name in a:
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["ef", "ef21"])
 def test_fedbat_with_error_feedback_sends_the_same_bits_as_fedbat(kind):
     plain = fb.build(tiny("fedbat", batch_size=128))
     fed = fb.build(tiny("fedbat", batch_size=128, error_feedback=kind))
-    _, m_plain = plain.round.run(plain.server, 1)
-    server, m = fed.round.run(fed.server, 1)
+    _, m_plain = plain.run_round(plain.server, 1)
+    server, m = fed.run_round(fed.server, 1)
     assert m["uplink_bits"] == m_plain["uplink_bits"]
-    state = np.asarray(server.compressor_states["Conv_1"]["kernel"])  # [num_clients, ...]
+    state = np.asarray(server.client_table.compressor["Conv_1"]["kernel"])  # [num_clients, ...]
     touched = np.flatnonzero(np.abs(state).reshape(state.shape[0], -1).max(1) > 0)
-    from fedbat_jax.round import cohort
+    from fedbat_jax.rounds import cohort
 
     np.testing.assert_array_equal(touched, cohort(0, 1, 8, 3))
 
 
+@pytest.mark.slow
 def test_ef21_server_estimate_is_the_federation_weighted_sum_of_client_estimates():
     exp = fb.build(tiny("signsgd", batch_size=128, error_feedback="ef21"))
-    server, _ = exp.round.run(exp.server, 1)
-    server, _ = exp.round.run(server, 2)
-    shares = exp.round.roster.weight / exp.round.roster.weight.sum()
+    server, _ = exp.run_round(exp.server, 1)
+    server, _ = exp.run_round(server, 2)
+    shares = exp.federation.roster.weight / exp.federation.roster.weight.sum()
     estimate = server.opt_state[0]  # (EF21's running sum, then the server optimizer's state)
     for name in ("Conv_1", "Dense_0"):
-        g = np.asarray(server.compressor_states[name]["kernel"], np.float64)
+        g = np.asarray(server.client_table.compressor[name]["kernel"], np.float64)
         expected = -np.tensordot(shares, g, axes=1)  # the running sum of the pseudo-gradient: -G
         np.testing.assert_allclose(estimate[name]["kernel"], expected, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_ef_signsgd_is_signsgd_with_ef_bit_for_bit():
     a, b = fb.build(tiny("ef_signsgd", batch_size=128)), fb.build(tiny("signsgd", batch_size=128, error_feedback="ef"))
-    (sa, ma), (sb, mb) = a.round.run(a.server, 1), b.round.run(b.server, 1)
+    (sa, ma), (sb, mb) = a.run_round(a.server, 1), b.run_round(b.server, 1)
     chex.assert_trees_all_equal(sa, sb)
     assert float(ma["train_loss"]) == float(mb["train_loss"]) and ma["uplink_bits"] == mb["uplink_bits"]

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from fedbat_jax.config import default_config, load_config, validate
+from fedbat_jax.cli import load_config
+from fedbat_jax.config import default_config, validate
 from fedbat_jax.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,6 +63,7 @@ def test_bad_argument_is_one_line():
     (["--config=CONFIG:raise"], "get_config() raised RuntimeError: no such setting"),
     (["--config=experiments/configs/convergence.py", "--bogus"], "unrecognized arguments: --bogus"),
 ])
+@pytest.mark.slow
 def test_cli_rejects_bad_arguments_and_configs_in_one_line(tmp_path, args, needle):
     config = tmp_path / "config.py"
     config.write_text("def get_config(arg=''):\n    if arg == 'raise':\n        raise RuntimeError('no such setting')\n"
@@ -75,7 +77,8 @@ def test_cli_rejects_bad_arguments_and_configs_in_one_line(tmp_path, args, needl
 
 
 def test_script_overrides_use_the_cli_syntax_and_refuse_bad_input(tmp_path):
-    from fedbat_jax.config import apply_overrides, default_config
+    from fedbat_jax.cli import apply_overrides
+    from fedbat_jax.config import default_config
 
     c = default_config()
     rest = apply_overrides(c, ["--config.lr=0.05", "--config.tensorboard=true", "--rounds", "3"])

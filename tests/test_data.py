@@ -221,7 +221,8 @@ def test_idx_content_checks(monkeypatch, tmp_path, case, expect):
     images = np.zeros((3, 28, 28) if case != "image_shape" else (3, 27, 28), np.uint8)
     labels = np.array([0, 12, 1] if case == "label_range" else [0, 1, 2][: 2 if case == "count" else 3], np.uint8)
     arrays = dict(zip(ds_mod.IDX_FILES, (images, labels, images, labels)))
-    digests = {f: hashlib.sha256(_write(tmp_path / f, _idx_bytes(a)).read_bytes()).hexdigest() for f, a in arrays.items()}
+    digests = {f: hashlib.sha256(_write(tmp_path / f, _idx_bytes(a)).read_bytes()).hexdigest()
+               for f, a in arrays.items()}
     monkeypatch.setitem(FILE_SHA256, "mnist", digests)
     with pytest.raises(DataError) as e:
         load_dataset("mnist", tmp_path)

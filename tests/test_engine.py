@@ -21,8 +21,8 @@ import fedbat_jax as fb
 from conftest import tiny
 from fedbat_jax.compressors import full_precision
 from fedbat_jax.errors import ConfigError
-from fedbat_jax.executions import absorb, empty_aggregate
-from fedbat_jax.federated import Client, ClientInput, Federated, make_roster
+from fedbat_jax.backends import finish
+from fedbat_jax.federated import Client, ClientInput, ClientRow, Learner, make_roster
 from fedbat_jax.local import LocalConfig, binarized_mask
 from fedbat_jax.whole_run import make_train
 
@@ -40,27 +40,32 @@ class Toy(nn.Module):
 def test_aggregate_is_the_weighted_sum_of_finished_clients(jit):
     """FedAvg on a toy model: two finished clients of three lanes (the third idle) against hand numbers."""
     params = {"Dense_0": {"kernel": jnp.ones((2, 2)), "bias": jnp.zeros(2)}}
-    fed = Federated(Toy(), binarized_mask(params, None), full_precision(), LocalConfig(0.1, 4), 1)
-    server = fed.server_init(params, {}, 3)
+    learner = Learner(Toy(), binarized_mask(params, None), full_precision(), LocalConfig(0.1, 4), 1)
+    server = learner.server_init(params, {}, 3)
     theta = [jax.tree.map(lambda w: w + d, params) for d in (1.0, 3.0, 100.0)]  # each client's trained weights
-    states = jax.vmap(fed.fresh_state, (None, None), axis_size=3)(params, {})
+    states = jax.vmap(learner.fresh_state, (None, None), axis_size=3)(params, {})
     stacked = jax.tree.map(lambda *x: jnp.stack(x), *theta)
     states = states._replace(theta=stacked, loss_sum=jnp.array([2.0, 4.0, 9.0]), seen=jnp.array([4.0, 8.0, 9.0]))
-    clients = Client(states, jnp.zeros((3, 1, 8), jnp.int32))
-    inputs = ClientInput(jnp.arange(3), jnp.arange(3), jnp.zeros((3, 8), jnp.int32), jnp.array([4, 8, 9]), jnp.ones(3, jnp.int32),
-                         jnp.zeros(3, jnp.int32), jnp.array([1 / 3, 2 / 3, 0.5]), jnp.array([0.1, 0.2, 0.7]), jax.random.split(jax.random.PRNGKey(0), 3),
+    clients = Client(states, jnp.zeros((3, 1, 8), jnp.int32), ())
+    inputs = ClientInput(jnp.arange(3), jnp.arange(3), jnp.zeros((3, 8), jnp.int32), jnp.array([4, 8, 9]),
+                         jnp.ones(3, jnp.int32), jnp.zeros(3, jnp.int32), jnp.array([1 / 3, 2 / 3, 0.5]),
+                         jnp.array([0.1, 0.2, 0.7]), jax.random.split(jax.random.PRNGKey(0), 3),
                          jnp.zeros(3, jnp.int32))
-    f = (lambda *a: absorb(fed, *a))
+    sent = learner.broadcast(server)
+
+    def f(acc, clients, inputs, done):
+        return finish(learner, sent, acc, ClientRow((), ()), clients, inputs, done)
+
     f = jax.jit(f) if jit else f
-    acc, _ = f(params, empty_aggregate(params, {}), (), clients, inputs, jnp.array([True, True, False]))
-    new, train_loss = fed.server_update(server, acc)
+    acc, _ = f(learner.empty_aggregate(sent), clients, inputs, jnp.array([True, True, False]))
+    new, train_loss = learner.server_update(server, acc)
     # w + 1/3 * 1 + 2/3 * 3 = w + 7/3; the idle lane (update 100) contributes nothing.
     chex.assert_trees_all_close(new.params, jax.tree.map(lambda w: w + 7 / 3, params), rtol=1e-6)
     assert float(train_loss) == pytest.approx(6.0 / 12.0)
 
 
 def test_roster_steps_warmup_and_weights():
-    roster = make_roster(np.array([64, 65, 10]), local_epochs=3, batch_size=64, phi=0.5, weighting="batches")
+    roster = make_roster(np.array([64, 65, 10]), local_epochs=3, batch_size=64, phi=0.5, aggregation_weights="batches")
     np.testing.assert_array_equal(roster.num_steps, [3, 6, 3])
     np.testing.assert_array_equal(roster.n_warm, [1, 3, 1])
     np.testing.assert_array_equal(roster.weight, [1, 2, 1])
@@ -68,14 +73,15 @@ def test_roster_steps_warmup_and_weights():
 
 def test_python_lane_loop_with_several_devices_is_refused_before_data_loads(monkeypatch):
     from fedbat_jax.config import validate
+    from fedbat_jax.distributed import start
 
     monkeypatch.setattr(jax, "device_count", lambda: 4)
     with pytest.raises(ConfigError, match="lane_loop=python runs on one device"):
-        validate(tiny(lane_loop="python"))
-    validate(tiny(lane_loop="python", num_devices=1))  # one of the four: fine
+        start(tiny(lane_loop="python"))
+    start(tiny(lane_loop="python", num_devices=1))  # one of the four: fine
     with pytest.raises(ConfigError, match="lane_loop=host is now called lane_loop=python"):
         validate(tiny(lane_loop="host"))
-    validate(tiny(lane_loop="scan"))
+    start(tiny(lane_loop="scan"))
 
 
 def _leaves_close(a, b, rtol, atol):
@@ -92,9 +98,12 @@ def test_one_lane_and_three_lanes_compute_the_same_round():
     runs = []
     for lanes in (1, 3):
         exp = fb.build(tiny("fedavg", model="logreg", lr=0.02, batch_size=128, execution="fused", lanes=lanes))
-        runs.append(exp.round.run(exp.server, 1))
+        runs.append(exp.run_round(exp.server, 1))
     w0 = exp.server.params
-    norm = lambda t: float(optax.tree.norm(t))  # noqa: E731
+
+    def norm(t):
+        return float(optax.tree.norm(t))
+
     a, b = runs[0][0].params, runs[1][0].params
     assert norm(jax.tree.map(jnp.subtract, a, b)) <= 1e-5 * norm(jax.tree.map(jnp.subtract, b, w0))
     assert float(runs[0][1]["train_loss"]) == pytest.approx(float(runs[1][1]["train_loss"]), rel=1e-6)
@@ -107,6 +116,7 @@ def pure_and_cli():
     return c, make_train(c), records
 
 
+@pytest.mark.slow
 def test_make_train_is_the_cli_run(pure_and_cli):
     c, train_fn, records = pure_and_cli
     server, metrics = jax.jit(train_fn)(jax.random.PRNGKey(c.seed))
@@ -118,6 +128,7 @@ def test_make_train_is_the_cli_run(pure_and_cli):
     np.testing.assert_allclose(metrics["test_accuracy"], [r["test_accuracy"] for r in records], atol=0.03)
 
 
+@pytest.mark.slow
 def test_the_padded_execution_in_the_run_loop_is_make_trains_round(pure_and_cli):
     c, train_fn, _ = pure_and_cli
     padded = c.copy_and_resolve_references()
@@ -128,6 +139,7 @@ def test_the_padded_execution_in_the_run_loop_is_make_trains_round(pure_and_cli)
     np.testing.assert_allclose([r["test_accuracy"] for r in records], metrics["test_accuracy"], atol=2e-3)
 
 
+@pytest.mark.slow
 def test_make_train_vmaps_seeds_and_a_float_setting(pure_and_cli):
     c, train_fn, _ = pure_and_cli
     keys = jnp.stack([jax.random.PRNGKey(c.seed), jax.random.PRNGKey(c.seed + 1)])
@@ -155,13 +167,13 @@ MULTI_DEVICE = textwrap.dedent("""
         lines = []
         records = fb.run(c, log=lines.append)
         exp = fb.build(c)
-        servers[n] = exp.round.run(exp.server, 1)[0]
+        servers[n] = exp.run_round(exp.server, 1)[0]
         out[n] = {"log": lines[0], "loss": records[0]["train_loss"], "test_loss": records[0]["test_loss"]}
     w0 = exp.server.params
     rel = lambda a, b, w: float(jnp.linalg.norm(a - b) / jnp.maximum(jnp.linalg.norm(b - w), 1e-12))
     out["params"] = [rel(a, b, w) for a, b, w in zip(*(jax.tree.leaves(t) for t in
                                                       (servers[4].params, servers[1].params, w0)))]
-    ef = [jax.tree.leaves(servers[n].compressor_states) for n in (4, 1)]
+    ef = [jax.tree.leaves(servers[n].client_table.compressor) for n in (4, 1)]
     out["ef"] = [rel(a, b, 0.0) for a, b in zip(*ef)]
     big = max(range(len(ef[0])), key=lambda i: ef[0][i].size)  # a kernel's residuals
     out["ef_rows"] = [[int(i) for i in jnp.flatnonzero(jnp.abs(x[big]).reshape(x[big].shape[0], -1).sum(1))]
@@ -170,6 +182,7 @@ MULTI_DEVICE = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_lanes_sharded_over_four_devices_match_one_device(xla_cache_env):
     """The same config on 4 (forced) CPU devices and on 1: same round up to rounding, the EF residuals of
     the sampled clients merged from the devices that trained them, and the mesh in the run's first line."""

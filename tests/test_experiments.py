@@ -14,28 +14,31 @@ import numpy as np
 import pytest
 
 import fedbat_jax as fb
-from fedbat_jax.config import load_config
+from fedbat_jax.cli import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_reduced_cifar10_round_is_reproducible(shared_data):
     if not (shared_data / "cifar10" / "cifar10_test.npz").is_file():
         pytest.skip("no CIFAR-10 npz in shared/data")
     c = load_config(f"{ROOT / 'experiments' / 'configs' / 'paper.py'}:cifar10:dirichlet,reduced")
     c.update(data_dir=str(shared_data), num_clients=40, clients_per_round=2, local_epochs=1, model_width=8)
     exp = fb.build(c)
-    assert exp.round.fed.local.augment == "crop_flip" and "partial train set" in exp.dataset.note
-    a, ma = exp.round.run(exp.server, 1)
-    b, mb = exp.round.run(exp.server, 1)  # same (seed, round): same cohort, shuffles, crops, flips and draws
+    assert exp.federation.learner.local.augment == "crop_flip" and "partial train set" in exp.dataset.note
+    a, ma = exp.run_round(exp.server, 1)
+    b, mb = exp.run_round(exp.server, 1)  # same (seed, round): same cohort, shuffles, crops, flips and draws
     assert all(bool(jnp.array_equal(x, y)) for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)))
     assert float(ma["train_loss"]) == float(mb["train_loss"]) and np.isfinite(float(ma["train_loss"]))
-    moved = [not bool(jnp.array_equal(x, y)) for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(exp.server.params))]
+    moved = [not bool(jnp.array_equal(x, y))
+             for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(exp.server.params))]
     assert all(moved)
     loss, acc = exp.evaluate(a)
     assert np.isfinite(loss) and 0.0 <= acc <= 1.0
 
 
+@pytest.mark.slow
 def test_study_writes_table_csv_and_plots(tmp_path):
     out = tmp_path / "res"
     cmd = [sys.executable, "experiments/study.py", "--config", "experiments/configs/mnist5k.py", "--partitions",
@@ -56,6 +59,7 @@ def test_study_writes_table_csv_and_plots(tmp_path):
     assert "| mnist5k | iid | fedavg | 1 | " in md  # the per-cell table: one seed
 
 
+@pytest.mark.slow
 def test_study_vmapped_seeds_equal_the_runs_one_by_one(tmp_path):
     """--vmap-seeds: each cell's seeds as one make_train program, the same numbers as the CLI runs."""
     common = ["--config", "experiments/configs/mnist5k.py", "--partitions", "iid", "--algorithms", "fedbat",
@@ -79,6 +83,7 @@ def test_study_bad_field_is_one_line(tmp_path):
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "nope" in done.stderr
 
 
+@pytest.mark.slow
 def test_gpu_check_runs_at_tiny_sizes(tmp_path, xla_cache_env):
     """The prepared GPU script, on the CPU at tiny sizes, so that it cannot rot before a GPU is at hand."""
     out = tmp_path / "bench_gpu.json"
@@ -98,6 +103,7 @@ def test_gpu_check_runs_at_tiny_sizes(tmp_path, xla_cache_env):
     assert report["resnet10_round"]["samples_per_s"] > 0 and report["resnet10_round"]["width"] == 4
 
 
+@pytest.mark.slow
 def test_convergence_study_quick(tmp_path, xla_cache_env):
     out = tmp_path / "conv"
     done = subprocess.run([sys.executable, "experiments/convergence.py", "--quick", "--partitions=iid",
@@ -150,6 +156,7 @@ def test_convergence_slope_fit_and_optimum():
     ("scale.py", ["--layouts=2", "--executions=host", "--clients=2"], "--layouts takes PROCESSESxDEVICES items"),
     ("scale.py", ["--layouts=0x1", "--executions=host", "--clients=2"], "--layouts takes PROCESSESxDEVICES items"),
 ])
+@pytest.mark.slow
 def test_every_script_fails_in_one_line_like_the_cli(tmp_path, script, args, needle):
     config = tmp_path / "config.py"
     config.write_text("def get_config(arg=''):\n    raise RuntimeError('no such setting')\n")
@@ -161,6 +168,7 @@ def test_every_script_fails_in_one_line_like_the_cli(tmp_path, script, args, nee
     assert done.stderr.count("\n") == 1 and needle in done.stderr and "Traceback" not in done.stderr, done.stderr
 
 
+@pytest.mark.slow
 def test_scripts_help_exits_0():
     for script in ("convergence.py", "study.py", "bench.py", "compare.py"):
         done = subprocess.run([sys.executable, f"experiments/{script}", "--help"], cwd=ROOT, capture_output=True,

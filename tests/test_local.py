@@ -9,7 +9,7 @@ import numpy as np
 from fedbat_jax.binarization import warmup_steps
 from fedbat_jax.local import (
     ALPHA0_INIT,
-    ClientData,
+    FederatedData,
     LocalConfig,
     batch_at,
     binarized_mask,
@@ -39,7 +39,7 @@ def _data(n=50, shape=(28, 28, 1), batch=8, seed=0):
     labels = rng.integers(0, 10, n).astype(np.int32)
     index = np.zeros((1, n + batch), np.int32)
     index[0, :n] = np.arange(n)
-    return ClientData(jnp.asarray(images), jnp.asarray(labels), jnp.asarray(index), jnp.asarray([n], jnp.int32),
+    return FederatedData(jnp.asarray(images), jnp.asarray(labels), jnp.asarray(index), jnp.asarray([n], jnp.int32),
                       jnp.zeros(shape[-1]), jnp.ones(shape[-1]))
 
 
@@ -56,7 +56,10 @@ def test_any_model_and_any_predicate():
     model = MLP()
     variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))
     params = variables["params"]
-    only_first = lambda path, leaf: jax.tree_util.keystr(path) == "['Dense_0']['kernel']"  # noqa: E731
+
+    def only_first(path, leaf):
+        return jax.tree_util.keystr(path) == "['Dense_0']['kernel']"
+
     mask = binarized_mask(params, only_first)
     cfg = LocalConfig(lr=0.1, batch_size=8)
     step = jax.jit(make_local_step(model, mask, cfg))
@@ -151,6 +154,9 @@ def test_augmentation_in_the_step_is_keyed():
     aug = one_step("crop_flip", jax.random.PRNGKey(5))
     again = one_step("crop_flip", jax.random.PRNGKey(5))
     other = one_step("crop_flip", jax.random.PRNGKey(6))
-    same = lambda a, b: all(bool(jnp.array_equal(x, y)) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))  # noqa: E731
+
+    def same(a, b):
+        return all(bool(jnp.array_equal(x, y)) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
     assert same(plain, one_step("none", jax.random.PRNGKey(6)))  # without augmentation the key is unused in warm-up
     assert same(aug, again) and not same(aug, plain) and not same(aug, other)

@@ -44,6 +44,7 @@ def test_resnet10_every_conv_shortcut_and_dense_kernel_is_binarized():
     assert len(jax.tree.leaves(v["batch_stats"])) == 2 * (1 + 4 * 2 + 3)
 
 
+@pytest.mark.slow
 def test_resnet10_forward_and_width():
     model = make_model("resnet10", 10, width=8)
     x = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))

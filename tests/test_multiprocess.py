@@ -69,6 +69,7 @@ def launched(tmp_path_factory):
     return get
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("algorithm", ["fedbat", "ef_signsgd"])
 def test_two_processes_equal_one_process(launched, tmp_path, algorithm):
     workdir, out = launched(algorithm)
@@ -101,6 +102,7 @@ def _pid_of(workdir: Path, process_id: int) -> int | None:
     return None
 
 
+@pytest.mark.slow
 def test_killed_process_stops_the_job_and_the_same_command_resumes(launched, tmp_path):
     rounds = ROUNDS
     reference, _ = launched("fedbat")
@@ -133,6 +135,7 @@ def test_killed_process_stops_the_job_and_the_same_command_resumes(launched, tmp
     assert_same_numbers(metrics(workdir), metrics(reference), rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_launcher_bad_arguments_are_one_line(tmp_path):
     for args, expected in [(["--processes", "2"], "put the run's arguments after --"),
                            (["--processes", "0", "--", f"--workdir={tmp_path}"], "--processes must be >= 1"),
@@ -146,6 +149,7 @@ def test_launcher_bad_arguments_are_one_line(tmp_path):
         assert out.stderr.strip().count("\n") == 0 and expected in out.stderr, out.stderr
 
 
+@pytest.mark.slow
 def test_a_failing_process_is_named_and_the_job_stops(tmp_path):
     """A bad setting fails in every process; the launcher reports one of them and returns its status."""
     out = subprocess.run([sys.executable, "-m", "fedbat_jax.launch", "--processes", "2", "--",
@@ -165,12 +169,12 @@ from conftest import subprocess_env, tiny
 c = tiny("fedbat", model="logreg", lr=0.02, batch_size=128)
 c.coordinator_address, c.num_processes, c.process_id = sys.argv[1], 2, int(sys.argv[2])
 records = fb.sweep(c, [0, 1], grid={"lr": [0.01, 0.02, 0.05, 0.1]})
-print("RESULT " + json.dumps({"devices": jax.device_count(), "processes": jax.process_count(),
-                              "runs": [[r["seed"], r["settings"]["lr"], {k: v.tolist() for k, v in r["metrics"].items()}]
-                                       for r in records]}))
+runs = [[r["seed"], r["settings"]["lr"], {k: v.tolist() for k, v in r["metrics"].items()}] for r in records]
+print("RESULT " + json.dumps({"devices": jax.device_count(), "processes": jax.process_count(), "runs": runs}))
 """
 
 
+@pytest.mark.slow
 def test_a_sweep_spans_the_devices_of_two_processes():
     """fb.sweep in a 2-process x 2-device job: 8 runs over 4 devices; every process gets every record, each
     equal to its run by make_train alone."""

@@ -5,10 +5,12 @@ from pathlib import Path
 
 import nbclient
 import nbformat
+import pytest
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "tour.ipynb"
 
 
+@pytest.mark.slow
 def test_tour_notebook_executes(tmp_path, xla_cache_env, monkeypatch):
     for name, value in xla_cache_env.items():  # the kernel inherits the persistent XLA cache and fast compiles
         monkeypatch.setenv(name, value)

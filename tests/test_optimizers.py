@@ -9,8 +9,8 @@ import pytest
 
 import fedbat_jax as fb
 from fedbat_jax.compressors import full_precision
-from fedbat_jax.federated import Aggregate, Federated, ServerState, plan_round, make_roster
-from fedbat_jax.local import (ClientData, LocalConfig, binarized_mask, client_update, default_binarize_predicate,
+from fedbat_jax.federated import Aggregate, Learner, ServerState, plan_round, make_roster
+from fedbat_jax.local import (FederatedData, LocalConfig, binarized_mask, client_update, default_binarize_predicate,
                               epoch_orders, init_client, make_local_step)
 from fedbat_jax.optimizers import learning_rate, server_optimizer
 from fedbat_jax.workdir import leaf_names, read_checkpoint
@@ -29,8 +29,9 @@ def _client(cfg: LocalConfig, steps: int):
     params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 4, 4, 1)))["params"]
     mask = binarized_mask(params, lambda p, x: jax.tree_util.keystr(p) == "['Dense_0']['kernel']")
     rng = np.random.default_rng(0)
-    data = ClientData(jnp.asarray(rng.integers(0, 255, (16, 4, 4, 1)), jnp.uint8), jnp.asarray(rng.integers(0, 3, 16)),
-                      jnp.arange(24, dtype=jnp.int32)[None] % 16, jnp.array([16]), jnp.zeros(1), jnp.ones(1))
+    data = FederatedData(jnp.asarray(rng.integers(0, 255, (16, 4, 4, 1)), jnp.uint8),
+                         jnp.asarray(rng.integers(0, 3, 16)),
+                         jnp.arange(24, dtype=jnp.int32)[None] % 16, jnp.array([16]), jnp.zeros(1), jnp.ones(1))
     orders = epoch_orders(jax.random.PRNGKey(1), data.index[0], data.sizes[0], steps)
     step = jax.jit(make_local_step(model, mask, cfg))
     states = [init_client(params, {}, mask, cfg)]
@@ -39,6 +40,7 @@ def _client(cfg: LocalConfig, steps: int):
     return params, states
 
 
+@pytest.mark.slow
 def test_momentum_and_weight_decay_against_hand_computation():
     lr, beta, wd = 0.1, 0.9, 0.01
     params, plain = _client(LocalConfig(lr=lr, batch_size=8), 2)
@@ -72,11 +74,13 @@ def test_schedules():
 
 def _server_step(name, deltas, lr=0.5, b1=0.9, b2=0.99, eps=1e-3):
     params = {"w": jnp.array([1.0, -2.0])}
-    fed = Federated(None, None, full_precision(), LocalConfig(0.1, 4), 1, server_optimizer(name, lr, b1, b2, eps))
-    server = ServerState(params, {}, (), fed.server_optimizer.init(params))
+    c = fb.default_config()
+    c.update(server_optimizer=name, server_lr=lr, server_b1=b1, server_b2=b2, server_eps=eps)
+    learner = Learner(None, None, full_precision(), LocalConfig(0.1, 4), 1, server_optimizer(c))
+    server = ServerState(params, {}, (), learner.server_optimizer.init(params))
     for d in deltas:
-        agg = Aggregate({"w": jnp.asarray(d)}, {}, jnp.float32(0), jnp.float32(1))
-        server, _ = jax.jit(fed.server_update)(server, agg)
+        agg = Aggregate({"w": jnp.asarray(d)}, {}, jnp.float32(0), jnp.float32(1), ())
+        server, _ = jax.jit(learner.server_update)(server, agg)
     return np.asarray(server.params["w"])
 
 
@@ -97,6 +101,14 @@ def test_server_optimizers_against_hand_computation():
         m, v = 0.9 * m + 0.1 * g, 0.99 * v + 0.01 * g * g
         w = w - 0.5 * (m / (1 - 0.9**t)) / (np.sqrt(v / (1 - 0.99**t)) + 1e-3)
     np.testing.assert_allclose(_server_step("adam", [d1, d2]), w, rtol=1e-5)
+    # FedYogi (optax's yogi: moments start at 1e-6, v -= (1 - b2) sign(v - g^2) g^2, both bias-corrected).
+    m = v = np.full(2, 1e-6)
+    w = w0.astype(np.float64)
+    for t, d in enumerate([d1, d2], 1):
+        g = -d.astype(np.float64)
+        m, v = 0.9 * m + 0.1 * g, v - 0.01 * np.sign(v - g * g) * g * g
+        w = w - 0.5 * (m / (1 - 0.9**t)) / (np.sqrt(v / (1 - 0.99**t)) + 1e-3)
+    np.testing.assert_allclose(_server_step("yogi", [d1, d2]), w, rtol=1e-5)
 
 
 def test_alpha_rule_max_abs_is_the_largest_latent_value():
@@ -115,6 +127,7 @@ def test_logreg_binarizes_its_weight_matrix_through_the_predicate():
     assert mask == {"Dense_0": {"kernel": True, "bias": False}}
 
 
+@pytest.mark.slow
 def test_resume_is_exact_with_server_optimizer_state(tmp_path):
     c = fb.default_config()
     c.update(dataset="mnist5k", model="logreg", num_clients=4, clients_per_round=2, rounds=3, local_epochs=1,
@@ -135,7 +148,7 @@ def test_resume_is_exact_with_server_optimizer_state(tmp_path):
 def test_alpha_bounds_follow_the_learning_rate():
     from fedbat_jax.local import step_sizes
 
-    cfg = LocalConfig(lr=0.1, batch_size=8, schedule="inverse_time", beta=2.0, gamma=4.0, alpha_bounds="lr")
+    cfg = LocalConfig(lr=0.1, batch_size=8, lr_schedule="inverse_time", lr_beta=2.0, lr_gamma=4.0, alpha_bounds="lr")
     assert cfg.bounds_scale(cfg.lr_at(12, 1)) == pytest.approx((2.0 / 16) / (2.0 / 4))
     assert LocalConfig(lr=0.1, batch_size=8).bounds_scale(0.01) == 1.0  # the paper's fixed bounds
     a = {"k": jnp.float32(10.0)}  # exp(rho a) huge: alpha clips at the (scaled) upper bound

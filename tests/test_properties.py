@@ -10,7 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fedbat_jax.bits import pack_levels, payload_bits, unpack_levels
+from fedbat_jax.packing import pack_levels, unpack_levels
+from fedbat_jax.payloads import payload_bits
 from fedbat_jax.compressors import full_precision, scaled_sign, stochastic_levels, with_error_feedback
 from fedbat_jax.data import partition
 from fedbat_jax.errors import ConfigError
@@ -19,6 +20,7 @@ SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[Healt
 shapes = st.lists(st.integers(1, 9), min_size=0, max_size=3).map(tuple)
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(shape=shapes, bits=st.sampled_from([1, 2, 4, 8]), seed=st.integers(0, 2**31 - 1))
 def test_packing_levels_round_trips_in_the_fewest_bytes(shape, bits, seed):
@@ -62,34 +64,45 @@ def test_payload_size_is_the_formula_and_decodes_to_the_model_shape(model, kind,
     assert jax.tree.map(lambda x: x.shape, decoded) == jax.tree.map(lambda x: x.shape, template)
 
 
-@SETTINGS
-@given(n=st.integers(40, 300), classes=st.integers(2, 10), clients=st.integers(1, 8),
-       method=st.sampled_from(["iid", "dirichlet", "label_count"]), labels=st.integers(1, 4),
-       beta=st.floats(0.3, 5.0), seed=st.integers(0, 2**32 - 1), data_seed=st.integers(0, 1000))
-def test_partitions_are_disjoint_complete_deterministic_and_respect_their_rule(n, classes, clients, method, labels,
-                                                                              beta, seed, data_seed):
-    rng = np.random.default_rng(data_seed)
-    y = rng.integers(0, classes, n)
-    x = rng.integers(0, 255, (n, 3), dtype=np.uint8)
-    kwargs = dict(seed=seed, dirichlet_beta=beta, labels_per_client=labels, min_size=1)
-    try:
-        parts = partition(x, y, clients, method, **kwargs)
-    except ConfigError:  # an infeasible combination is refused with a message, never a wrong split
-        return
-    assert len(parts) == clients
-    merged = np.concatenate(parts)
-    assert np.array_equal(np.sort(merged), np.arange(n))  # every sample exactly once
-    assert all(len(p) >= 1 and np.all(np.diff(p) > 0) for p in parts)
-    again = partition(x, y, clients, method, **kwargs)
-    assert all(np.array_equal(a, b) for a, b in zip(parts, again))
-    if method == "iid":
-        assert max(map(len, parts)) - min(map(len, parts)) <= 1
-    if method == "label_count":
-        assert all(len(np.unique(y[p])) <= labels for p in parts)
-    # The split depends on the samples' content, not on their order in the arrays.
-    perm = rng.permutation(n)
-    shuffled = partition(x[perm], y[perm], clients, method, **kwargs)
-    assert sorted(map(tuple, (np.sort(perm[p]) for p in shuffled))) == sorted(map(tuple, parts))
+def test_partitions_are_disjoint_complete_deterministic_and_respect_their_rule():
+    """Over random draws: every split is checked; an infeasible combination is refused with a one-line message,
+    never a wrong split, and most draws (at least 60%) must be feasible, so the property is not vacuous."""
+    checked, refused = [], []
+
+    @SETTINGS
+    @given(n=st.integers(40, 300), classes=st.integers(2, 8), clients=st.integers(1, 8),
+           method=st.sampled_from(["iid", "dirichlet", "label_count"]), labels=st.integers(2, 5),
+           beta=st.floats(0.3, 5.0), seed=st.integers(0, 2**32 - 1), data_seed=st.integers(0, 1000))
+    def check(n, classes, clients, method, labels, beta, seed, data_seed):
+        rng = np.random.default_rng(data_seed)
+        y = rng.integers(0, classes, n)
+        x = rng.integers(0, 255, (n, 3), dtype=np.uint8)
+        kwargs = dict(seed=seed, dirichlet_beta=beta, labels_per_client=labels, min_size=1)
+        try:
+            parts = partition(x, y, clients, method, **kwargs)
+        except ConfigError as e:
+            assert str(e) and "\n" not in str(e)
+            refused.append(method)
+            return
+        checked.append(method)
+        assert len(parts) == clients
+        merged = np.concatenate(parts)
+        assert np.array_equal(np.sort(merged), np.arange(n))  # every sample exactly once
+        assert all(len(p) >= 1 and np.all(np.diff(p) > 0) for p in parts)
+        again = partition(x, y, clients, method, **kwargs)
+        assert all(np.array_equal(a, b) for a, b in zip(parts, again))
+        if method == "iid":
+            assert max(map(len, parts)) - min(map(len, parts)) <= 1
+        if method == "label_count":
+            assert all(len(np.unique(y[p])) <= labels for p in parts)
+        # The split depends on the samples' content, not on their order in the arrays.
+        perm = rng.permutation(n)
+        shuffled = partition(x[perm], y[perm], clients, method, **kwargs)
+        assert sorted(map(tuple, (np.sort(perm[p]) for p in shuffled))) == sorted(map(tuple, parts))
+
+    check()
+    assert len(checked) >= 0.6 * (len(checked) + len(refused)), (len(checked), len(refused))
+    assert set(checked) == {"iid", "dirichlet", "label_count"}
 
 
 @pytest.mark.parametrize("bits", [1, 2, 4, 8])

@@ -10,10 +10,10 @@ import pytest
 
 import fedbat_jax as fb
 from conftest import tiny
-from fedbat_jax.bits import payload_bits
+from fedbat_jax.payloads import Dense, Levels, is_payload, payload_bits
 
-from fedbat_jax.executions import pack_lanes
-from fedbat_jax.round import cohort
+from fedbat_jax.backends.fused import pack_lanes
+from fedbat_jax.rounds import cohort
 
 
 
@@ -34,39 +34,43 @@ def test_bits_per_round_follow_the_formula(fedbat_exp):
     stats = sum(x.size for x in jax.tree.leaves(fedbat_exp.server.batch_stats))
     assert sum(kernels) == 389_920 and others == 960 and stats == 960  # REFERENCE.md section 3
     k = 3
-    bits = fedbat_exp.round.bits
+    bits = fedbat_exp.wire
     assert bits["uplink_bits"] == k * (sum(kernels) + 32 * len(kernels) + 32 * (others + stats))
     assert bits["downlink_bits"] == k * 32 * (sum(kernels) + others + stats)
-    fedavg = fb.build(tiny("fedavg")).round.bits
+    fedavg = fb.build(tiny("fedavg")).wire
     assert fedavg["uplink_bits"] == k * 32 * (sum(kernels) + others + stats)
     assert fedavg["uplink_bits"] / bits["uplink_bits"] > 27  # about 30x smaller uplink
 
 
+@pytest.mark.slow
 def test_payload_round_trip(fedbat_exp):
-    rnd = fedbat_exp.round
+    learner = fedbat_exp.federation.learner
     params = fedbat_exp.server.params
     update = jax.tree.map(lambda x: jax.random.normal(jax.random.PRNGKey(x.size), x.shape) * 0.01, params)
     scales = jax.tree.map(lambda x: jnp.float32(0.007), params)
-    payload, _ = rnd.fed.compressor.encode(update, scales, (), jax.random.PRNGKey(0))
-    decoded = rnd.fed.compressor.decode(payload)
+    payload, _ = learner.compressor.encode(update, scales, (), jax.random.PRNGKey(0))
+    decoded = learner.compressor.decode(payload)
     for path, m in jax.tree_util.tree_leaves_with_path(decoded):
         if path[-1].key == "kernel":
             np.testing.assert_allclose(np.abs(np.asarray(m)), np.float32(0.007))
     conv = decoded["BatchNorm_0"]["scale"]
     np.testing.assert_array_equal(conv, update["BatchNorm_0"]["scale"])  # full precision leaves exact
     payload_size = payload_bits(payload)
-    assert payload_size == sum(p["levels"].size * 8 + 32 if "levels" in p else p["values"].size * 32
-                               for p in jax.tree.leaves(payload, is_leaf=lambda p: isinstance(p, dict) and ("levels" in p or "values" in p)))
+    kinds = jax.tree.leaves(payload, is_leaf=is_payload)
+    assert {type(p) for p in kinds} == {Levels, Dense}
+    assert payload_size == sum(p.levels.size * 8 + 32 if isinstance(p, Levels) else p.values.size * 32 for p in kinds)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("algorithm", ["fedavg", "fedbat"])
 def test_round_trains_and_is_deterministic(algorithm):
     exp = fb.build(tiny(algorithm))
-    s1, m1 = exp.round.run(exp.server, 1)
-    s2, m2 = exp.round.run(exp.server, 1)
+    s1, m1 = exp.run_round(exp.server, 1)
+    s2, m2 = exp.run_round(exp.server, 1)
     _leaves_close(s1.params, s2.params, rtol=0, atol=0)  # same config and seed, same numbers
     assert np.isfinite(float(m1["train_loss"]))
-    moved = [float(jnp.abs(a - b).max()) for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(exp.server.params))]
+    moved = [float(jnp.abs(a - b).max())
+             for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(exp.server.params))]
     assert min(moved) > 0  # every leaf was updated
     if algorithm == "fedbat":  # binarized leaves move by a weighted average of +-alpha
         d = s1.params["Conv_2"]["kernel"] - exp.server.params["Conv_2"]["kernel"]
@@ -76,18 +80,19 @@ def test_round_trains_and_is_deterministic(algorithm):
 def _relative_update_error(exp_a, exp_b, r=1):
     """Per leaf, |update_a - update_b| / |update_b| of the global model after round r."""
     w0 = exp_b.server.params
-    pa, pb = exp_a.round.run(exp_a.server, r)[0].params, exp_b.round.run(exp_b.server, r)[0].params
+    pa, pb = exp_a.run_round(exp_a.server, r)[0].params, exp_b.run_round(exp_b.server, r)[0].params
     return [float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b - w)) for a, b, w in
             zip(jax.tree.leaves(pa), jax.tree.leaves(pb), jax.tree.leaves(w0))]
 
 
+@pytest.mark.slow
 def test_host_threads_and_fused_lanes_agree():
     """The executions compute the same round. Threads change nothing; the fused program (vmapped,
     in a scan) rounds differently, and training amplifies rounding-level differences quickly, so it
     must agree to a small fraction of the update (a wrong client, step or reset would be O(1))."""
     host = fb.build(tiny("fedavg", batch_size=128))
     threaded = fb.build(tiny("fedavg", batch_size=128, client_threads=2))
-    _leaves_close(threaded.round.run(threaded.server, 1)[0].params, host.round.run(host.server, 1)[0].params,
+    _leaves_close(threaded.run_round(threaded.server, 1)[0].params, host.run_round(host.server, 1)[0].params,
                   rtol=0, atol=0)
     # FedBAT with phi = 1 trains in full precision, as FedAvg does, and binarizes only the upload, whose
     # stochastic signs amplify such differences further.
@@ -99,17 +104,17 @@ def test_host_threads_and_fused_lanes_agree():
     assert max(errors) < 0.3 and np.median(errors) < 0.05, errors
 
 
+@pytest.mark.slow
 def test_no_retrace_across_rounds(fedbat_exp):
     """After round 1 compiled everything, later rounds trace nothing (JAX reports every trace it makes)."""
     import jax.monitoring
 
-    rnd, server = fedbat_exp.round, fedbat_exp.server
-    server, _ = rnd.run(server, 1)
+    server, _ = fedbat_exp.run_round(fedbat_exp.server, 1)
     traces = []
     jax.monitoring.register_event_duration_secs_listener(
         lambda event, seconds, **kw: traces.append(event) if event.endswith("jaxpr_trace_duration") else None)
     for r in range(2, 4):
-        server, m = rnd.run(server, r)
+        server, m = fedbat_exp.run_round(server, r)
         jax.block_until_ready(m["train_loss"])
     assert traces == []
 
@@ -138,6 +143,7 @@ def test_pack_lanes_covers_every_step_once():
     assert sched.shape[1] * sched.shape[2] < 0.6 * k * steps.max()  # far less than padding all to the max
 
 
+@pytest.mark.slow
 def test_run_writes_metrics_and_resumes_exactly(tmp_path):
     full = fb.run(tiny(rounds=3, checkpoint_every=1), tmp_path / "a")
     part = fb.run(tiny(rounds=2, checkpoint_every=1), tmp_path / "b")

@@ -45,6 +45,7 @@ FOUR_DEVICES = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_sweep_over_four_devices_is_the_runs_one_by_one(xla_cache_env):
     """8 runs (2 seeds x 4 lr) split 2 a device over 4 forced CPU devices, and 3 runs padded to 4: each
     record equals ``jax.jit(make_train(cfg))(PRNGKey(seed), {"lr": v})`` to rounding, in seed-major order."""
@@ -57,7 +58,10 @@ def test_sweep_over_four_devices_is_the_runs_one_by_one(xla_cache_env):
     assert out["devices"] == out["mesh"] == out["shard_devices"] == 4
     assert out["spec"] == ["runs"] and out["shards"] == [[2, 2]] * 4
     params = {name: shape for shape, name in out["params"]}  # the parameters of the program each device runs
-    shape = lambda prefix: next(s for name, s in params.items() if name.startswith(prefix))  # noqa: E731
+
+    def shape(prefix):
+        return next(s for name, s in params.items() if name.startswith(prefix))
+
     assert shape("keys").startswith("u32[2,2]") and shape("hparams").startswith("f32[2]")  # 2 runs of 8 a device
     assert shape("data[0].images").startswith("u8[4000,")  # the data: an argument, whole on every device
     lrs = [0.01, 0.02, 0.05, 0.1]
@@ -69,6 +73,7 @@ def test_sweep_over_four_devices_is_the_runs_one_by_one(xla_cache_env):
             np.testing.assert_allclose(swept, alone, rtol=1e-4, atol=1e-6, err_msg=f"{name} seed {seed} {settings}")
 
 
+@pytest.mark.slow
 def test_records_seed_major_with_settings_dataset_and_metrics_fn(monkeypatch):
     """One device: the records' order, settings and metrics; ``dataset`` and ``metrics_fn`` reach make_train."""
     from fedbat_jax import whole_run
@@ -77,7 +82,10 @@ def test_records_seed_major_with_settings_dataset_and_metrics_fn(monkeypatch):
     c = tiny("fedbat", model="logreg", lr=0.02, batch_size=128)
     ds = load_dataset(c.dataset)
     monkeypatch.setattr(whole_run, "load_dataset", lambda *a: pytest.fail("the dataset given was not used"))
-    norm = lambda server, clients: {"norm": sum(jnp.sum(w * w) for w in jax.tree.leaves(server.params))}  # noqa: E731
+
+    def norm(server, clients):
+        return {"norm": sum(jnp.sum(w * w) for w in jax.tree.leaves(server.params))}
+
     records = fb.sweep(c, [3, 4], grid={"lr": [0.02, 0.05], "rho": (6.0,)}, dataset=ds, metrics_fn=norm)
     assert [(r["seed"], r["settings"]) for r in records] == [(s, {"lr": v, "rho": 6.0}) for s in (3, 4)
                                                             for v in (0.02, 0.05)]
@@ -106,7 +114,7 @@ def test_records_seed_major_with_settings_dataset_and_metrics_fn(monkeypatch):
     ([0], [("lr", [0.1])], "grid must be a dict"),
 ])
 def test_bad_seeds_or_grid_is_one_line_before_anything_is_built(monkeypatch, seeds, grid, needle):
-    monkeypatch.setattr(sweeps, "make_train", lambda *a, **k: pytest.fail("built before the grid was checked"))
+    monkeypatch.setattr(sweeps, "build_train", lambda *a, **k: pytest.fail("built before the grid was checked"))
     with pytest.raises(ConfigError) as e:
         fb.sweep(tiny(), seeds, grid)
     assert needle in str(e.value) and "\n" not in str(e.value)

@@ -20,7 +20,7 @@ import pytest
 import fedbat_jax as fb
 from conftest import tiny
 from fedbat_jax.errors import ConfigError, DivergenceError, WorkdirError
-from fedbat_jax.round import Round
+from fedbat_jax import runner
 from fedbat_jax.workdir import Workdir, read_checkpoint, restore_tree, save_checkpoint, strict_json
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,6 +66,7 @@ def workdir(finished, tmp_path):
     (dict(rounds=1), "has completed 2 rounds; rounds must be >= 2"),
     (dict(rounds=4), "(rounds 2 -> 4); use a new --workdir, or add --allow_change=rounds to continue"),
 ])
+@pytest.mark.slow
 def test_a_resume_with_other_settings_is_refused_and_writes_nothing(workdir, change, needle):
     before = snapshot(workdir)
     with pytest.raises(WorkdirError) as e:
@@ -79,6 +80,7 @@ def test_settings_that_do_not_change_numbers_resume_freely(workdir, finished):
     assert results(records) == results(finished[1])
 
 
+@pytest.mark.slow
 def test_an_allowed_change_extends_the_run(workdir, finished, tmp_path):
     records = fb.run(tiny(rounds=3), workdir, allow_change=["rounds"])
     straight = fb.run(tiny(rounds=3), tmp_path / "straight")
@@ -116,6 +118,7 @@ def test_a_checkpoint_stores_leaves_by_path_and_refuses_a_mismatch(tmp_path):
     assert read_checkpoint(tmp_path / "checkpoint.prev.npz")[0] == 7 and not list(tmp_path.glob("*.tmp"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["truncate", "empty", "garbage"])
 def test_a_corrupt_checkpoint_falls_back_to_the_previous_one(workdir, finished, damage):
     ckpt = workdir / "checkpoint.npz"
@@ -138,6 +141,7 @@ def test_no_readable_checkpoint_is_one_line_and_keeps_the_files(workdir):
     assert snapshot(workdir) == before
 
 
+@pytest.mark.slow
 def test_a_truncated_last_metrics_line_is_dropped_with_a_warning(workdir, finished):
     # A crash while writing round 2's line: round 1 is the last checkpoint.
     os.replace(workdir / "checkpoint.prev.npz", workdir / "checkpoint.npz")
@@ -150,6 +154,7 @@ def test_a_truncated_last_metrics_line_is_dropped_with_a_warning(workdir, finish
     assert results(records) == results(finished[1]) == results(strict_lines(metrics))
 
 
+@pytest.mark.slow
 def test_rounds_the_checkpoint_covers_but_the_metrics_lack_are_recomputed_never_dropped(workdir, finished):
     """Round 2's line cut short while round 2 is the checkpoint: the run resumes from round 1's checkpoint and
     recomputes round 2; with metrics.jsonl deleted nothing covers round 1, which is refused in one line."""
@@ -185,17 +190,23 @@ def test_malformed_files_are_one_line(workdir, damage):
     assert "\n" not in str(e.value)
 
 
+@pytest.mark.slow
 def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(workdir, finished, monkeypatch):
     good = (workdir / "checkpoint.npz").read_bytes()
-    plain_run = Round.run
+    plain_build = runner._build
 
-    def poisoned(self, server, r):  # the global model turns non-finite in round 3
-        server, m = plain_run(self, server, r)
-        if r == 3:
-            server = server._replace(params=jax.tree.map(lambda x: x * jnp.nan, server.params))
-        return server, m
+    def poisoned(config, ds):  # the global model turns non-finite in round 3
+        exp = plain_build(config, ds)
 
-    monkeypatch.setattr(Round, "run", poisoned)
+        def run_round(server, r):
+            server, m = exp.run_round(server, r)
+            if r == 3:
+                server = server._replace(params=jax.tree.map(lambda x: x * jnp.nan, server.params))
+            return server, m
+
+        return exp._replace(run_round=run_round)
+
+    monkeypatch.setattr(runner, "_build", poisoned)
     with pytest.raises(DivergenceError, match=r"round 3 diverged \(global model non-finite\).*checkpoint \(round 2\) "
                                               "is kept") as e:
         fb.run(tiny(rounds=4), workdir, allow_change=["rounds"])
@@ -224,6 +235,7 @@ def test_the_python_config_refuses_unknown_fields_and_run_validates_like_the_cli
     assert not (tmp_path / "w").exists()  # refused before the workdir (or the data) was touched
 
 
+@pytest.mark.slow
 def test_sigkill_mid_round_then_resume_equals_an_uninterrupted_run(tmp_path, xla_cache_env):
     """A real crash: SIGKILL while round 3 of 4 trains, then the same command again."""
     args = [sys.executable, "-m", "fedbat_jax.main", "--config=experiments/configs/mnist5k.py", "--progress=false",
@@ -252,6 +264,7 @@ def test_sigkill_mid_round_then_resume_equals_an_uninterrupted_run(tmp_path, xla
     assert [r["round"] for r in strict_lines(killed / "metrics.jsonl")] == [1, 2, 3, 4]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig,status,words", [(signal.SIGTERM, 143, "terminated (SIGTERM)"),
                                               (signal.SIGINT, 130, "interrupted")])
 def test_sigterm_and_sigint_of_a_real_run_are_one_line_and_resume(tmp_path, xla_cache_env, sig, status, words):
@@ -298,6 +311,7 @@ def read_scalars(folder: Path) -> dict:
     return out
 
 
+@pytest.mark.slow
 def test_tensorboard_scalars_are_the_metrics(tmp_path):
     records = fb.run(tiny(tensorboard=True), tmp_path)
     scalars = read_scalars(tmp_path)
@@ -308,6 +322,7 @@ def test_tensorboard_scalars_are_the_metrics(tmp_path):
         fb.run(tiny(tensorboard=True))
 
 
+@pytest.mark.slow
 def test_tensorboard_turned_on_later_shows_every_round_once(tmp_path):
     """Rounds 1-2 without TensorBoard, then 3-4 with it: the events hold rounds 1-4 once each, flushed as they
     are written (a crash cannot lose them in a buffer); a further resume rewrites them from metrics.jsonl."""
@@ -322,23 +337,27 @@ def test_tensorboard_turned_on_later_shows_every_round_once(tmp_path):
 
 
 def test_a_checkpoint_and_config_of_older_names_still_resume(tmp_path):
-    """Renamed since they were written: ServerState.client_states (now compressor_states) and lane_loop=host
-    (now python)."""
+    """Renamed since they were written: ServerState.client_states and then compressor_states (now
+    client_table.compressor) and lane_loop=host (now python)."""
     import jax.numpy as jnp
 
-    from fedbat_jax.federated import ServerState
+    from fedbat_jax.federated import ClientRow, ServerState
     from fedbat_jax.workdir import read_checkpoint, restore_tree, result_changes, save_checkpoint
 
-    old = {"params": {"w": np.ones(2, np.float32)}, "client_states": {"w": np.full((3, 2), 5.0, np.float32)}}
-    save_checkpoint(tmp_path / "checkpoint.npz", old, 4)
-    r, arrays = read_checkpoint(tmp_path / "checkpoint.npz")
-    got = restore_tree(arrays, ServerState({"w": jnp.zeros(2)}, {}, {"w": jnp.zeros((3, 2))}, ()))
-    assert r == 4 and got.compressor_states["w"].tolist() == [[5.0, 5.0]] * 3
+    like = ServerState({"w": jnp.zeros(2)}, {}, ClientRow({"w": jnp.zeros((3, 2))}, ()), ())
+    for name in ("client_states", "compressor_states"):
+        old = {"params": {"w": np.ones(2, np.float32)}, name: {"w": np.full((3, 2), 5.0, np.float32)}}
+        save_checkpoint(tmp_path / "checkpoint.npz", old, 4)
+        r, arrays = read_checkpoint(tmp_path / "checkpoint.npz")
+        got = restore_tree(arrays, like)
+        assert r == 4 and got.client_table.compressor["w"].tolist() == [[5.0, 5.0]] * 3
     new = tiny(lane_loop="python").to_dict()
     assert result_changes({**new, "lane_loop": "host"}, new) == {}
-    assert result_changes({**new, "lane_loop": "host"}, {**new, "lane_loop": "scan"}) == {"lane_loop": ("python", "scan")}
+    changed = result_changes({**new, "lane_loop": "host"}, {**new, "lane_loop": "scan"})
+    assert changed == {"lane_loop": ("python", "scan")}
 
 
+@pytest.mark.slow
 def test_a_model_that_explodes_without_a_nan_is_a_divergence_naming_server_lr(tmp_path):
     """adam at server_lr=1e30 leaves finite weights near 1e30 whose test loss is not finite: that round is
     the divergence (not written, not checkpointed), and the message names the server's step, not lr."""
@@ -350,6 +369,7 @@ def test_a_model_that_explodes_without_a_nan_is_a_divergence_naming_server_lr(tm
     assert (tmp_path / "w" / "metrics.jsonl").read_text() == ""
 
 
+@pytest.mark.slow
 def test_a_full_disk_while_checkpointing_is_one_line_and_leaves_no_temporary_file(workdir, finished, monkeypatch):
     import errno
 
@@ -375,6 +395,7 @@ def small_tmpfs(tmp_path):
     subprocess.run(["umount", "-l", str(mount)], capture_output=True)
 
 
+@pytest.mark.slow
 def test_a_real_full_disk_at_start_and_at_a_checkpoint_is_one_line(small_tmpfs, tmp_path):
     """A full disk when the run starts (nothing but the lock and config.json written) and when the second
     checkpoint does not fit: one line naming the file and the free space, no temporary file, the first

@@ -12,5 +12,5 @@ def get_config(partition: str = "iid"):
     c = default_config()
     c.update(dataset="mnist5k", model="logreg", num_clients=10, clients_per_round=10, local_epochs=1,
              batch_size=20, rounds=500, weight_decay=0.01, lr_schedule="inverse_time", eval_every=100,
-             partition=partition or "iid", labels_per_client=3, execution="fused")
+             partition=partition or "iid", labels_per_client=3)
     return c

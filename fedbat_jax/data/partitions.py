@@ -79,7 +79,8 @@ def _validate(
     if method == "label_count":
         num_classes = len(np.unique(y))
         if not 1 <= labels_per_client <= num_classes:
-            raise ConfigError(f"labels_per_client must be in [1, {num_classes}] (the classes present), got {labels_per_client}")
+            raise ConfigError(f"labels_per_client must be in [1, {num_classes}] (the classes present), "
+                              f"got {labels_per_client}")
         if labels_per_client * num_clients < num_classes:
             raise ConfigError(
                 f"{num_clients} clients x {labels_per_client} labels cannot cover all {num_classes} classes; "
@@ -147,7 +148,8 @@ def canonical_order(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 # --------------------------------------------------------------------------- methods (canonical positions)
 
-def _dirichlet(y: np.ndarray, num_clients: int, beta: float, min_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+def _dirichlet(y: np.ndarray, num_clients: int, beta: float, min_size: int, rng: np.random.Generator,
+               ) -> list[np.ndarray]:
     """Per class, split shuffled indices by Dirichlet(beta) proportions; clients at >= n/N get no more.
 
     The whole partition is redrawn until every client holds >= min_size samples.

@@ -6,24 +6,21 @@ picks parameter leaves by a predicate (``fedbat_jax.local.default_binarize_predi
 """
 from __future__ import annotations
 
-from typing import Callable
-
 import flax.linen as nn
 
-from fedbat_jax.errors import ConfigError
 from fedbat_jax.models.cnn4 import CNN4
 from fedbat_jax.models.logreg import LogReg
 from fedbat_jax.models.resnet import ResNet10
+from fedbat_jax.registry import Registry
 
-MODELS: dict[str, Callable[..., nn.Module]] = {
+# The ``model`` setting: name -> a Flax module class taking ``num_classes`` (and ``width``).
+MODELS = Registry("model", {
     "cnn4": CNN4,  # Fashion-MNIST, SVHN
     "resnet10": ResNet10,  # CIFAR-10, CIFAR-100
     "logreg": LogReg,  # convex: convergence-rate studies
-}
+})
 
 
 def make_model(name: str, num_classes: int, width: int = 0) -> nn.Module:
     """``width`` > 0 scales the model's channels (its first stage's width); 0 keeps the paper's."""
-    if name not in MODELS:
-        raise ConfigError(f"unknown model {name!r}; choose one of: {', '.join(sorted(MODELS))}")
     return MODELS[name](num_classes=num_classes, **({"width": width} if width else {}))

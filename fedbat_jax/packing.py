@@ -1,12 +1,11 @@
-"""Bits on the wire: packing signs 8 to a byte, and the exact size of any payload pytree."""
+"""Packing on the wire: signs 8 to a byte, ``bits``-bit level indices ``8 // bits`` to a byte (their exact size:
+``fedbat_jax.payloads.payload_bits``)."""
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 
 def pack_signs(positive: jax.Array) -> jax.Array:
@@ -44,11 +43,3 @@ def unpack_levels(packed: jax.Array, bits: int, shape: tuple[int, ...]) -> jax.A
     shifts = jnp.arange(per, dtype=jnp.uint8) * bits
     q = (packed[:, None] >> shifts) & jnp.uint8(2**bits - 1)
     return q.reshape(-1)[:size].reshape(shape)
-
-
-def payload_bits(payload: Any) -> int:
-    """Exact size in bits of a payload pytree: every array leaf as it is stored (no headers).
-
-    Works on concrete arrays and on ``jax.ShapeDtypeStruct`` leaves alike, so sizes are known statically.
-    """
-    return sum(math.prod(x.shape) * np.dtype(x.dtype).itemsize * 8 for x in jax.tree.leaves(payload))

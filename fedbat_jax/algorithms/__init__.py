@@ -1,0 +1,72 @@
+"""Federated algorithms: what a method adds to the round of ``fedbat_jax.federated`` (local SGD from the broadcast
+model, each client's update through the compressor, the server's step on their weighted average).
+
+An ``Algorithm`` is a record of pure functions, every one optional (the defaults are FedAvg):
+
+* ``client_init(params, config) -> row``: the algorithm's state of one client, a row of the N-client table
+  (gathered for the cohort before the round and scattered back after, like an error-feedback residual);
+* ``server_init(params, config) -> state``: its server state, sent to the sampled clients with the model
+  (and counted in ``downlink_bits``);
+* ``context(state, row, config) -> context``: what a client's local steps read, formed when it starts;
+* ``correct(grad, weights, params, context, config) -> grad``: the local step's direction from the gradient
+  of the trainable leaves (``weights``: the client's full-precision weights, ``params``: the broadcast model);
+  a loss term ``h(w)`` added to local training is its gradient added here;
+* ``client_final(update, row, context, lr_sum, config) -> (row, message)``: after local training, the
+  client's new row and a float32 message to the server (sent beside the compressed update, counted in
+  ``uplink_bits``; ``lr_sum``: the sum of its local steps' learning rates);
+* ``server_update(state, messages, config) -> state``: ``messages`` is ``sum_k w_k message_k``, each client
+  weighted by its share ``w_k`` of the whole federation.
+
+``compressor`` is what the ``compressor=auto`` setting means for it (``fedbat_jax.compressors.COMPRESSORS``).
+Several names here are FedAvg under a compressor's name (``alias=True``): ``fedbat`` is FedAvg with the
+``fedbat`` compressor (whose kernels train binarized), ``signsgd`` with ``scaled_sign``, and so on; the other
+algorithms compose with every compressor. A new algorithm is one file defining its ``Algorithm`` plus one line in
+``ALGORITHMS`` (``fedprox.py`` and ``scaffold.py`` show it); its settings come with it (``settings``,
+``check``).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+from fedbat_jax.registry import Registry, Setting
+
+Params = Any
+
+
+def _nothing(params, config):
+    return ()
+
+
+def _no_context(state, row, config):
+    return ()
+
+
+class Algorithm(NamedTuple):
+    """An entry of ``ALGORITHMS``: what the method adds to FedAvg's round (every hook optional)."""
+
+    summary: str  # one line, for the README and --help
+    compressor: str = "none"  # what compressor=auto means for it
+    error_feedback: str | None = None  # error feedback it always uses (ef_signsgd); None: the setting's
+    alias: bool = False  # FedAvg under a compressor's name: the compressor setting must stay auto
+    settings: tuple[Setting, ...] = ()  # settings this algorithm brings (e.g. prox_mu)
+    check: Callable[[Any], None] | None = None  # check(config): its settings' ranges, one-line ConfigError
+    client_init: Callable[[Params, Any], Any] = _nothing
+    server_init: Callable[[Params, Any], Any] = _nothing
+    context: Callable[[Any, Any, Any], Any] = _no_context
+    correct: Callable | None = None  # None: the gradient as it is
+    client_final: Callable | None = None  # None: the row unchanged, no message
+    server_update: Callable | None = None  # None: the state unchanged
+
+
+ALGORITHMS = Registry("algorithm", {
+    "fedavg": Algorithm("FedAvg: local SGD, float32 upload, weighted average (compressor=auto: none)"),
+    "fedbat": Algorithm("FedBAT (the paper): kernels train binarized, 1-bit upload with the learned step size",
+                        compressor="fedbat", alias=True),
+    "signsgd": Algorithm("FedAvg training, scaled-sign upload", compressor="scaled_sign", alias=True),
+    "ef_signsgd": Algorithm("FedAvg training, scaled-sign upload with error feedback (ef)",
+                            compressor="scaled_sign", error_feedback="ef", alias=True),
+    "stoch_binary": Algorithm("FedAvg training, stochastic binarization with alpha = max|m|",
+                              compressor="stoch_binary", alias=True),
+    "qsgd": Algorithm("FedAvg training, bits-bit stochastic levels with alpha = max|m|", compressor="qsgd",
+                      alias=True),
+})

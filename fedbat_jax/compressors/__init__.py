@@ -1,0 +1,219 @@
+"""Update compressors: what a client puts on the wire, and how the server reads it back.
+
+Modelled on optax: a ``Compressor`` is a NamedTuple of pure functions,
+
+* ``init(params) -> state``: per-client state (e.g. an error-feedback residual; ``()`` if none), one row of
+  the N-client table;
+* ``encode(update, scales, state, key) -> (payload, state)``: ``update`` is the client's finished
+  update pytree, ``scales`` a per-leaf scalar step size that the client learned (FedBAT) or NaN; the payload
+  holds one typed payload per leaf (``fedbat_jax.payloads``: ``Dense``, ``Signs``, ``Levels``, or the
+  compressor's own kind), whose exact size is ``payload_bits``;
+* ``decode(payload) -> update``: what the server adds to the global model;
+* ``server``: ``None`` (the server averages the cohort's decoded payloads, weights normalised over the
+  cohort), or an optax transform with state that turns the sum of the payloads, each weighted by its
+  client's share of the whole federation, into the server's update (EF21's running estimate).
+
+The ``compressor`` setting names an entry of ``COMPRESSORS``: a ``CompressorSpec`` that builds the
+``Compressor`` for a model (``make(mask, template, config)``; ``mask`` marks the compressed leaves, every conv
+and dense kernel; the others travel as float32). ``error_feedback`` wraps it (``ERROR_FEEDBACK``) without
+changing its payload. A new compressor is one file with its spec plus one line in ``COMPRESSORS``
+(``fedbat_jax/compressors/topk.py`` shows it).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from fedbat_jax.binarization import default_binarize_predicate, leaf_keys, level_indices, level_values
+from fedbat_jax.packing import pack_levels, pack_signs, unpack_levels, unpack_signs
+from fedbat_jax.payloads import Dense, Levels, Signs, decoder
+from fedbat_jax.registry import Registry, Setting
+
+Params = Any
+
+
+class Compressor(NamedTuple):
+    init: Callable[[Params], Any]
+    encode: Callable[[Params, Params, Any, jax.Array], tuple[Any, Any]]
+    decode: Callable[[Any], Params]
+    server: optax.GradientTransformation | None = None
+
+
+class CompressorSpec(NamedTuple):
+    """An entry of ``COMPRESSORS``: how to build the compressor, and what it asks of local training."""
+
+    summary: str  # one line, for the README and --help
+    make: Callable[[Params, Params, Any], Compressor]  # (mask, template, config) -> Compressor
+    compresses: Callable | None = default_binarize_predicate  # leaves sent compressed (None: none)
+    learned_scale: bool = False  # the compressed leaves train binarized and their step size is learned (FedBAT)
+    settings: tuple[Setting, ...] = ()  # settings this compressor brings (e.g. topk_fraction)
+    check: Callable[[Any], None] | None = None  # check(config): its settings' ranges, one-line ConfigError
+
+
+def _dense(m) -> Dense:
+    return Dense(m.astype(jnp.float32))
+
+
+def full_precision() -> Compressor:
+    """FedAvg: every value as float32."""
+
+    def encode(update, scales, state, key):
+        return jax.tree.map(_dense, update), state
+
+    def decode(payload):
+        return jax.tree.map(lambda p: p.values, payload, is_leaf=lambda p: isinstance(p, Dense))
+
+    return Compressor(lambda params: (), encode, decode)
+
+
+def stochastic_levels(mask: Params, template: Params, bits: int = 1, learned_scale: bool = True) -> Compressor:
+    """Stochastic rounding to ``2^bits`` levels in ``[-alpha, alpha]`` on the masked leaves: ``bits``-bit
+    level indices, packed, plus one float32 alpha per tensor; other leaves float32.
+
+    * ``learned_scale=True``: alpha is the step size the client learned (FedBAT, REFERENCE.md 1.6:
+      a fresh draw of ``Q(u, alpha)``; ``bits > 1`` is k-bit FedBAT);
+    * ``learned_scale=False``: alpha = ``max|m|`` per tensor, so the quantizer is unbiased
+      (``bits = 1``: stochastic binarization; ``bits = k``: QSGD/FedPAQ-style k-bit, REFERENCE.md 4).
+    """
+
+    def encode(update, scales, state, key):
+        def leaf(m, alpha, compressed, k):
+            if not compressed:
+                return _dense(m)
+            alpha = alpha if learned_scale else jnp.maximum(jnp.max(jnp.abs(m)), 1e-12)
+            alpha = alpha.astype(jnp.float32)
+            return Levels(pack_levels(level_indices(m, alpha, k, bits), bits), alpha)
+
+        return jax.tree.map(leaf, update, scales, mask, leaf_keys(key, update)), state
+
+    def decode_leaf(p: Levels, shape):
+        return level_values(unpack_levels(p.levels, bits, shape), p.alpha, bits)
+
+    return Compressor(lambda params: (), encode, decoder(template, {Levels: decode_leaf}))
+
+
+def scaled_sign(mask: Params, template: Params) -> Compressor:
+    """SignSGD with a scale (REFERENCE.md 4): ``sign(m)`` packed 8 per byte plus ``mean|m|`` per tensor,
+    decoded as ``mean|m| * sign(m)``. A value of exactly 0 is sent as +1 (one bit has no third state).
+    ``ef_signsgd`` is this compressor with ``with_error_feedback(..., "ef", mask)``.
+    """
+
+    def encode(update, scales, state, key):
+        def leaf(m, compressed):
+            if not compressed:
+                return _dense(m)
+            p = m.astype(jnp.float32)
+            return Signs(pack_signs(p >= 0), jnp.mean(jnp.abs(p)))
+
+        return jax.tree.map(leaf, update, mask), state
+
+    def decode_leaf(p: Signs, shape):
+        return jnp.where(unpack_signs(p.signs, shape), p.scale, -p.scale)
+
+    return Compressor(lambda params: (), encode, decoder(template, {Signs: decode_leaf}))
+
+
+# ---- error feedback: a wrapper over any stateless compressor ---------------------------------------------
+def _f32(x):
+    return x.astype(jnp.float32)
+
+
+def classic_ef(inner: Compressor, mask: Params) -> Compressor:
+    """``ef`` (Karimireddy et al. 2019; Stich et al. 2018): the client compresses ``p = m + e`` on the
+    compressed leaves (``mask``) and keeps the residual ``e = p - decode(payload)`` for the next round it is
+    sampled in (zeros at first; other leaves travel exactly and keep no residual). State: one float32 copy of
+    the compressed leaves."""
+
+    def init(params):
+        return jax.tree.map(lambda x, b: jnp.zeros_like(x, jnp.float32) if b else jnp.zeros((), jnp.float32),
+                            params, mask)
+
+    def encode(update, scales, residual, key):
+        p = jax.tree.map(lambda m, e, b: _f32(m) + e if b else m, update, residual, mask)
+        payload, _ = inner.encode(p, scales, (), key)
+        sent = inner.decode(payload)
+        return payload, jax.tree.map(lambda p_, s, e, b: p_ - s if b else e, p, sent, residual, mask)
+
+    return Compressor(init, encode, inner.decode)
+
+
+def ef21(inner: Compressor, mask: Params) -> Compressor:
+    """``ef21`` (Richtarik et al. 2021; its partial-participation form, Fatkhullin et al. 2021): the client
+    keeps its last estimate ``g`` of its update, sends the compressed difference ``c = C(m - g)`` and sets
+    ``g = g + decode(c)``, on every leaf (leaves sent exactly give ``g = m``). The server keeps
+    ``G = sum_i w_i g_i`` over *all* N clients (``w_i``: the client's share of the federation, stale for clients
+    not sampled) as ``G += sum_k w_k decode(c_k)``; its update is ``G``. State: one float32 copy of every leaf
+    per client, and one on the server."""
+
+    def encode(update, scales, estimate, key):
+        payload, _ = inner.encode(jax.tree.map(lambda m, g: _f32(m) - g, update, estimate), scales, (), key)
+        return payload, jax.tree.map(jnp.add, estimate, inner.decode(payload))
+
+    def init(params):
+        return jax.tree.map(lambda x: jnp.zeros_like(x, jnp.float32), params)
+
+    return Compressor(init, encode, inner.decode, running_sum())
+
+
+def running_sum() -> optax.GradientTransformation:
+    """The server's side of EF21: its state is the running sum of what it receives, and its output."""
+
+    def init(params):
+        return jax.tree.map(lambda x: jnp.zeros_like(x, jnp.float32), params)
+
+    def update(updates, state, params=None):
+        total = jax.tree.map(jnp.add, state, updates)
+        return total, total
+
+    return optax.GradientTransformation(init, update)
+
+
+def _no_feedback(inner: Compressor, mask: Params) -> Compressor:
+    return inner
+
+
+# The ``error_feedback`` setting: name -> (inner compressor, compressed-leaf mask) -> Compressor.
+ERROR_FEEDBACK = Registry("error_feedback", {"none": _no_feedback, "ef": classic_ef, "ef21": ef21})
+
+
+def with_error_feedback(inner: Compressor, kind: str, mask: Params) -> Compressor:
+    """``inner`` with error feedback of ``kind`` (``ERROR_FEEDBACK``); the payload (and so ``uplink_bits``) is
+    ``inner``'s, unchanged. ``inner`` receives ``p`` (or ``m - g``) as the update and the same ``scales`` and key,
+    so FedBAT's upload draws ``Q(p, alpha)`` with the step size it learned on ``m``. The paper's CNN4 keeps
+    1.56 MB a client either way, ResNet-10 19.6 MB."""
+    return ERROR_FEEDBACK[kind](inner, mask)
+
+
+# ---- the registry: the ``compressor`` setting's values -----------------------------------------------------
+def _none(mask, template, config) -> Compressor:
+    return full_precision()
+
+
+def _fedbat(mask, template, config) -> Compressor:
+    return stochastic_levels(mask, template, config.bits, learned_scale=True)
+
+
+def _stoch_binary(mask, template, config) -> Compressor:
+    return stochastic_levels(mask, template, 1, learned_scale=False)
+
+
+def _qsgd(mask, template, config) -> Compressor:
+    return stochastic_levels(mask, template, config.bits, learned_scale=False)
+
+
+def _scaled_sign(mask, template, config) -> Compressor:
+    return scaled_sign(mask, template)
+
+
+COMPRESSORS = Registry("compressor", {
+    "none": CompressorSpec("every value as float32 (FedAvg's upload)", _none, compresses=None),
+    "fedbat": CompressorSpec("FedBAT: the kernels train binarized and send Q(u, alpha) with the learned alpha, "
+                             "bits-bit levels packed", _fedbat, learned_scale=True),
+    "stoch_binary": CompressorSpec("stochastic binarization with alpha = max|m| per tensor (unbiased)",
+                                   _stoch_binary),
+    "qsgd": CompressorSpec("bits-bit stochastic levels with alpha = max|m| per tensor (unbiased)", _qsgd),
+    "scaled_sign": CompressorSpec("sign(m) packed plus mean|m| per tensor (SignSGD)", _scaled_sign),
+})
