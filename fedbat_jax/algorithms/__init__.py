@@ -69,4 +69,5 @@ ALGORITHMS = Registry("algorithm", {
                               compressor="stoch_binary", alias=True),
     "qsgd": Algorithm("FedAvg training, bits-bit stochastic levels with alpha = max|m|", compressor="qsgd",
                       alias=True),
+    "fedprox": "fedbat_jax.algorithms.fedprox:FEDPROX",
 })
