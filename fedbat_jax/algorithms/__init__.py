@@ -70,4 +70,5 @@ ALGORITHMS = Registry("algorithm", {
     "qsgd": Algorithm("FedAvg training, bits-bit stochastic levels with alpha = max|m|", compressor="qsgd",
                       alias=True),
     "fedprox": "fedbat_jax.algorithms.fedprox:FEDPROX",
+    "scaffold": "fedbat_jax.algorithms.scaffold:SCAFFOLD",
 })
