@@ -216,4 +216,5 @@ COMPRESSORS = Registry("compressor", {
                                    _stoch_binary),
     "qsgd": CompressorSpec("bits-bit stochastic levels with alpha = max|m| per tensor (unbiased)", _qsgd),
     "scaled_sign": CompressorSpec("sign(m) packed plus mean|m| per tensor (SignSGD)", _scaled_sign),
+    "topk": "fedbat_jax.compressors.topk:TOPK",
 })
