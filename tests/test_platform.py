@@ -1,5 +1,5 @@
-"""The platform: typed payloads, one extension mechanism, the learner's upload against hand numbers, host against
-fused at a tight tolerance, make_train's backend."""
+"""The platform: typed payloads, one extension mechanism, the learner's upload against hand numbers, the debug
+backend against host, host against fused at a tight tolerance, make_train's backend."""
 from __future__ import annotations
 
 import types
@@ -100,6 +100,16 @@ def test_client_final_is_fedbats_upload_with_the_learned_alpha_and_its_weight():
     # a step size past the clip: alpha_max
     (contribution, _), _ = _upload_case(lambda m, p: stochastic_levels(m, p, 1, True), a=1.0)
     np.testing.assert_allclose(contribution.update["w"], 0.25 * 0.05 * np.sign(u), rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_debug_backend_equals_host_on_logreg():
+    a = fb.run(tiny("fedbat", model="logreg", execution="debug", rounds=1, clients_per_round=2))
+    b = fb.run(tiny("fedbat", model="logreg", execution="host", rounds=1, clients_per_round=2))
+    for x, y in zip(a, b):
+        assert x["uplink_bits"] == y["uplink_bits"]
+        np.testing.assert_allclose(x["train_loss"], y["train_loss"], rtol=1e-6)
+        np.testing.assert_allclose(x["test_loss"], y["test_loss"], rtol=1e-6)
 
 
 @pytest.mark.slow

@@ -80,6 +80,7 @@ BACKENDS = Registry("execution", {
     "host": "fedbat_jax.backends.host:make",
     "fused": "fedbat_jax.backends.fused:make",
     "padded": "fedbat_jax.backends.padded:make",
+    "debug": "fedbat_jax.backends.debug:make",
 })
 
 
