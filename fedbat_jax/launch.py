@@ -31,6 +31,7 @@ from fedbat_jax import cli
 
 GRACE_S = 10.0  # how long a stopped process gets to exit after SIGTERM before SIGKILL
 POLL_S = 0.1
+SETTLE_S = 3.0  # after a failure, how long the other processes get to end by themselves before they are stopped
 USAGE = ("python -m fedbat_jax.launch --processes N [--devices-per-process D] -- --workdir=DIR "
          "[--config=FILE] [--config.FIELD=VALUE ...]")
 
@@ -104,6 +105,15 @@ def stop(procs: list[subprocess.Popen]) -> None:
             p.wait()
 
 
+def settle(procs: list[subprocess.Popen]) -> list[int | None]:
+    """After one process failed, up to ``SETTLE_S`` for the others to end on their own (a setting that is bad
+    in one process is bad in all, and process 0's one-line reason is the one the user sees); their exit codes."""
+    deadline = time.monotonic() + SETTLE_S
+    while time.monotonic() < deadline and any(p.poll() is None for p in procs):
+        time.sleep(POLL_S)
+    return [p.poll() for p in procs]
+
+
 def launch(processes: int, devices: int, main_args: list[str]) -> int:
     if processes < 1:
         raise cli.ConfigError(f"--processes must be >= 1, got {processes}")
@@ -131,7 +141,8 @@ def launch(processes: int, devices: int, main_args: list[str]) -> int:
             codes = [p.poll() for p in procs]
             failed = [i for i, c in enumerate(codes) if c not in (None, 0)]
             if failed:
-                i = failed[0]
+                i = failed[0]  # the first to fail is the one named
+                codes = settle(procs)  # a bad setting fails in every process: let process 0 print its reason
                 stop(procs)
                 where = "" if i == 0 else f" (its output: {workdir / f'process-{i}.log'})"
                 print(f"fedbat_jax.launch: process {i} of {processes} {describe_exit(codes[i])}{where}; "

@@ -3,6 +3,13 @@ bit for bit, the server's control variate is the clients' average one, rows are 
 only, and it runs on every backend with exact resume."""
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -104,3 +111,42 @@ def test_resume_is_exact(tmp_path):
     fb.run(tiny("scaffold", model="logreg", rounds=2), tmp_path)
     resumed = fb.run(tiny("scaffold", model="logreg", rounds=4), tmp_path, allow_change=["rounds"])
     assert [r["train_loss"] for r in resumed] == [r["train_loss"] for r in whole]
+
+
+SHARDED = textwrap.dedent("""
+    import json
+    import jax, numpy as np
+    import fedbat_jax as fb
+    c = fb.default_config()
+    c.update(algorithm="scaffold", model="logreg", dataset="mnist5k", num_clients=8, clients_per_round=4, rounds=2,
+             local_epochs=1, batch_size=64, partition="dirichlet", dirichlet_beta=0.5, execution="fused", lanes=4,
+             lane_loop="scan")
+    out = {}
+    for n in (4, 1):
+        c.num_devices = n
+        exp = fb.build(c)
+        server = exp.server
+        for r in (1, 2):
+            server, _ = exp.run_round(server, r)
+        out[n] = {"params": [np.asarray(x).tolist() for x in jax.tree.leaves(server.params)],
+                  "c": [np.asarray(x).tolist() for x in jax.tree.leaves(server.algorithm_state)],
+                  "rows": [np.asarray(x).tolist() for x in jax.tree.leaves(server.client_table.algorithm)]}
+    print("RESULT " + json.dumps(out))
+""")
+
+
+@pytest.mark.slow
+def test_control_variates_merge_across_four_devices(xla_cache_env):
+    """Lanes sharded over 4 (forced) CPU devices: each sampled client's control variate comes from the device that
+    trained it, and the model, c and the table equal one device's to rounding."""
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(root), **xla_cache_env)
+    env["XLA_FLAGS"] += " --xla_force_host_platform_device_count=4"
+    done = subprocess.run([sys.executable, "-c", SHARDED], cwd=root, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(next(line[7:] for line in done.stdout.splitlines() if line.startswith("RESULT ")))
+    for name in ("params", "c", "rows"):
+        for a, b in zip(out["4"][name], out["1"][name]):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+    rows = np.asarray(out["4"]["rows"][0])
+    assert 4 <= np.count_nonzero(np.abs(rows).reshape(len(rows), -1).sum(1)) <= 8  # two cohorts' rows written
