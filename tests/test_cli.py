@@ -63,6 +63,12 @@ def test_tiny_run_writes_metrics(tmp_path, capsys):
     ("--config.partition_seed=-5", "partition_seed must be in [0, 2**32)"),
     ("--allow_change=lr", "--allow_change takes rounds"),
     ("--config.lr_schedule=step", "unknown lr_schedule 'step'"),
+    ("--config.compressor=nope", "unknown compressor 'nope'; choose one of: auto, "),
+    ("--config.algorithm=signsgd --config.compressor=topk", "algorithm=signsgd is fedavg with compressor=scaled_sign"),
+    ("--config.algorithm=fedavg --config.compressor=topk --config.topk_fraction=2", "topk_fraction must be in (0, 1]"),
+    ("--config.algorithm=fedprox --config.prox_mu=-1", "prox_mu must be >= 0"),
+    ("--config.execution=nope", "unknown execution 'nope'; choose one of: auto, debug, fused, host, padded"),
+    ("--config.prox_mu=fast", "--config.prox_mu: could not convert 'fast' to float"),
     ("--config.server_optimizer=sgdm", "unknown server_optimizer 'sgdm'"),
     ("--config.alpha_rule=min", "unknown alpha_rule 'min'"),
     ("--config.alpha_bounds=scaled", "unknown alpha_bounds 'scaled'"),
@@ -77,7 +83,7 @@ def test_tiny_run_writes_metrics(tmp_path, capsys):
     ("--config=experiments/configs/nope.py", "nope.py"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, override, needle):
-    code, out, err = run_cli(capsys, f"--workdir={tmp_path}", override)
+    code, out, err = run_cli(capsys, f"--workdir={tmp_path}", *override.split())
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0] and "Traceback" not in err, err
