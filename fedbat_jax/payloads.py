@@ -61,29 +61,39 @@ class Levels(NamedTuple):
     alpha: jax.Array  # float32 scalar: the levels span [-alpha, alpha]
 
 
-def decoder(template: Params, decoders: dict[type, Callable[[Any, tuple], jax.Array]]) -> Callable[[Any], Params]:
+def decoder(template: Params | None, decoders: dict[type, Callable[[Any, tuple], jax.Array]],
+            ) -> Callable[[Any], Params]:
     """``decode(payload) -> update`` for a compressor whose payload kinds are the keys of ``decoders``
-    (``decode_leaf(payload, shape) -> array``; ``Dense`` is always known). ``template``: the update's tree."""
+    (``decode_leaf(payload, shape) -> array``; ``Dense`` is always known). ``template``: the update's tree, or
+    ``None`` for a compressor whose kinds carry their own shape (the tree is then the payload's, and ``shape`` None)."""
     decoders = {Dense: lambda p, shape: p.values, **decoders}
-    flat, treedef = jax.tree_util.tree_flatten_with_path(template)
-    names = [jax.tree_util.keystr(path) for path, _ in flat]
-    shapes = [tuple(x.shape) for _, x in flat]
+    if template is not None:
+        flat, treedef = jax.tree_util.tree_flatten_with_path(template)
+        names = [jax.tree_util.keystr(path) for path, _ in flat]
+        shapes = [tuple(x.shape) for _, x in flat]
+
+    def split(payload):
+        """``(treedef, the payload's part per leaf, leaf names, leaf shapes)``."""
+        if template is None:
+            flat, tree = jax.tree_util.tree_flatten_with_path(payload, is_leaf=is_payload)
+            return tree, [p for _, p in flat], [jax.tree_util.keystr(path) for path, _ in flat], [None] * len(flat)
+        try:
+            return treedef, treedef.flatten_up_to(payload), names, shapes
+        except (ValueError, TypeError) as e:
+            raise PayloadError("the payload is not a tree of the update's leaves "
+                               f"({' '.join(str(e).split())[:200]})") from None
 
     def decode(payload):
-        try:
-            parts = treedef.flatten_up_to(payload)
-        except (ValueError, TypeError) as e:
-            raise PayloadError(f"the payload is not a tree of the update's leaves ({' '.join(str(e).split())[:200]})") \
-                from None
+        tree, parts, leaf_names, leaf_shapes = split(payload)
         leaves = []
-        for name, p, shape in zip(names, parts, shapes):
+        for name, p, shape in zip(leaf_names, parts, leaf_shapes):
             fn = decoders.get(type(p))
             if fn is None:
                 what = type(p).__name__ if is_payload(p) else f"a bare {type(p).__name__}, not a payload"
                 raise PayloadError(f"payload leaf {name}: this decoder reads "
                                    f"{', '.join(k.__name__ for k in decoders)}, got {what}")
             leaves.append(fn(p, shape))
-        return treedef.unflatten(leaves)
+        return tree.unflatten(leaves)
 
     return decode
 

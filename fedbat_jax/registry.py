@@ -46,7 +46,3 @@ class Registry(dict):
     def entries(self) -> list[tuple[str, Any]]:
         """``[(name, entry)]`` in registration order, every entry loaded."""
         return [(name, self[name]) for name in list(self)]
-
-    def choices(self) -> str:
-        """``a | b | c``: the names, for a ``--help`` line."""
-        return " | ".join(self)

@@ -13,10 +13,10 @@ import pytest
 import fedbat_jax as fb
 from conftest import tiny
 from fedbat_jax.backends import BACKENDS
-from fedbat_jax.compressors import COMPRESSORS, ef21, scaled_sign, stochastic_levels
+from fedbat_jax.compressors import COMPRESSORS, ef21, full_precision, scaled_sign, stochastic_levels
 from fedbat_jax.federated import Broadcast, Client, ClientInput, ClientRow, Learner
 from fedbat_jax.local import LocalConfig, init_client
-from fedbat_jax.payloads import PayloadError, decoder, payload_kind
+from fedbat_jax.payloads import Dense, PayloadError, decoder, payload_kind
 
 
 class Toy(NamedTuple):  # not registered as a payload kind
@@ -38,6 +38,10 @@ def test_a_payload_the_decoder_does_not_know_is_one_line_naming_the_leaf():
     with pytest.raises(PayloadError, match=r"payload leaf \['b'\]: .* got a bare Toy, not a payload"):
         decode({"a": good["a"], "b": Toy(jnp.zeros(3))})
     decode(good)  # its own payload decodes
+    # FedAvg's decoder knows only Dense, through the same mechanism
+    with pytest.raises(PayloadError, match=r"^payload leaf \['a'\]\['kernel'\]: this decoder reads Dense, got Signs"):
+        full_precision().decode(signs)
+    np.testing.assert_array_equal(full_precision().decode({"b": Dense(jnp.ones(3))})["b"], np.ones(3))
 
 
 def test_a_new_payload_kind_is_one_registration():

@@ -63,10 +63,7 @@ def full_precision() -> Compressor:
     def encode(update, scales, state, key):
         return jax.tree.map(_dense, update), state
 
-    def decode(payload):
-        return jax.tree.map(lambda p: p.values, payload, is_leaf=lambda p: isinstance(p, Dense))
-
-    return Compressor(lambda params: (), encode, decode)
+    return Compressor(lambda params: (), encode, decoder(None, {}))
 
 
 def stochastic_levels(mask: Params, template: Params, bits: int = 1, learned_scale: bool = True) -> Compressor:
