@@ -98,28 +98,34 @@ def level_indices(u: jax.Array, alpha: jax.Array, key: jax.Array, bits: int) -> 
     return _levels(jnp.asarray(u), jnp.asarray(alpha), key, bits)[1]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def quantize(u: jax.Array, alpha: jax.Array, key: jax.Array, bits: int = 1) -> jax.Array:
+STES = ("clipped", "identity")
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def quantize(u: jax.Array, alpha: jax.Array, key: jax.Array, bits: int = 1, ste: str = "clipped") -> jax.Array:
     """k-bit FedBAT operator: stochastic rounding to ``2^bits`` levels in ``[-alpha, alpha]``.
 
     The derivatives follow the 1-bit design: straight-through inside the range (``g * 1[|x| <= 1]``)
     and ``dQ/dalpha = sum g * (+1 if x > 1, -1 if x < -1, Q/alpha - x otherwise)``. ``bits = 1``
     reproduces ``binarize`` exactly, values and derivatives.
+
+    ``ste``: the straight-through estimator of ``dQ/du``: ``clipped`` (the paper's, above: no data gradient
+    reaches a coordinate with ``|u| > alpha``) or ``identity`` (``g`` everywhere); ``dQ/dalpha`` is the same.
     """
-    return _quantize_fwd(u, alpha, key, bits)[0]
+    return _quantize_fwd(u, alpha, key, bits, ste)[0]
 
 
-def _quantize_fwd(u, alpha, key, bits):
+def _quantize_fwd(u, alpha, key, bits, ste):
     u, alpha = jnp.asarray(u), jnp.asarray(alpha)
     _, q = _levels(u, alpha, key, bits)
     return level_values(q, alpha.astype(jnp.float32), bits).astype(u.dtype), (u, alpha, q)
 
 
-def _quantize_bwd(bits, res, g):
+def _quantize_bwd(bits, ste, res, g):
     u, alpha, q = res
     x = u.astype(jnp.float32) / alpha.astype(jnp.float32)
     g32 = g.astype(jnp.float32)
-    du = jnp.where(jnp.abs(x) <= 1.0, g32, 0.0)
+    du = g32 if ste == "identity" else jnp.where(jnp.abs(x) <= 1.0, g32, 0.0)
     v = level_values(q, 1.0, bits)
     dalpha = _sum_to_shape(g32 * jnp.where(x > 1.0, 1.0, jnp.where(x < -1.0, -1.0, v - x)), jnp.shape(alpha))
     return du.astype(u.dtype), dalpha.astype(alpha.dtype), None

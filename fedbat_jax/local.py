@@ -42,6 +42,7 @@ class LocalConfig(NamedTuple):
     augment: str = "none"  # a name in fedbat_jax.augment.AUGMENTATIONS
     alpha_rule: str = "learned"  # learned (the paper) | max_abs (alpha = max|u|: the theorem's)
     alpha_bounds: str = "fixed"  # fixed (the paper) | lr (alpha_min, alpha_max scaled by lr_t / lr_0)
+    ste: str = "clipped"  # dQ/du: clipped (the paper: zero where |u| > alpha) | identity
     momentum: float = 0.0
     weight_decay: float = 0.0
     lr_schedule: str = "constant"  # a name in fedbat_jax.optimizers.LR_SCHEDULES
@@ -93,7 +94,7 @@ def step_sizes(a: Params, alpha0: Params, cfg: LocalConfig, theta: Params, scale
 
 
 def effective_params(params: Params, theta: Params, alpha: Params, mask: Params, binarizing: jax.Array, key,
-                     bits: int = 1) -> Params:
+                     bits: int = 1, ste: str = "clipped") -> Params:
     """The weights of the forward pass: ``w + u`` (warm-up) or ``w + Q(u, alpha)``; others ``theta``.
 
     A select, not ``lax.cond``: on XLA:CPU a cond around the draw cost more than the draw itself.
@@ -103,7 +104,7 @@ def effective_params(params: Params, theta: Params, alpha: Params, mask: Params,
     def leaf(w, th, al, b, k):
         if not b:
             return th
-        q = binarize(th, al, k) if bits == 1 else quantize(th, al, k, bits)
+        q = binarize(th, al, k) if bits == 1 and ste == "clipped" else quantize(th, al, k, bits, ste)
         return w + jnp.where(binarizing, q, th)
 
     return jax.tree.map(leaf, params, theta, alpha, mask, keys)
@@ -164,7 +165,7 @@ def make_local_step(model, mask: Params, cfg: LocalConfig, correct: Callable | N
     def loss_fn(trainable, params, batch_stats, x, y, valid, binarizing, key, scale):
         theta, a, alpha0 = trainable
         alpha = step_sizes(a, alpha0, cfg, theta, scale)
-        eff = effective_params(params, theta, alpha, mask, binarizing, key, cfg.bits)
+        eff = effective_params(params, theta, alpha, mask, binarizing, key, cfg.bits, cfg.ste)
         logits, new_vars = model.apply(
             {"params": eff, "batch_stats": batch_stats}, x, train=True, mask=valid, mutable=["batch_stats"]
         )
