@@ -11,8 +11,9 @@ kind, or a leaf that is not a payload at all, is a one-line ``PayloadError`` at 
 
 A compressor with a new kind of message declares it in its own file as a NamedTuple decorated with
 ``@payload_kind`` (``fedbat_jax.compressors.topk.Sparse``: indices plus values). The exact size of any payload
-is ``payload_bits``: every array leaf as it is stored, no headers; it works on ``jax.ShapeDtypeStruct`` leaves
-too, so sizes are known from shapes alone.
+is ``payload_bits``: every array leaf as it is stored, no headers, less the fields a kind marks ``shared`` (what
+the server derives itself: ``fedbat_jax.compressors.rotation.Rotated``'s key); it works on
+``jax.ShapeDtypeStruct`` leaves too, so sizes are known from shapes alone.
 """
 from __future__ import annotations
 
@@ -99,5 +100,13 @@ def decoder(template: Params | None, decoders: dict[type, Callable[[Any, tuple],
 
 
 def payload_bits(payload: Any) -> int:
-    """Exact size in bits of a payload pytree: every array leaf as it is stored (no headers)."""
-    return sum(math.prod(x.shape) * np.dtype(x.dtype).itemsize * 8 for x in jax.tree.leaves(payload))
+    """Exact size in bits of a payload pytree: every array leaf as it is stored (no headers), except a payload
+    kind's ``shared`` fields (e.g. a rotation's key, derived from (seed, round, client) on both sides)."""
+
+    def sent(p):
+        if is_payload(p):
+            return [x for name, x in zip(p._fields, p) if name not in getattr(type(p), "shared", ())]
+        return [p]
+
+    leaves = [x for p in jax.tree.leaves(payload, is_leaf=is_payload) for x in sent(p)]
+    return sum(math.prod(x.shape) * np.dtype(x.dtype).itemsize * 8 for x in jax.tree.leaves(leaves))
