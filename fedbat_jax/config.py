@@ -16,6 +16,7 @@ import ml_collections
 from fedbat_jax.algorithms import ALGORITHMS
 from fedbat_jax.augment import AUGMENTATIONS
 from fedbat_jax.backends import BACKENDS
+from fedbat_jax.binarization import STES
 from fedbat_jax.compressors import COMPRESSORS, ERROR_FEEDBACK
 from fedbat_jax.data import DATASETS, PARTITIONS
 from fedbat_jax.errors import ConfigError
@@ -27,6 +28,7 @@ LANE_LOOPS = ("auto", "scan", "python")
 AGGREGATION_WEIGHTS = ("samples", "batches")
 ALPHA_RULES = ("learned", "max_abs")
 ALPHA_BOUNDS = ("fixed", "lr")
+EF21_ALPHAS = ("absolute", "relative")
 
 
 def _names(choices) -> str:
@@ -40,7 +42,8 @@ CHOICES: dict[str, tuple[Any, tuple[str, ...]]] = {
     "model": (MODELS, ()), "augment": (AUGMENTATIONS, ("auto",)), "lr_schedule": (LR_SCHEDULES, ()),
     "server_optimizer": (SERVER_OPTIMIZERS, ()), "error_feedback": (ERROR_FEEDBACK, ()), "partition": (PARTITIONS, ()),
     "aggregation_weights": (AGGREGATION_WEIGHTS, ()), "execution": (BACKENDS, ("auto",)), "lane_loop": (LANE_LOOPS, ()),
-    "alpha_rule": (ALPHA_RULES, ()), "alpha_bounds": (ALPHA_BOUNDS, ()),
+    "alpha_rule": (ALPHA_RULES, ()), "alpha_bounds": (ALPHA_BOUNDS, ()), "ste": (STES, ()),
+    "ef21_alpha": (EF21_ALPHAS, ()),
 }
 
 
@@ -78,11 +81,17 @@ _CORE: tuple[Setting, ...] = tuple(Setting(*s) for s in (
     ("error_feedback", "none", f"compressed uploads: {_names(ERROR_FEEDBACK)} (ef: the client keeps the residual of "
                                "its upload; ef21: it sends the compressed change of its last estimate, the server "
                                "keeps theirs)"),
+    ("ef21_alpha", "absolute", "ef21 with a learned step size (fedbat): absolute (the learned alpha on u - g) | "
+                               "relative (alpha = c rms(u - g), c = alpha / rms(u) as learned on u: contractive)"),
+    ("ef21_momentum", 0.0, "ef21: client momentum beta on the update, v = beta v + (1 - beta) u, sending C(v - g) "
+                           "(EF21-SGDM; 0 = plain EF21; one more float32 copy of the kernels per client)"),
     ("alpha_min", 5e-4, "[config] fedbat: lower clip of the learned step size"),
     ("alpha_max", 5e-2, "[config] fedbat: upper clip of the learned step size"),
     ("alpha_rule", "learned", "fedbat: learned (the paper) | max_abs (alpha = max|u| per tensor, as in the "
                               "convergence theorem)"),
     ("alpha_bounds", "fixed", "fedbat: fixed (the paper) | lr (alpha_min and alpha_max scaled by lr_t / lr_0)"),
+    ("ste", "clipped", "fedbat: straight-through estimator of dQ/du: clipped (the paper: no data gradient where "
+                       "|u| > alpha) | identity (the data gradient everywhere)"),
     ("bits", 1, "fedbat: bits of the learned operator (1 = the paper); qsgd: bits per value"),
     ("partition", "iid", "iid | dirichlet | label_count"),
     ("dirichlet_beta", 0.3, "dirichlet partition: concentration"),
@@ -186,7 +195,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
             raise ConfigError(f"{field} must be > 0, got {c[field]!r}")
     if c.rho < 0:
         raise ConfigError(f"rho must be >= 0, got {c.rho!r}")
-    for field in ("momentum", "server_b1", "server_b2"):
+    for field in ("momentum", "server_b1", "server_b2", "ef21_momentum"):
         if not 0.0 <= c[field] < 1.0:
             raise ConfigError(f"{field} must be in [0, 1), got {c[field]!r}")
     if c.weight_decay < 0:
@@ -231,6 +240,10 @@ def _check_algorithm(c) -> None:
         if compressor_name(c) == "none":
             raise ConfigError(f"error_feedback={c.error_feedback} does not apply to {c.algorithm} with "
                               "compressor=none: it sends every value exactly")
+    if error_feedback_name(c) != "ef21":
+        for field, default in (("ef21_alpha", "absolute"), ("ef21_momentum", 0.0)):
+            if c[field] != default:
+                raise ConfigError(f"{field}={c[field]!r} needs error_feedback=ef21 (got {error_feedback_name(c)})")
     for entry in (algorithm, COMPRESSORS[compressor_name(c)]):
         if entry.check is not None:
             entry.check(c)

@@ -172,7 +172,7 @@ class Learner(NamedTuple):
     def client_final(self, sent: Broadcast, client: Client, row: ClientRow, inp: ClientInput,
                      ) -> tuple[Aggregate, ClientRow]:
         """Upload: encode the finished update, decode the payload as the server does, weight it by p_k (by
-        w_k, the share of the whole federation, when the compressor's server keeps an estimate: EF21); the
+        w_k, the share of the whole federation, on the leaves the compressor's server keeps an estimate of: EF21); the
         algorithm's message weighted by w_k. Returns ``(its contribution to the Aggregate, its new row)``."""
         s = client.state
         last_lr = self.local.lr_at(inp.first_step + inp.num_steps - 1, inp.num_steps)
@@ -183,10 +183,16 @@ class Learner(NamedTuple):
         if self.algorithm.client_final is not None:
             algorithm_row, message = self.algorithm.client_final(update, row.algorithm, client.context, s.lr_sum,
                                                                  self.settings)
-        p = inp.weight if self.compressor.server is None else inp.share
-        contribution = Aggregate(_scaled(p, self.compressor.decode(payload)), _scaled(inp.weight, s.batch_stats),
-                                 s.loss_sum, s.seen, _scaled(inp.share, message))
+        contribution = Aggregate(self._weighted(self.compressor.decode(payload), inp),
+                                 _scaled(inp.weight, s.batch_stats), s.loss_sum, s.seen, _scaled(inp.share, message))
         return contribution, ClientRow(compressor_row, algorithm_row)
+
+    def _weighted(self, update: Params, inp: ClientInput) -> Params:
+        """A decoded update weighted by p_k; the leaves the compressor's server keeps an estimate of by w_k."""
+        if self.compressor.server is None:
+            return _scaled(inp.weight, update)
+        estimated = self.compressor.estimated or jax.tree.map(lambda _: True, update)
+        return jax.tree.map(lambda x, b: (inp.share if b else inp.weight) * x, update, estimated)
 
     # ---- the server -------------------------------------------------------------------------------
     def broadcast(self, server: ServerState) -> Broadcast:

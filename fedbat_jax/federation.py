@@ -62,13 +62,17 @@ def make_learner(config: ml_collections.ConfigDict, model, params: Any, ds: Data
     spec = COMPRESSORS[compressor_name(config)]
     upload_mask = binarized_mask(params, spec.compresses)
     train_mask = upload_mask if spec.learned_scale else binarized_mask(params, None)
-    compressor = with_error_feedback(spec.make(upload_mask, params, config), error_feedback_name(config), upload_mask)
+    feedback = error_feedback_name(config)
+    options = {}
+    if feedback == "ef21":
+        options = dict(relative=config.ef21_alpha == "relative", momentum=config.ef21_momentum)
+    compressor = with_error_feedback(spec.make(upload_mask, params, config), feedback, upload_mask, **options)
     local = LocalConfig(lr=config.lr, batch_size=config.batch_size, rho=config.rho, alpha_min=config.alpha_min,
                         alpha_max=config.alpha_max, bits=config.bits,
                         augment=(ds.augment or "none") if config.augment == "auto" else config.augment,
-                        alpha_rule=config.alpha_rule, alpha_bounds=config.alpha_bounds, momentum=config.momentum,
-                        weight_decay=config.weight_decay, lr_schedule=config.lr_schedule, lr_beta=config.lr_beta,
-                        lr_gamma=config.lr_gamma, rounds=config.rounds)
+                        alpha_rule=config.alpha_rule, alpha_bounds=config.alpha_bounds, ste=config.ste,
+                        momentum=config.momentum, weight_decay=config.weight_decay, lr_schedule=config.lr_schedule,
+                        lr_beta=config.lr_beta, lr_gamma=config.lr_gamma, rounds=config.rounds)
     return Learner(model, train_mask, compressor, local, config.local_epochs, server_optimizer(config), algorithm,
                    ml_collections.FrozenConfigDict(config))
 

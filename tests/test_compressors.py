@@ -74,23 +74,27 @@ class CompressorTest(chex.TestCase):
     @chex.variants(with_jit=True, without_jit=True)
     def test_ef21_sends_the_compressed_change_of_the_estimate(self):
         comp = with_error_feedback(scaled_sign(MASK, TEMPLATE), "ef21", MASK)
-        g = jax.tree.map(lambda m: 0.5 * m, UPDATE)
+        g = jax.tree.map(lambda m, b: 0.5 * m if b else jnp.zeros(()), UPDATE, MASK)
+        chex.assert_trees_all_equal_shapes(g, comp.init(TEMPLATE))
         payload, new = self.variant(comp.encode)(UPDATE, SCALES, g, KEY)
         d = UPDATE["conv"]["kernel"] - g["conv"]["kernel"]
         sent = comp.decode(payload)
         np.testing.assert_allclose(sent["conv"]["kernel"], jnp.mean(jnp.abs(d)) * jnp.where(d >= 0, 1.0, -1.0),
                                    rtol=1e-6)
         np.testing.assert_allclose(new["conv"]["kernel"], g["conv"]["kernel"] + sent["conv"]["kernel"], rtol=1e-6)
-        np.testing.assert_allclose(new["bn"]["scale"], UPDATE["bn"]["scale"], atol=1e-9)  # exact leaves: g = m
-        assert comp.server is not None
+        # leaves sent exactly keep no estimate: m itself travels, averaged over the cohort like FedAvg's
+        np.testing.assert_array_equal(sent["bn"]["scale"], UPDATE["bn"]["scale"])
+        np.testing.assert_array_equal(new["bn"]["scale"], 0.0)
+        assert comp.server is not None and comp.estimated == MASK
 
     def test_ef21_server_keeps_the_running_sum(self):
-        t = running_sum()
-        state = t.init({"w": jnp.zeros(2)})
-        out, state = t.update({"w": jnp.array([1.0, -2.0])}, state)
-        out, state = t.update({"w": jnp.array([0.5, 0.5])}, state)
+        t = running_sum({"w": True, "b": False})
+        state = t.init({"w": jnp.zeros(2), "b": jnp.zeros(2)})
+        out, state = t.update({"w": jnp.array([1.0, -2.0]), "b": jnp.array([1.0, 2.0])}, state)
+        out, state = t.update({"w": jnp.array([0.5, 0.5]), "b": jnp.array([3.0, 4.0])}, state)
         np.testing.assert_array_equal(out["w"], [1.5, -1.5])
         np.testing.assert_array_equal(state["w"], [1.5, -1.5])
+        np.testing.assert_array_equal(out["b"], [3.0, 4.0])  # a leaf sent exactly passes through: no estimate
 
     def test_error_feedback_leaves_the_payload_size_unchanged(self):
         for make in (lambda: scaled_sign(MASK, TEMPLATE), lambda: stochastic_levels(MASK, TEMPLATE, 1, True),

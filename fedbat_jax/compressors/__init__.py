@@ -11,7 +11,9 @@ Modelled on optax: a ``Compressor`` is a NamedTuple of pure functions,
 * ``decode(payload) -> update``: what the server adds to the global model;
 * ``server``: ``None`` (the server averages the cohort's decoded payloads, weights normalised over the
   cohort), or an optax transform with state that turns the sum of the payloads, each weighted by its
-  client's share of the whole federation, into the server's update (EF21's running estimate).
+  client's share of the whole federation, into the server's update (EF21's running estimate);
+* ``estimated``: with a ``server``, the leaves it keeps an estimate of (a pytree of bools; ``None``: all); the
+  others are averaged over the cohort as without one.
 
 The ``compressor`` setting names an entry of ``COMPRESSORS``: a ``CompressorSpec`` that builds the
 ``Compressor`` for a model (``make(mask, template, config)``; ``mask`` marks the compressed leaves, every conv
@@ -27,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from fedbat_jax.errors import ConfigError
 from fedbat_jax.binarization import default_binarize_predicate, leaf_keys, level_indices, level_values
 from fedbat_jax.packing import pack_levels, pack_signs, unpack_levels, unpack_signs
 from fedbat_jax.payloads import Dense, Levels, Signs, decoder
@@ -40,6 +43,7 @@ class Compressor(NamedTuple):
     encode: Callable[[Params, Params, Any, jax.Array], tuple[Any, Any]]
     decode: Callable[[Any], Params]
     server: optax.GradientTransformation | None = None
+    estimated: Params | None = None
 
 
 class CompressorSpec(NamedTuple):
@@ -137,33 +141,65 @@ def classic_ef(inner: Compressor, mask: Params) -> Compressor:
     return Compressor(init, encode, inner.decode)
 
 
-def ef21(inner: Compressor, mask: Params) -> Compressor:
+def ef21(inner: Compressor, mask: Params, relative: bool = False, momentum: float = 0.0) -> Compressor:
     """``ef21`` (Richtarik et al. 2021; its partial-participation form, Fatkhullin et al. 2021): the client
     keeps its last estimate ``g`` of its update, sends the compressed difference ``c = C(m - g)`` and sets
-    ``g = g + decode(c)``, on every leaf (leaves sent exactly give ``g = m``). The server keeps
-    ``G = sum_i w_i g_i`` over *all* N clients (``w_i``: the client's share of the federation, stale for clients
-    not sampled) as ``G += sum_k w_k decode(c_k)``; its update is ``G``. State: one float32 copy of every leaf
-    per client, and one on the server."""
+    ``g = g + decode(c)``, on the compressed leaves (``mask``). The server keeps ``G = sum_i w_i g_i`` over *all* N
+    clients (``w_i``: the client's share of the federation, stale for clients not sampled) as
+    ``G += sum_k w_k decode(c_k)``; its update is ``G`` there. Leaves sent exactly (BatchNorm scales and biases)
+    keep no estimate: the cohort's ``m`` are averaged as in FedAvg (a stale estimate of them would only lag).
+    State: one float32 copy of the compressed leaves per client, and one on the server.
 
-    def encode(update, scales, estimate, key):
-        payload, _ = inner.encode(jax.tree.map(lambda m, g: _f32(m) - g, update, estimate), scales, (), key)
-        return payload, jax.tree.map(jnp.add, estimate, inner.decode(payload))
+    * ``relative``: a learned step size (FedBAT's ``scales``) is applied to the difference relative to its size,
+      ``alpha = c * rms(m - g)`` with ``c = alpha / rms(m)`` the ratio the client learned on ``m``, so the
+      compressor's error shrinks with the difference (contractive); the absolute learned alpha on a small
+      ``m - g`` is not.
+    * ``momentum`` ``beta > 0`` (EF21-SGDM, Fatkhullin et al. 2023): the client sends ``C(v - g)`` for
+      ``v = beta v + (1 - beta) m`` (``v`` starts at 0), one more float32 copy of the compressed leaves.
+    """
+
+    def encode(update, scales, state, key):
+        estimate, velocity = state if momentum else (state, None)
+        if momentum:
+            velocity = jax.tree.map(lambda v, m, b: momentum * v + (1.0 - momentum) * _f32(m) if b else v,
+                                    velocity, update, mask)
+            target = jax.tree.map(lambda v, m, b: v if b else _f32(m), velocity, update, mask)
+        else:
+            target = jax.tree.map(_f32, update)
+        diff = jax.tree.map(lambda t, g, b: t - g if b else t, target, estimate, mask)
+        if relative:
+            scales = jax.tree.map(lambda s, t, d, b: s * _rms(d) / jnp.maximum(_rms(t), 1e-30) if b else s,
+                                  scales, target, diff, mask)
+        payload, _ = inner.encode(diff, scales, (), key)
+        estimate = jax.tree.map(lambda g, c, b: g + c if b else g, estimate, inner.decode(payload), mask)
+        return payload, ((estimate, velocity) if momentum else estimate)
+
+    def init(params):  # the estimate g (zeros of a scalar on the leaves sent exactly); with momentum (g, v)
+        estimate = jax.tree.map(lambda x, b: jnp.zeros_like(x, jnp.float32) if b else jnp.zeros((), jnp.float32),
+                                params, mask)
+        if not momentum:
+            return estimate
+        return estimate, jax.tree.map(lambda x, b: jnp.zeros_like(x, jnp.float32) if b else jnp.zeros((), jnp.float32),
+                                      params, mask)
+
+    return Compressor(init, encode, inner.decode, running_sum(mask), mask)
+
+
+def _rms(x):
+    return jnp.sqrt(jnp.mean(jnp.square(x)))
+
+
+def running_sum(mask: Params) -> optax.GradientTransformation:
+    """The server's side of EF21: on the ``mask`` leaves its state is the running sum of what it receives, and its
+    output; the other leaves pass through."""
 
     def init(params):
-        return jax.tree.map(lambda x: jnp.zeros_like(x, jnp.float32), params)
-
-    return Compressor(init, encode, inner.decode, running_sum())
-
-
-def running_sum() -> optax.GradientTransformation:
-    """The server's side of EF21: its state is the running sum of what it receives, and its output."""
-
-    def init(params):
-        return jax.tree.map(lambda x: jnp.zeros_like(x, jnp.float32), params)
+        return jax.tree.map(lambda x, b: jnp.zeros_like(x, jnp.float32) if b else jnp.zeros((), jnp.float32),
+                            params, mask)
 
     def update(updates, state, params=None):
-        total = jax.tree.map(jnp.add, state, updates)
-        return total, total
+        total = jax.tree.map(lambda s, u, b: s + u if b else s, state, updates, mask)
+        return jax.tree.map(lambda t, u, b: t if b else u, total, updates, mask), total
 
     return optax.GradientTransformation(init, update)
 
@@ -176,12 +212,12 @@ def _no_feedback(inner: Compressor, mask: Params) -> Compressor:
 ERROR_FEEDBACK = Registry("error_feedback", {"none": _no_feedback, "ef": classic_ef, "ef21": ef21})
 
 
-def with_error_feedback(inner: Compressor, kind: str, mask: Params) -> Compressor:
+def with_error_feedback(inner: Compressor, kind: str, mask: Params, **options) -> Compressor:
     """``inner`` with error feedback of ``kind`` (``ERROR_FEEDBACK``); the payload (and so ``uplink_bits``) is
     ``inner``'s, unchanged. ``inner`` receives ``p`` (or ``m - g``) as the update and the same ``scales`` and key,
     so FedBAT's upload draws ``Q(p, alpha)`` with the step size it learned on ``m``. The paper's CNN4 keeps
-    1.56 MB a client either way, ResNet-10 19.6 MB."""
-    return ERROR_FEEDBACK[kind](inner, mask)
+    1.56 MB a client either way, ResNet-10 19.6 MB. ``options``: ``ef21``'s (``relative``, ``momentum``)."""
+    return ERROR_FEEDBACK[kind](inner, mask, **options)
 
 
 # ---- the registry: the ``compressor`` setting's values -----------------------------------------------------
@@ -189,8 +225,28 @@ def _none(mask, template, config) -> Compressor:
     return full_precision()
 
 
+UPLOAD_ALPHAS = ("learned", "max", "learned_max", "exact")
+
+
 def _fedbat(mask, template, config) -> Compressor:
-    return stochastic_levels(mask, template, config.bits, learned_scale=True)
+    """FedBAT's upload (``upload_alpha``): ``Q(u, alpha)`` with the learned alpha (the paper), with ``max|u|`` (1 bit,
+    unbiased), on the two scales ``{+-alpha, +-max|u|}`` (2 bits, unbiased: ``two_scale.py``), or the float32 latent
+    itself (``exact``, a diagnosis: 32 bits a value)."""
+    if config.upload_alpha == "learned_max":
+        from fedbat_jax.compressors.two_scale import learned_and_max
+
+        return learned_and_max(mask, template)
+    if config.upload_alpha == "exact":
+        return full_precision()
+    return stochastic_levels(mask, template, config.bits, learned_scale=config.upload_alpha == "learned")
+
+
+def _check_fedbat(config) -> None:
+    if config.upload_alpha not in UPLOAD_ALPHAS:
+        raise ConfigError(f"unknown upload_alpha {config.upload_alpha!r}; choose one of: {', '.join(UPLOAD_ALPHAS)}")
+    if config.upload_alpha == "learned_max" and config.bits != 1:
+        raise ConfigError(f"upload_alpha=learned_max sends 2 bits a value on its own levels; it needs bits=1 (the "
+                          f"training operator's), got bits={config.bits}")
 
 
 def _stoch_binary(mask, template, config) -> Compressor:
@@ -208,10 +264,15 @@ def _scaled_sign(mask, template, config) -> Compressor:
 COMPRESSORS = Registry("compressor", {
     "none": CompressorSpec("every value as float32 (FedAvg's upload)", _none, compresses=None),
     "fedbat": CompressorSpec("FedBAT: the kernels train binarized and send Q(u, alpha) with the learned alpha, "
-                             "bits-bit levels packed", _fedbat, learned_scale=True),
+                             "bits-bit levels packed", _fedbat, learned_scale=True, check=_check_fedbat, settings=(
+                                 Setting("upload_alpha", "learned", "fedbat: the upload's alpha: learned (the paper) | "
+                                         "max (max|u|: 1 bit, unbiased) | learned_max (2 bits on the levels +-alpha, "
+                                         "+-max|u|, unbiased) | exact (the float32 latent: a diagnosis)"),)),
     "stoch_binary": CompressorSpec("stochastic binarization with alpha = max|m| per tensor (unbiased)",
                                    _stoch_binary),
     "qsgd": CompressorSpec("bits-bit stochastic levels with alpha = max|m| per tensor (unbiased)", _qsgd),
     "scaled_sign": CompressorSpec("sign(m) packed plus mean|m| per tensor (SignSGD)", _scaled_sign),
     "topk": "fedbat_jax.compressors.topk:TOPK",
+    "eden": "fedbat_jax.compressors.rotation:EDEN",
+    "drive": "fedbat_jax.compressors.rotation:DRIVE",
 })
