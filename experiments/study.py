@@ -35,17 +35,28 @@ from fedbat_jax import cli, report
 from fedbat_jax.errors import ConfigError
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
-COMPARISONS = (("fedbat", "fedavg"), ("fedbat", "stoch_binary"), ("fedbat+ef", "fedbat"), ("fedbat+ef21", "fedbat"),
-               ("fedbat+ef", "stoch_binary"), ("fedbat+ef21", "stoch_binary"))
+COMPARISONS = (("fedbat", "fedavg"), ("fedbat", "stoch_binary"), ("fedbat", "eden"), ("fedbat+ef", "fedbat"),
+               ("fedbat+ef21", "fedbat"), ("fedbat+ef", "stoch_binary"), ("fedbat+ef21", "stoch_binary"))
 
 
-def algorithm_fields(spec: str, bits: int) -> dict:
-    """``ALGORITHM[+ef|+ef21]`` as config fields."""
-    algorithm, _, feedback = spec.partition("+")
-    fields = {"algorithm": algorithm, "error_feedback": feedback or "none"}
-    if algorithm == "qsgd":
+def algorithm_fields(spec: str, bits: int) -> tuple[dict, list[str]]:
+    """``NAME[+ef|+ef21][@FIELD=VALUE...]`` as config fields and overrides: NAME is an algorithm, or a compressor
+    (FedAvg's training with that upload: ``eden``); each ``@FIELD=VALUE`` is ``--config.FIELD=VALUE`` for this
+    method alone (``fedbat@rho=0``, ``fedbat@ste=identity@upload_alpha=max``)."""
+    from fedbat_jax.algorithms import ALGORITHMS
+    from fedbat_jax.compressors import COMPRESSORS
+
+    head, *variant = spec.split("@")
+    name, _, feedback = head.partition("+")
+    fields = {"algorithm": name, "error_feedback": feedback or "none"}
+    if name not in ALGORITHMS and name in COMPRESSORS:
+        fields.update(algorithm="fedavg", compressor=name)
+    if name == "qsgd":
         fields["bits"] = bits
-    return fields
+    for item in variant:
+        if "=" not in item:
+            raise ConfigError(f"method {spec!r}: each part after @ must be FIELD=VALUE, got {item!r}")
+    return fields, [f"--config.{item}" for item in variant]
 
 
 def run_name(spec: str, config) -> str:
@@ -85,7 +96,8 @@ def main(args, overrides: list[str]) -> int:
     for spec, partition, algorithm, seed in itertools.product(specs, args.partitions, args.algorithms, seeds):
         if args.vmap_seeds and seed != seeds[0]:
             continue  # ran with the cell's first seed
-        fields = dict(partition=partition, seed=seed, **algorithm_fields(algorithm, args.bits))
+        method, variant = algorithm_fields(algorithm, args.bits)
+        fields = dict(partition=partition, seed=seed, **method)
         if args.datasets and args.reduced:
             spec_arg = f"{spec}:{partition},reduced"
         elif args.datasets:
@@ -95,7 +107,7 @@ def main(args, overrides: list[str]) -> int:
         for name, value in (("data_dir", args.data_dir), ("rounds", args.rounds), ("local_epochs", args.local_epochs)):
             if value:
                 fields[name] = value
-        c = cli.make_config(spec_arg, overrides, **fields)
+        c = cli.make_config(spec_arg, overrides + variant, **fields)  # the method's own settings win
         setting = c.dataset + ("_reduced" if args.reduced else "")
         name = run_name(algorithm, c)
 
@@ -113,7 +125,8 @@ def main(args, overrides: list[str]) -> int:
             s = report.summarize(records, args.target)
             rows.append({"dataset": setting, "partition": partition, "algorithm": name,
                          "error_feedback": c.error_feedback, "seed": seed, "rounds": s["rounds"],
-                         "local_epochs": c.local_epochs, "final_acc": s["final"], "best_acc": s["best"],
+                         "local_epochs": c.local_epochs, "final_acc": s["final"], "last5_acc": s["last5"],
+                         "best_acc": s["best"],
                          f"rounds_to_{args.target:g}": s["rounds_to_target"], "uplink_MB": s["uplink_mb"],
                          "train_s": s["seconds"]})
             curves.setdefault((setting, partition), {}).setdefault(name, []).append(records)
@@ -124,12 +137,18 @@ def main(args, overrides: list[str]) -> int:
             f"{platform.processor() or ''}, wall time of this invocation {time.time() - started:.0f} s "
             f"(runs already complete in the workdir are read back, not rerun)."
             + "".join(f"  \nNote ({k}): {v}." for k, v in notes.items()))
-    text = (note + "\n\nPer cell: the number of seeds, the mean final test accuracy and its 95% t-interval over "
-            "seeds.\n\n" + report.seed_table(rows))
+    text = (note + "\n\nPer cell: the number of seeds n and, for the test accuracy of the final round, the mean of "
+            "the last 5 rounds and the best round, the mean over seeds with its 95% t-interval.\n\n"
+            + report.seed_table(rows))
     for a, b in COMPARISONS:
         paired = report.paired_table(rows, a, b)
         if paired:
             text += f"\n{a} against {b}, seed by seed:\n\n" + paired
+    for value in ("final_acc", "last5_acc", "best_acc"):
+        blocked = report.blocked_table(rows, "fedbat", value)
+        if blocked:
+            text += (f"\nEvery method against fedbat ({value}), seed-blocked: the residual variance of "
+                     "accuracy = method + seed + error pooled over all methods that ran the same seeds:\n\n" + blocked)
     text += "\nEvery run:\n\n" + report.write_table(rows, out.with_suffix(".md"), out.with_suffix(".csv"))
     out.with_suffix(".md").write_text(text)
     print(text)
@@ -144,7 +163,8 @@ def parser() -> cli.ArgumentParser:
     ap.add_argument("--data-dir", default="")
     ap.add_argument("--partitions", type=cli.names, default=["iid", "dirichlet", "label_count"])
     ap.add_argument("--algorithms", type=cli.names, default=["fedavg", "fedbat"],
-                    help="comma list of ALGORITHM[+ef|+ef21]")
+                    help="comma list of methods NAME[+ef|+ef21][@FIELD=VALUE...] (NAME: an algorithm, or a compressor "
+                         "with FedAvg's training)")
     ap.add_argument("--bits", type=int, default=4, help="bits for qsgd")
     ap.add_argument("--seeds", type=cli.int_list, default=[0], help="comma list, e.g. 0,1,2")
     ap.add_argument("--rounds", type=int, default=0, help="0: the config's")

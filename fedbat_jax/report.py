@@ -21,47 +21,91 @@ def t_interval(values) -> tuple[float, float, float]:
     return mean, mean - half, mean + half
 
 
-def seed_table(rows: list[dict], keys=("dataset", "partition", "algorithm"), value: str = "final_acc") -> str:
-    """Markdown: per cell (``keys``), the number of seeds and the mean of ``value`` with its 95% t-interval."""
+ENDPOINTS = (("final_acc", "final"), ("last5_acc", "last-5 mean"), ("best_acc", "best"))
+
+
+def seed_table(rows: list[dict], keys=("dataset", "partition", "algorithm"), endpoints=ENDPOINTS) -> str:
+    """Markdown: per cell (``keys``), the number of seeds and, per endpoint (final round, mean of the last 5
+    evaluated rounds, best round), the mean over seeds with its 95% t-interval."""
+    endpoints = [(v, name) for v, name in endpoints if all(v in r for r in rows)]
     cells: dict[tuple, list[dict]] = {}
     for r in rows:
         cells.setdefault(tuple(r[k] for k in keys), []).append(r)
-    lines = ["| " + " | ".join(keys) + f" | seeds | {value} mean | 95% interval | uplink MB |",
-             "|" + "---|" * (len(keys) + 4)]
+    lines = ["| " + " | ".join(keys) + " | n | " + " | ".join(f"{name} [95%]" for _, name in endpoints)
+             + " | uplink MB |", "|" + "---|" * (len(keys) + len(endpoints) + 2)]
     for cell, runs in cells.items():
-        mean, lo, hi = t_interval([r[value] for r in runs])
-        interval = f"[{lo:.4f}, {hi:.4f}]" if len(runs) > 1 else "-"
-        lines.append("| " + " | ".join(map(str, cell)) + f" | {len(runs)} | {mean:.4f} | {interval} | "
-                     f"{runs[0]['uplink_MB']:.2f} |")
+        values = []
+        for v, _ in endpoints:
+            mean, lo, hi = t_interval([r[v] for r in runs])
+            values.append(f"{mean:.4f} [{lo:.4f}, {hi:.4f}]" if len(runs) > 1 else f"{mean:.4f}")
+        lines.append("| " + " | ".join(map(str, cell)) + f" | {len(runs)} | " + " | ".join(values)
+                     + f" | {runs[0]['uplink_MB']:.2f} |")
     return "\n".join(lines) + "\n"
 
 
-def paired_table(rows: list[dict], a: str, b: str, value: str = "final_acc") -> str:
+def paired_table(rows: list[dict], a: str, b: str, endpoints=ENDPOINTS) -> str:
     """Markdown: per (dataset, partition), ``a`` minus ``b`` in points over the seeds both ran (paired: the same
-    seed draws the same model and cohorts), mean and 95% t-interval; "" when no seed has both."""
-    by = {(r["dataset"], r["partition"], r["algorithm"], r["seed"]): r[value] for r in rows}
+    seed draws the same model and cohorts), mean and 95% t-interval per endpoint; "" when no seed has both."""
+    endpoints = [(v, name) for v, name in endpoints if all(v in r for r in rows)]
+    by = {(r["dataset"], r["partition"], r["algorithm"], r["seed"]): r for r in rows}
     settings = list(dict.fromkeys((r["dataset"], r["partition"]) for r in rows))
     lines = []
     for d, p in settings:
         seeds = sorted(s for (d2, p2, alg, s) in by if (d2, p2, alg) == (d, p, a) and (d, p, b, s) in by)
         if not seeds:
             continue
-        diff = [100 * (by[(d, p, a, s)] - by[(d, p, b, s)]) for s in seeds]
-        mean, lo, hi = t_interval(diff)
-        interval = f"[{lo:+.2f}, {hi:+.2f}]" if len(seeds) > 1 else "-"
-        lines.append(f"| {d} | {p} | {len(seeds)} | {mean:+.2f} | {interval} |")
+        cells = []
+        for v, _ in endpoints:
+            mean, lo, hi = t_interval([100 * (by[(d, p, a, s)][v] - by[(d, p, b, s)][v]) for s in seeds])
+            cells.append(f"{mean:+.2f} [{lo:+.2f}, {hi:+.2f}]" if len(seeds) > 1 else f"{mean:+.2f}")
+        lines.append(f"| {d} | {p} | {len(seeds)} | " + " | ".join(cells) + " |")
     if not lines:
         return ""
-    head = f"| dataset | partition | seeds | {a} - {b} ({value}, points) | 95% interval |\n|---|---|---|---|---|\n"
+    head = ("| dataset | partition | seeds | "
+            + " | ".join(f"{a} - {b}, {name} (points) [95%]" for _, name in endpoints)
+            + " |\n|" + "---|" * (3 + len(endpoints)) + "\n")
     return head + "\n".join(lines) + "\n"
 
 
+def blocked_table(rows: list[dict], reference: str, value: str = "final_acc") -> str:
+    """Markdown: per (dataset, partition), every method minus ``reference`` in points, with a 95% interval from
+    the seed-blocked two-way model ``value = method + seed + error`` over all the methods that ran the same seeds
+    (the residual variance pooled over every method, ``(m - 1)(n - 1)`` degrees of freedom), so a difference's
+    interval does not rest on its own 2 degrees of freedom at n = 3; "" without a complete block of >= 2 seeds."""
+    from scipy import stats
+
+    out = []
+    for d, p in dict.fromkeys((r["dataset"], r["partition"]) for r in rows):
+        cell = [r for r in rows if (r["dataset"], r["partition"]) == (d, p)]
+        methods = list(dict.fromkeys(r["algorithm"] for r in cell))
+        seeds = sorted(set.intersection(*({r["seed"] for r in cell if r["algorithm"] == m} for m in methods)))
+        if reference not in methods or len(seeds) < 2 or len(methods) < 2:
+            continue
+        by = {(r["algorithm"], r["seed"]): 100 * r[value] for r in cell}
+        y = np.array([[by[(m, s)] for s in seeds] for m in methods])  # [methods, seeds]
+        resid = y - y.mean(axis=1, keepdims=True) - y.mean(axis=0, keepdims=True) + y.mean()
+        df = (len(methods) - 1) * (len(seeds) - 1)
+        half = stats.t.ppf(0.975, df) * math.sqrt(2 * np.sum(resid**2) / df / len(seeds))
+        ref = y[methods.index(reference)].mean()
+        for m, row in zip(methods, y):
+            if m != reference:
+                diff = row.mean() - ref
+                out.append(f"| {d} | {p} | {m} | {len(seeds)} | {diff:+.2f} | [{diff - half:+.2f}, {diff + half:+.2f}] "
+                           f"| {df} |")
+    if not out:
+        return ""
+    return (f"| dataset | partition | method | seeds | method - {reference} ({value}, points) | 95% (seed-blocked) | "
+            "df |\n|---|---|---|---|---|---|---|\n" + "\n".join(out) + "\n")
+
+
 def summarize(records: list[dict], target: float | None = None) -> dict:
-    """Final and best test accuracy, rounds to reach ``target``, total uplink MB, training seconds."""
+    """Final, last-5-round mean and best test accuracy, rounds to reach ``target``, total uplink MB, training
+    seconds."""
     evaluated = [r for r in records if r["test_accuracy"] is not None]
     accs = [r["test_accuracy"] for r in evaluated]
     reached = next((r["round"] for r in evaluated if target is not None and r["test_accuracy"] >= target), None)
-    return {"rounds": len(records), "final": accs[-1], "best": max(accs), "rounds_to_target": reached,
+    return {"rounds": len(records), "final": accs[-1], "last5": float(np.mean(accs[-5:])), "best": max(accs),
+            "rounds_to_target": reached,
             "uplink_mb": sum(r["uplink_bits"] for r in records) / 8e6,
             "seconds": sum(r["round_seconds"] for r in records)}
 

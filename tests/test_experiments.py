@@ -13,6 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from fedbat_jax.errors import ConfigError
+
 import fedbat_jax as fb
 from fedbat_jax.cli import load_config
 
@@ -49,7 +51,7 @@ def test_study_writes_table_csv_and_plots(tmp_path):
     rows = list(csv.DictReader((tmp_path / "res.csv").open()))
     assert [(r["dataset"], r["partition"], r["algorithm"]) for r in rows] == [("mnist5k", "iid", "fedavg"),
                                                                               ("mnist5k", "iid", "fedbat")]
-    assert {"final_acc", "best_acc", "rounds_to_0.5", "uplink_MB", "train_s"} <= set(rows[0])
+    assert {"final_acc", "last5_acc", "best_acc", "rounds_to_0.5", "uplink_MB", "train_s"} <= set(rows[0])
     fedavg, fedbat = (float(r["uplink_MB"]) for r in rows)
     assert fedavg > 20 * fedbat  # 1 bit per binarized value against 32
     assert (tmp_path / "res_mnist5k_iid.png").stat().st_size > 0
@@ -57,6 +59,42 @@ def test_study_writes_table_csv_and_plots(tmp_path):
     assert "Command: `python experiments/study.py" in md and "fedbat against fedavg, seed by seed" in md
     assert "| mnist5k | iid | 1 | " in md.split("fedbat against fedavg")[1]  # one seed: the difference, no interval
     assert "| mnist5k | iid | fedavg | 1 | " in md  # the per-cell table: one seed
+    assert "| n | final [95%] | last-5 mean [95%] | best [95%] |" in md
+
+
+def _script(name):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_study_methods_name_a_compressor_or_a_variant():
+    study = _script("study")
+    assert study.algorithm_fields("eden", 4) == ({"algorithm": "fedavg", "error_feedback": "none",
+                                                  "compressor": "eden"}, [])
+    assert study.algorithm_fields("fedbat+ef21@rho=0@ste=identity", 4) == (
+        {"algorithm": "fedbat", "error_feedback": "ef21"}, ["--config.rho=0", "--config.ste=identity"])
+    with pytest.raises(ConfigError, match="each part after @ must be FIELD=VALUE, got 'rho'"):
+        study.algorithm_fields("fedbat@rho", 4)
+
+
+def test_seed_blocked_interval_pools_the_residuals_of_every_method():
+    from fedbat_jax import report
+
+    acc = {"fedbat": [0.70, 0.80, 0.75], "a": [0.72, 0.83, 0.76], "b": [0.69, 0.78, 0.77]}
+    rows = [{"dataset": "d", "partition": "p", "algorithm": m, "seed": s, "final_acc": v}
+            for m, vs in acc.items() for s, v in enumerate(vs)]
+    table = report.blocked_table(rows, "fedbat")
+    # by hand: y in points, residuals of method + seed, s^2 = SSE / 4, half = t(0.975, 4) sqrt(2 s^2 / 3)
+    y = 100 * np.array(list(acc.values()))
+    resid = y - y.mean(1, keepdims=True) - y.mean(0, keepdims=True) + y.mean()
+    half = 2.7764451 * np.sqrt(2 * np.sum(resid**2) / 4 / 3)
+    diff = y[1].mean() - y[0].mean()
+    assert f"| d | p | a | 3 | {diff:+.2f} | [{diff - half:+.2f}, {diff + half:+.2f}] | 4 |" in table
+    assert report.blocked_table(rows[:1], "fedbat") == ""  # one seed: no block
 
 
 @pytest.mark.slow
@@ -123,12 +161,20 @@ def test_convergence_study_quick(tmp_path, xla_cache_env):
     assert out.with_suffix(".png").stat().st_size > 0
 
 
-def test_convergence_slope_fit_and_optimum():
-    import importlib.util
+def test_convergence_window_criterion():
+    conv = _script("convergence")
+    gamma, steps, r = 528.0, 20, np.arange(1, 501)
+    at_rate = np.stack([2.0 / (gamma + steps * r) * (1 + 0.01 * k) for k in range(4)])
+    plateau = np.stack([0.05 + 1.0 / (gamma + steps * r) for _ in range(4)])
+    w = conv.window(at_rate, gamma, steps)
+    assert w["window"] == "250-500" and abs(w["growth"] - 1.0) < 1e-6 and w["converges"]
+    assert abs(w["w_slope"] - w["w_bound"]) < 1e-3 and -0.95 < w["w_bound"] < -0.9
+    p = conv.window(plateau, gamma, steps)
+    assert p["growth"] > 1.9 and not p["converges"]
 
-    spec = importlib.util.spec_from_file_location("convergence", ROOT / "experiments" / "convergence.py")
-    conv = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(conv)
+
+def test_convergence_slope_fit_and_optimum():
+    conv = _script("convergence")
     r = np.arange(1, 201)
     rng = np.random.default_rng(0)
     curves = np.stack([3.0 / r**2 * np.exp(0.3 * rng.standard_normal(200)) for _ in range(8)])
