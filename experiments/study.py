@@ -84,8 +84,44 @@ def vmapped_runs(config, seeds: list[int]) -> dict[int, list[dict]]:
     return {run["seed"]: records(run["metrics"]) for run in runs}
 
 
+def statistics(rows: list[dict]) -> str:
+    """The per-cell table (n; final, last-5 mean and best accuracy with 95% intervals), the paired differences of
+    COMPARISONS, and every method against fedbat seed-blocked, per endpoint the rows have."""
+    text = ("Per cell: the number of seeds n and, for the test accuracy of the final round, the mean of the last 5 "
+            "rounds and the best round, the mean over seeds with its 95% t-interval.\n\n" + report.seed_table(rows))
+    for a, b in COMPARISONS:
+        paired = report.paired_table(rows, a, b)
+        if paired:
+            text += f"\n{a} against {b}, seed by seed:\n\n" + paired
+    for value in ("final_acc", "last5_acc", "best_acc"):
+        blocked = report.blocked_table(rows, "fedbat", value) if all(value in r for r in rows) else ""
+        if blocked:
+            text += (f"\nEvery method against fedbat ({value}), seed-blocked: the residual variance of "
+                     "accuracy = method + seed + error pooled over all methods that ran the same seeds:\n\n" + blocked)
+    return text
+
+
+def tables_from(paths: list[str], out: Path) -> int:
+    """``--tables-from``: the statistics of committed CSVs (one row per run), rendered again without running."""
+    import csv
+
+    rows = []
+    for path in paths:
+        with open(path, newline="") as f:
+            for r in csv.DictReader(f):
+                rows.append({k: (float(v) if k.endswith("_acc") or k == "uplink_MB" else int(v) if k == "seed" else v)
+                             for k, v in r.items()})
+    text = f"Command: `python {' '.join(sys.argv)}` (from {', '.join(paths)}; nothing rerun)\n\n" + statistics(rows)
+    out.with_suffix(".md").parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".md").write_text(text)
+    print(text)
+    return 0
+
+
 def main(args, overrides: list[str]) -> int:
     out = Path(args.out)
+    if args.tables_from:
+        return tables_from(args.tables_from, out)
     specs = ([args.config] if args.config else
              [f"{CONFIGS / 'paper.py'}:{d}" for d in args.datasets])
     if not specs:
@@ -137,18 +173,7 @@ def main(args, overrides: list[str]) -> int:
             f"{platform.processor() or ''}, wall time of this invocation {time.time() - started:.0f} s "
             f"(runs already complete in the workdir are read back, not rerun)."
             + "".join(f"  \nNote ({k}): {v}." for k, v in notes.items()))
-    text = (note + "\n\nPer cell: the number of seeds n and, for the test accuracy of the final round, the mean of "
-            "the last 5 rounds and the best round, the mean over seeds with its 95% t-interval.\n\n"
-            + report.seed_table(rows))
-    for a, b in COMPARISONS:
-        paired = report.paired_table(rows, a, b)
-        if paired:
-            text += f"\n{a} against {b}, seed by seed:\n\n" + paired
-    for value in ("final_acc", "last5_acc", "best_acc"):
-        blocked = report.blocked_table(rows, "fedbat", value)
-        if blocked:
-            text += (f"\nEvery method against fedbat ({value}), seed-blocked: the residual variance of "
-                     "accuracy = method + seed + error pooled over all methods that ran the same seeds:\n\n" + blocked)
+    text = note + "\n\n" + statistics(rows)
     text += "\nEvery run:\n\n" + report.write_table(rows, out.with_suffix(".md"), out.with_suffix(".csv"))
     out.with_suffix(".md").write_text(text)
     print(text)
@@ -173,6 +198,8 @@ def parser() -> cli.ArgumentParser:
     ap.add_argument("--workdir", default="runs/study")
     ap.add_argument("--out", default="docs/results/study")
     ap.add_argument("--vmap-seeds", action="store_true", help="each cell's seeds as one vmapped program")
+    ap.add_argument("--tables-from", type=cli.names, default=[],
+                    help="comma list of study CSVs: write OUT.md's statistics from their rows, running nothing")
     return ap
 
 
