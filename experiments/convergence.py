@@ -70,6 +70,9 @@ ROWS = {  # table row -> settings on top of the problem's config
     # data gradient reaches every coordinate, not only |u| <= alpha), the learned alpha on the wire as usual.
     "fedbat_fp_upload": dict(algorithm="fedbat", upload_alpha="exact"),
     "fedbat_identity_ste": dict(algorithm="fedbat", ste="identity"),
+    # ... and both: if the latent is still biased with the identity estimator, the bias is the binarized forward
+    # pass itself (E[Q(u, alpha)] = clip(u, alpha): the latent is trained for the clipped model).
+    "fedbat_identity_ste_fp_upload": dict(algorithm="fedbat", ste="identity", upload_alpha="exact"),
     # Repairs at 1 bit (and one at 2 bits), each with partial participation too.
     **{name + suffix: dict(settings, **pp) for name, settings in {
         "fedbat_upload_max": dict(algorithm="fedbat", upload_alpha="max"),
