@@ -208,7 +208,9 @@ def slopes(subopt: np.ndarray) -> tuple[float, float, float]:
 # The window where the bound 1/(gamma + t) is steep (rounds 250-500 of 500: slope about -0.93), and the criterion
 # applied to every row: F - F* keeps falling at the bound's rate if (gamma + t)(F - F*) grows by at most GROWTH_MAX
 # over the window (the upper end of its 95% interval over seeds), i.e. its slope is within log2(1.25) = 0.32 of
-# the bound's over one doubling of t. A row that drifts or plateaus grows about 2x (slope near 0) or more.
+# the bound's over one doubling of t, *and* it ends below where it started (F - F* of round 1, the mean over
+# seeds): a row that blew up and is falling back steeply is not converging. A row that drifts or plateaus grows
+# about 2x (slope near 0) or more.
 GROWTH_MAX = 1.25
 
 
@@ -225,7 +227,8 @@ def _interval(x: np.ndarray) -> tuple[float, float, float]:
 def window(subopt: np.ndarray, gamma: float, steps: int) -> dict:
     """Over the last half of the rounds (250-500 of 500): the slope of log(F - F*) per seed, the bound's slope,
     and the growth of ``(gamma + t)(F - F*)`` from its first to its last round (t = E x round), each with its
-    95% interval over seeds; ``converges``: the growth's upper end is at most GROWTH_MAX."""
+    95% interval over seeds; ``converges``: the growth's upper end is at most GROWTH_MAX and the last round's
+    F - F* is below the first round's."""
     rounds = subopt.shape[1]
     r = np.arange(1, rounds + 1)
     first = rounds // 2
@@ -237,7 +240,7 @@ def window(subopt: np.ndarray, gamma: float, steps: int) -> dict:
     (s, s_lo, s_hi), (g, g_lo, g_hi) = _interval(per_seed), _interval(growth)
     return dict(window=f"{first}-{rounds}", w_slope=round(s, 3), w_slope_lo=round(s_lo, 3), w_slope_hi=round(s_hi, 3),
                 w_bound=round(bound, 3), growth=round(g, 3), growth_lo=round(g_lo, 3), growth_hi=round(g_hi, 3),
-                converges=bool(g_hi <= GROWTH_MAX))
+                converges=bool(g_hi <= GROWTH_MAX and subopt[:, -1].mean() < subopt[:, 0].mean()))
 
 
 def at_round(subopt: np.ndarray, r: int) -> dict:
@@ -385,7 +388,8 @@ def write(prefix: Path, rows, curves, const, f_star, grad_norm, bench, base) -> 
         "slope fitted over the window alone; `growth` is (gamma + t)(F - F*) at the window's last round over its "
         "first, mean [95%] over seeds: about 1 at the bound's rate, 2 or more for a row that plateaus or drifts. "
         f"**Criterion** (`rate`): a row keeps the bound's rate if the growth's upper end is at most {GROWTH_MAX} "
-        "(its slope within 0.32 of the bound's over the window's doubling of t).",
+        "(its slope within 0.32 of the bound's over the window's doubling of t) and its final F - F* is below its "
+        "first round's (a row that blew up and falls back steeply is not converging).",
         "",
         "| algorithm | partition | clients (sampled/all) | seeds | rounds | slope | 95% interval | bound | "
         "w slope [95%] | w bound | growth [95%] | rate | F - F* at round 100 [95%] | final F - F* [95%] |",
