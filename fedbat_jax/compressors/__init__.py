@@ -152,8 +152,11 @@ def ef21(inner: Compressor, mask: Params, relative: bool = False, momentum: floa
 
     * ``relative``: a learned step size (FedBAT's ``scales``) is applied to the difference relative to its size,
       ``alpha = c * rms(m - g)`` with ``c = alpha / rms(m)`` the ratio the client learned on ``m``, so the
-      compressor's error shrinks with the difference (contractive); the absolute learned alpha on a small
-      ``m - g`` is not.
+      compressor's error scales with the difference; the absolute learned alpha on a small ``m - g`` does not.
+      The error is ``E||Q(d) - d||^2 ~ c^2 ||d||^2`` from the small entries plus the clipped mass of the large
+      ones, so it is contractive (below ``||d||^2``) only for ``c`` well below 1 on a light-tailed ``d``: about
+      0.49 ``||d||^2`` at ``c = mean|d| / rms(d)`` on a Gaussian, 0.96 on a heavy-tailed one. On the convex study
+      (docs/results/README.md) the learned ``c`` is not: F - F* blows up to about 200 before it falls back.
     * ``momentum`` ``beta > 0`` (EF21-SGDM, Fatkhullin et al. 2023): the client sends ``C(v - g)`` for
       ``v = beta v + (1 - beta) m`` (``v`` starts at 0), one more float32 copy of the compressed leaves.
     """
