@@ -82,7 +82,8 @@ _CORE: tuple[Setting, ...] = tuple(Setting(*s) for s in (
                                "its upload; ef21: it sends the compressed change of its last estimate, the server "
                                "keeps theirs)"),
     ("ef21_alpha", "absolute", "ef21 with a learned step size (fedbat): absolute (the learned alpha on u - g) | "
-                               "relative (alpha = c rms(u - g), c = alpha / rms(u) as learned on u; contractive only for small c)"),
+                               "relative (alpha = c rms(u - g), c = alpha / rms(u) as learned on u; "
+                               "contractive only for small c)"),
     ("ef21_momentum", 0.0, "ef21: client momentum beta on the update, v = beta v + (1 - beta) u, sending C(v - g) "
                            "(EF21-SGDM; 0 = plain EF21; one more float32 copy of the kernels per client)"),
     ("alpha_min", 5e-4, "[config] fedbat: lower clip of the learned step size"),
