@@ -116,7 +116,7 @@ class DecodeTest(chex.TestCase):
 @pytest.mark.parametrize("name", ["eden", "drive"])
 def test_runs_through_the_round_and_counts_its_bits(name, tmp_path):
     records = fb.run(tiny("fedavg", compressor=name, rounds=1), tmp_path / name)
-    bits = fb.run(tiny("stoch_binary", rounds=1), tmp_path / "sb")[0]["uplink_bits"]
+    bits = fb.build(tiny("stoch_binary", rounds=1)).wire["uplink_bits"]
     assert np.isfinite(records[0]["test_loss"])
     # 1 bit a value plus a float per power-of-two block (stochastic binarization: one float per tensor)
     assert bits <= records[0]["uplink_bits"] < bits * 1.01
