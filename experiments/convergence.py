@@ -73,6 +73,8 @@ ROWS = {  # table row -> settings on top of the problem's config
     # ... and both: if the latent is still biased with the identity estimator, the bias is the binarized forward
     # pass itself (E[Q(u, alpha)] = clip(u, alpha): the latent is trained for the clipped model).
     "fedbat_identity_ste_fp_upload": dict(algorithm="fedbat", ste="identity", upload_alpha="exact"),
+    # The 2-bit two-scale upload on the identity estimator's (unbiased) latent.
+    "fedbat_identity_ste_learned_max": dict(algorithm="fedbat", ste="identity", upload_alpha="learned_max"),
     # Repairs at 1 bit (and one at 2 bits), each with partial participation too.
     **{name + suffix: dict(settings, **pp) for name, settings in {
         "fedbat_upload_max": dict(algorithm="fedbat", upload_alpha="max"),
