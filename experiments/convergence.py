@@ -209,10 +209,10 @@ def slopes(subopt: np.ndarray) -> tuple[float, float, float]:
 
 # The window where the bound 1/(gamma + t) is steep (rounds 250-500 of 500: slope about -0.93), and the criterion
 # applied to every row: F - F* keeps falling at the bound's rate if (gamma + t)(F - F*) grows by at most GROWTH_MAX
-# over the window (the upper end of its 95% interval over seeds), i.e. its slope is within log2(1.25) = 0.32 of
-# the bound's over one doubling of t, *and* it ends below where it started (F - F* of round 1, the mean over
-# seeds): a row that blew up and is falling back steeply is not converging. A row that drifts or plateaus grows
-# about 2x (slope near 0) or more.
+# over the window (its means over the first and the last 25 rounds; the upper end of its 95% interval over seeds),
+# i.e. its slope is within about log2(1.25) = 0.32 of the bound's over one doubling of t, *and* it ends below where
+# it started (F - F* of round 1, the mean over seeds): a row that blew up and is falling back steeply is not
+# converging. A row that drifts or plateaus grows about 2x (slope near 0) or more.
 GROWTH_MAX = 1.25
 
 
@@ -228,8 +228,8 @@ def _interval(x: np.ndarray) -> tuple[float, float, float]:
 
 def window(subopt: np.ndarray, gamma: float, steps: int) -> dict:
     """Over the last half of the rounds (250-500 of 500): the slope of log(F - F*) per seed, the bound's slope,
-    and the growth of ``(gamma + t)(F - F*)`` from its first to its last round (t = E x round), each with its
-    95% interval over seeds; ``converges``: the growth's upper end is at most GROWTH_MAX and the last round's
+    and the growth of ``(gamma + t)(F - F*)`` from its first to its last 25 rounds (means; t = E x round), each
+    with its 95% interval over seeds; ``converges``: the growth's upper end is at most GROWTH_MAX and the last round's
     F - F* is below the first round's."""
     rounds = subopt.shape[1]
     r = np.arange(1, rounds + 1)
@@ -237,7 +237,8 @@ def window(subopt: np.ndarray, gamma: float, steps: int) -> dict:
     w = r >= first
     per_seed = np.asarray([np.polyfit(np.log(r[w]), np.log(np.maximum(x[w], 1e-30)), 1)[0] for x in subopt])
     scaled = (gamma + steps * r) * subopt
-    growth = scaled[:, -1] / np.maximum(scaled[:, first - 1], 1e-30)
+    block = max(1, rounds // 20)  # 25 rounds at each end of the window: a sampled cohort moves one round's value
+    growth = scaled[:, -block:].mean(axis=1) / np.maximum(scaled[:, first - 1:first - 1 + block].mean(axis=1), 1e-30)
     bound = float(np.polyfit(np.log(r[w]), -np.log(gamma + steps * r[w]), 1)[0])
     (s, s_lo, s_hi), (g, g_lo, g_hi) = _interval(per_seed), _interval(growth)
     return dict(window=f"{first}-{rounds}", w_slope=round(s, 3), w_slope_lo=round(s_lo, 3), w_slope_hi=round(s_hi, 3),
@@ -387,8 +388,9 @@ def write(prefix: Path, rows, curves, const, f_star, grad_norm, bench, base) -> 
         "1/(gamma + t) itself over the same rounds (t = E x round): what O(1/T) looks like before t >> gamma.",
         "",
         f"Window: rounds {rows[0]['window']}, where the bound is steep (its slope there: `w bound`). `w slope` is the "
-        "slope fitted over the window alone; `growth` is (gamma + t)(F - F*) at the window's last round over its "
-        "first, mean [95%] over seeds: about 1 at the bound's rate, 2 or more for a row that plateaus or drifts. "
+        "slope fitted over the window alone; `growth` is the mean of (gamma + t)(F - F*) over the window's last 25 "
+        "rounds over its first 25, mean [95%] over seeds: about 1 at the bound's rate, 2 or more for a row that "
+        "plateaus or drifts. "
         f"**Criterion** (`rate`): a row keeps the bound's rate if the growth's upper end is at most {GROWTH_MAX} "
         "(its slope within 0.32 of the bound's over the window's doubling of t) and its final F - F* is below its "
         "first round's (a row that blew up and falls back steeply is not converging).",

@@ -170,7 +170,7 @@ def test_convergence_window_criterion():
     assert w["window"] == "250-500" and abs(w["growth"] - 1.0) < 1e-6 and w["converges"]
     assert abs(w["w_slope"] - w["w_bound"]) < 1e-3 and -0.95 < w["w_bound"] < -0.9
     p = conv.window(plateau, gamma, steps)
-    assert p["growth"] > 1.9 and not p["converges"]
+    assert p["growth"] > 1.7 and not p["converges"]
     # blew up, then falls back steeply: its growth is small, but it ends above where it started
     blown = np.stack([np.where(r > 1, 1e12 / (gamma + steps * r) ** 3, 0.4) * (1 + 0.01 * k) for k in range(4)])
     b = conv.window(blown, gamma, steps)
