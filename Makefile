@@ -12,7 +12,7 @@ lint:  ## ruff over the package, experiments, tests and the notebook (the rules 
 test-fast:  ## the edit-test loop: every test not marked slow (under 2 minutes on a 2-core CPU)
 	$(PYTHON) -m pytest -q -m "not slow" tests
 
-test:  ## the whole test suite (about 8-13 minutes on a 2-core CPU; reruns use the XLA cache in /tmp)
+test:  ## the whole test suite (about 13-15 minutes on a 2-core CPU; reruns use the XLA cache in /tmp)
 	$(PYTHON) -m pytest -q tests
 
 run:  ## FedBAT vs FedAvg on the bundled mnist5k digits, offline: table + runs/compare/compare.png
