@@ -191,7 +191,9 @@ class Learner(NamedTuple):
         """A decoded update weighted by p_k; the leaves the compressor's server keeps an estimate of by w_k."""
         if self.compressor.server is None:
             return _scaled(inp.weight, update)
-        estimated = self.compressor.estimated or jax.tree.map(lambda _: True, update)
+        estimated = self.compressor.estimated
+        if estimated is None:
+            estimated = jax.tree.map(lambda _: True, update)
         return jax.tree.map(lambda x, b: (inp.share if b else inp.weight) * x, update, estimated)
 
     # ---- the server -------------------------------------------------------------------------------

@@ -29,8 +29,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fedbat_jax.errors import ConfigError
 from fedbat_jax.binarization import default_binarize_predicate, leaf_keys, level_indices, level_values
+from fedbat_jax.errors import ConfigError
 from fedbat_jax.packing import pack_levels, pack_signs, unpack_levels, unpack_signs
 from fedbat_jax.payloads import Dense, Levels, Signs, decoder
 from fedbat_jax.registry import Registry, Setting
@@ -122,6 +122,11 @@ def _f32(x):
     return x.astype(jnp.float32)
 
 
+def _zeros_on(mask: Params, params: Params) -> Params:
+    """float32 zeros shaped like the ``mask`` leaves of ``params``, a scalar zero on the others."""
+    return jax.tree.map(lambda x, b: jnp.zeros_like(x, jnp.float32) if b else jnp.zeros((), jnp.float32), params, mask)
+
+
 def classic_ef(inner: Compressor, mask: Params) -> Compressor:
     """``ef`` (Karimireddy et al. 2019; Stich et al. 2018): the client compresses ``p = m + e`` on the
     compressed leaves (``mask``) and keeps the residual ``e = p - decode(payload)`` for the next round it is
@@ -129,8 +134,7 @@ def classic_ef(inner: Compressor, mask: Params) -> Compressor:
     the compressed leaves."""
 
     def init(params):
-        return jax.tree.map(lambda x, b: jnp.zeros_like(x, jnp.float32) if b else jnp.zeros((), jnp.float32),
-                            params, mask)
+        return _zeros_on(mask, params)
 
     def encode(update, scales, residual, key):
         p = jax.tree.map(lambda m, e, b: _f32(m) + e if b else m, update, residual, mask)
@@ -178,12 +182,7 @@ def ef21(inner: Compressor, mask: Params, relative: bool = False, momentum: floa
         return payload, ((estimate, velocity) if momentum else estimate)
 
     def init(params):  # the estimate g (zeros of a scalar on the leaves sent exactly); with momentum (g, v)
-        estimate = jax.tree.map(lambda x, b: jnp.zeros_like(x, jnp.float32) if b else jnp.zeros((), jnp.float32),
-                                params, mask)
-        if not momentum:
-            return estimate
-        return estimate, jax.tree.map(lambda x, b: jnp.zeros_like(x, jnp.float32) if b else jnp.zeros((), jnp.float32),
-                                      params, mask)
+        return (_zeros_on(mask, params), _zeros_on(mask, params)) if momentum else _zeros_on(mask, params)
 
     return Compressor(init, encode, inner.decode, running_sum(mask), mask)
 
@@ -197,8 +196,7 @@ def running_sum(mask: Params) -> optax.GradientTransformation:
     output; the other leaves pass through."""
 
     def init(params):
-        return jax.tree.map(lambda x, b: jnp.zeros_like(x, jnp.float32) if b else jnp.zeros((), jnp.float32),
-                            params, mask)
+        return _zeros_on(mask, params)
 
     def update(updates, state, params=None):
         total = jax.tree.map(lambda s, u, b: s + u if b else s, state, updates, mask)
