@@ -29,7 +29,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from fedbat_jax import cli
+from fedbat_jax import cli, report
 from fedbat_jax.data import load_dataset
 from fedbat_jax.models import make_model
 from fedbat_jax.sweeps import compile_sweep
@@ -191,20 +191,16 @@ def suboptimality_metric(model, lam: float, X: np.ndarray, w_star: np.ndarray):
 
 
 # ---- slopes --------------------------------------------------------------------------------------------
+def _seed_slopes(subopt: np.ndarray, window: np.ndarray, floor: float) -> np.ndarray:
+    """Per seed, the slope of log(max(subopt, floor)) against log(round) over the rounds ``window`` marks."""
+    r = np.arange(1, subopt.shape[1] + 1)
+    return np.asarray([np.polyfit(np.log(r[window]), np.log(np.maximum(s[window], floor)), 1)[0] for s in subopt])
+
+
 def slopes(subopt: np.ndarray) -> tuple[float, float, float]:
     """Mean slope of log(subopt) vs log(round) over the last decade of rounds, with a 95% t-interval over seeds."""
-    from scipy import stats
-
     rounds = subopt.shape[1]
-    r = np.arange(1, rounds + 1)
-    window = r >= max(rounds // 10, 1)
-    per_seed = [np.polyfit(np.log(r[window]), np.log(np.maximum(s[window], 1e-12)), 1)[0] for s in subopt]
-    per_seed = np.asarray(per_seed)
-    mean = float(per_seed.mean())
-    if len(per_seed) < 2:
-        return mean, mean, mean
-    half = float(stats.t.ppf(0.975, len(per_seed) - 1) * per_seed.std(ddof=1) / math.sqrt(len(per_seed)))
-    return mean, mean - half, mean + half
+    return report.t_interval(_seed_slopes(subopt, np.arange(1, rounds + 1) >= max(rounds // 10, 1), 1e-12))
 
 
 # The window where the bound 1/(gamma + t) is steep (rounds 250-500 of 500: slope about -0.93), and the criterion
@@ -216,16 +212,6 @@ def slopes(subopt: np.ndarray) -> tuple[float, float, float]:
 GROWTH_MAX = 1.25
 
 
-def _interval(x: np.ndarray) -> tuple[float, float, float]:
-    from scipy import stats
-
-    mean = float(x.mean())
-    if len(x) < 2:
-        return mean, mean, mean
-    half = float(stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
-    return mean, mean - half, mean + half
-
-
 def window(subopt: np.ndarray, gamma: float, steps: int) -> dict:
     """Over the last half of the rounds (250-500 of 500): the slope of log(F - F*) per seed, the bound's slope,
     and the growth of ``(gamma + t)(F - F*)`` from its first to its last 25 rounds (means; t = E x round), each
@@ -235,12 +221,12 @@ def window(subopt: np.ndarray, gamma: float, steps: int) -> dict:
     r = np.arange(1, rounds + 1)
     first = rounds // 2
     w = r >= first
-    per_seed = np.asarray([np.polyfit(np.log(r[w]), np.log(np.maximum(x[w], 1e-30)), 1)[0] for x in subopt])
+    per_seed = _seed_slopes(subopt, w, 1e-30)
     scaled = (gamma + steps * r) * subopt
     block = max(1, rounds // 20)  # 25 rounds at each end of the window: a sampled cohort moves one round's value
     growth = scaled[:, -block:].mean(axis=1) / np.maximum(scaled[:, first - 1:first - 1 + block].mean(axis=1), 1e-30)
     bound = float(np.polyfit(np.log(r[w]), -np.log(gamma + steps * r[w]), 1)[0])
-    (s, s_lo, s_hi), (g, g_lo, g_hi) = _interval(per_seed), _interval(growth)
+    (s, s_lo, s_hi), (g, g_lo, g_hi) = report.t_interval(per_seed), report.t_interval(growth)
     return dict(window=f"{first}-{rounds}", w_slope=round(s, 3), w_slope_lo=round(s_lo, 3), w_slope_hi=round(s_hi, 3),
                 w_bound=round(bound, 3), growth=round(g, 3), growth_lo=round(g_lo, 3), growth_hi=round(g_hi, 3),
                 converges=bool(g_hi <= GROWTH_MAX and subopt[:, -1].mean() < subopt[:, 0].mean()))
@@ -248,14 +234,11 @@ def window(subopt: np.ndarray, gamma: float, steps: int) -> dict:
 
 def at_round(subopt: np.ndarray, r: int) -> dict:
     """``F - F*`` at round ``r`` (1-based): mean over seeds and its 95% t-interval, as CSV columns."""
-    from scipy import stats
-
     if r > subopt.shape[1]:
         return {}
-    x = subopt[:, r - 1]
-    half = float(stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else 0.0
-    return {f"subopt_r{r}": float(f"{x.mean():.4e}"), f"subopt_r{r}_lo": float(f"{x.mean() - half:.4e}"),
-            f"subopt_r{r}_hi": float(f"{x.mean() + half:.4e}")}
+    mean, lo, hi = report.t_interval(subopt[:, r - 1])
+    return {f"subopt_r{r}": float(f"{mean:.4e}"), f"subopt_r{r}_lo": float(f"{lo:.4e}"),
+            f"subopt_r{r}_hi": float(f"{hi:.4e}")}
 
 
 # ---- the study -----------------------------------------------------------------------------------------
