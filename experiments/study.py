@@ -93,8 +93,8 @@ def statistics(rows: list[dict]) -> str:
         paired = report.paired_table(rows, a, b)
         if paired:
             text += f"\n{a} against {b}, seed by seed:\n\n" + paired
-    for value in ("final_acc", "last5_acc", "best_acc"):
-        blocked = report.blocked_table(rows, "fedbat", value) if all(value in r for r in rows) else ""
+    for value, _ in report.ENDPOINTS:
+        blocked = report.blocked_table(rows, "fedbat", value)
         if blocked:
             text += (f"\nEvery method against fedbat ({value}), seed-blocked: the residual variance of "
                      "accuracy = method + seed + error pooled over all methods that ran the same seeds:\n\n" + blocked)
@@ -105,12 +105,24 @@ def tables_from(paths: list[str], out: Path) -> int:
     """``--tables-from``: the statistics of committed CSVs (one row per run), rendered again without running."""
     import csv
 
+    needed = {"dataset", "partition", "algorithm", "seed", "final_acc", "uplink_MB"}
     rows = []
     for path in paths:
-        with open(path, newline="") as f:
-            for r in csv.DictReader(f):
-                rows.append({k: (float(v) if k.endswith("_acc") or k == "uplink_MB" else int(v) if k == "seed" else v)
-                             for k, v in r.items()})
+        try:
+            with open(path, newline="") as f:
+                reader = csv.DictReader(f)
+                missing = needed - set(reader.fieldnames or ())
+                if missing:
+                    raise ConfigError(f"--tables-from {path}: not a study CSV (no column {', '.join(sorted(missing))})")
+                for r in reader:
+                    rows.append({k: (float(v) if k.endswith("_acc") or k == "uplink_MB" else int(v) if k == "seed"
+                                     else v) for k, v in r.items()})
+        except ConfigError:
+            raise
+        except OSError as e:
+            raise ConfigError(f"--tables-from {path}: {e.strerror or e}") from None
+        except ValueError as e:
+            raise ConfigError(f"--tables-from {path}: a value is not a number ({e})") from None
     text = f"Command: `python {' '.join(sys.argv)}` (from {', '.join(paths)}; nothing rerun)\n\n" + statistics(rows)
     out.with_suffix(".md").parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text(text)

@@ -24,10 +24,15 @@ def t_interval(values) -> tuple[float, float, float]:
 ENDPOINTS = (("final_acc", "final"), ("last5_acc", "last-5 mean"), ("best_acc", "best"))
 
 
+def _present(endpoints, rows: list[dict]) -> list[tuple[str, str]]:
+    """The endpoints every row has (CSVs of earlier studies lack ``last5_acc``)."""
+    return [(v, name) for v, name in endpoints if all(v in r for r in rows)]
+
+
 def seed_table(rows: list[dict], keys=("dataset", "partition", "algorithm"), endpoints=ENDPOINTS) -> str:
     """Markdown: per cell (``keys``), the number of seeds and, per endpoint (final round, mean of the last 5
     evaluated rounds, best round), the mean over seeds with its 95% t-interval."""
-    endpoints = [(v, name) for v, name in endpoints if all(v in r for r in rows)]
+    endpoints = _present(endpoints, rows)
     cells: dict[tuple, list[dict]] = {}
     for r in rows:
         cells.setdefault(tuple(r[k] for k in keys), []).append(r)
@@ -46,7 +51,7 @@ def seed_table(rows: list[dict], keys=("dataset", "partition", "algorithm"), end
 def paired_table(rows: list[dict], a: str, b: str, endpoints=ENDPOINTS) -> str:
     """Markdown: per (dataset, partition), ``a`` minus ``b`` in points over the seeds both ran (paired: the same
     seed draws the same model and cohorts), mean and 95% t-interval per endpoint; "" when no seed has both."""
-    endpoints = [(v, name) for v, name in endpoints if all(v in r for r in rows)]
+    endpoints = _present(endpoints, rows)
     by = {(r["dataset"], r["partition"], r["algorithm"], r["seed"]): r for r in rows}
     settings = list(dict.fromkeys((r["dataset"], r["partition"]) for r in rows))
     lines = []
@@ -71,9 +76,12 @@ def blocked_table(rows: list[dict], reference: str, value: str = "final_acc") ->
     """Markdown: per (dataset, partition), every method minus ``reference`` in points, with a 95% interval from
     the seed-blocked two-way model ``value = method + seed + error`` over all the methods that ran the same seeds
     (the residual variance pooled over every method, ``(m - 1)(n - 1)`` degrees of freedom), so a difference's
-    interval does not rest on its own 2 degrees of freedom at n = 3; "" without a complete block of >= 2 seeds."""
+    interval does not rest on its own 2 degrees of freedom at n = 3; "" without a complete block of >= 2 seeds or
+    when the rows lack ``value``."""
     from scipy import stats
 
+    if not all(value in r for r in rows):
+        return ""
     out = []
     for d, p in dict.fromkeys((r["dataset"], r["partition"]) for r in rows):
         cell = [r for r in rows if (r["dataset"], r["partition"]) == (d, p)]

@@ -236,3 +236,17 @@ def test_study_tables_from_committed_csv(tmp_path):
     # the committed label-count paired difference of final accuracy, recomputed; best too; last-5 absent there
     assert "| fashion_mnist | label_count | 3 | -6.01 [-11.93, -0.09] |" in md.split("fedbat against stoch_binary")[1]
     assert "seed-blocked" in md and "last5_acc" not in md
+
+
+@pytest.mark.parametrize("text, needle", [
+    (None, "No such file or directory"),
+    ("a,b\n1,2\n", "not a study CSV (no column algorithm, dataset, final_acc, partition, seed, uplink_MB)"),
+    ("dataset,partition,algorithm,seed,final_acc,uplink_MB\nd,p,a,x,0.5,1\n", "a value is not a number"),
+])
+def test_study_tables_from_bad_csv_is_one_line(tmp_path, text, needle):
+    path = tmp_path / "runs.csv"
+    if text is not None:
+        path.write_text(text)
+    done = subprocess.run([sys.executable, "experiments/study.py", "--tables-from", str(path), "--out",
+                           str(tmp_path / "t")], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and needle in done.stderr, done.stderr
