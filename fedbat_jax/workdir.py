@@ -263,18 +263,22 @@ class Workdir:
                            "over in a new --workdir")
 
     def _check_settings(self) -> dict:
-        """Refuse (one line) to resume a run under settings that would change its numbers."""
-        if self.checkpoint is None:
-            return {}  # nothing kept from an earlier run: it starts over
+        """Refuse (one line) to start or resume under settings that would change the numbers of the run this
+        folder holds. ``config.json`` is the run's identity from the moment it is written (once the data has
+        loaded), with or without a checkpoint: a run stopped before its first checkpoint restarts from round 1
+        under the same settings, never over its metrics under other ones."""
         file = self.path / CONFIG_FILE
+        if self.checkpoint is None and not file.exists():
+            return {}  # a new run
+        what = "checkpoint's" if self.checkpoint is not None else "run's"
         try:
             old = json.loads(file.read_text())
         except (OSError, ValueError) as e:
-            raise WorkdirError(f"{file} is missing or unreadable ({type(e).__name__}), so the checkpoint's settings "
+            raise WorkdirError(f"{file} is missing or unreadable ({type(e).__name__}), so the {what} settings "
                                "are unknown; use a new --workdir") from None
         if not isinstance(old, dict):
             raise WorkdirError(f"{file} holds a JSON {type(old).__name__}, not the run's settings, so the "
-                               "checkpoint's settings are unknown; use a new --workdir")
+                               f"{what} settings are unknown; use a new --workdir")
         done = self.checkpoint_round
         if self.config.rounds < done:
             raise WorkdirError(f"{self.path} has completed {done} rounds; rounds must be >= {done}")

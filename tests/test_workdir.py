@@ -75,6 +75,22 @@ def test_a_resume_with_other_settings_is_refused_and_writes_nothing(workdir, cha
     assert snapshot(workdir) == before
 
 
+def test_a_run_stopped_before_its_first_checkpoint_still_owns_its_workdir(workdir, finished):
+    """Killed (or out of disk) before the first checkpoint: config.json and metrics.jsonl are there, no
+    checkpoint. Other settings are refused in one line naming the fields, and nothing is written; the same
+    settings start the run again from round 1."""
+    for name in ("checkpoint.npz", "checkpoint.prev.npz"):
+        (workdir / name).unlink()
+    before = snapshot(workdir)
+    for change, needle in [(dict(lr=0.05), "holds a run with other settings (lr 0.1 -> 0.05); use a new --workdir"),
+                           (dict(rounds=4), "(rounds 2 -> 4); use a new --workdir, or add --allow_change=rounds")]:
+        with pytest.raises(WorkdirError) as e:
+            fb.run(tiny(**change), workdir)
+        assert needle in str(e.value) and "\n" not in str(e.value)
+        assert snapshot(workdir) == before
+    assert results(fb.run(tiny(), workdir)) == results(finished[1])
+
+
 def test_settings_that_do_not_change_numbers_resume_freely(workdir, finished):
     records = fb.run(tiny(eval_every=2, checkpoint_every=5, client_threads=2, data_dir=""), workdir)
     assert results(records) == results(finished[1])
