@@ -180,7 +180,7 @@ class Workdir:
         if unknown:
             raise ConfigError(f"--allow_change takes {', '.join(RESUMABLE_FIELDS)}; got {', '.join(sorted(unknown))}")
         self._lock = self._tensorboard = None
-        self._created = False
+        self._created = self._created_lock = False
         self._open_folder()
         try:
             self.checkpoint = self._newest_checkpoint()  # (file, round, arrays) or None
@@ -201,9 +201,14 @@ class Workdir:
         self._created = not self.path.exists()
         try:
             self.path.mkdir(parents=True, exist_ok=True)
-            self._lock = open(self.path / LOCK_FILE, "a+")
         except OSError as e:
             raise WorkdirError(f"cannot create workdir {self.path}: {e.strerror or e}") from None
+        self._created_lock = not (self.path / LOCK_FILE).exists()
+        try:
+            self._lock = open(self.path / LOCK_FILE, "a+")
+        except OSError as e:
+            self._remove_created()
+            raise WorkdirError(f"cannot open {self.path / LOCK_FILE} (the workdir's lock): {e.strerror or e}") from None
         import fcntl
 
         try:
@@ -215,11 +220,15 @@ class Workdir:
             self._lock = None
             raise WorkdirError(f"workdir {self.path} is in use by another run (pid {holder}); wait for it to "
                                "finish or use another --workdir") from None
-        with _disk_errors(self.path / LOCK_FILE):
-            self._lock.seek(0)
-            self._lock.truncate()
-            self._lock.write(f"{os.getpid()}\n")
-            self._lock.flush()
+        try:
+            with _disk_errors(self.path / LOCK_FILE):
+                self._lock.seek(0)
+                self._lock.truncate()
+                self._lock.write(f"{os.getpid()}\n")
+                self._lock.flush()
+        except WorkdirError:
+            self.close(failed=True)
+            raise
 
     def _newest_checkpoint(self):
         for name in (CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE):
@@ -353,10 +362,21 @@ class Workdir:
             self._tensorboard.close()
             self._tensorboard = None
         if self._lock is not None:
-            self._lock.close()  # closing the file releases the flock
+            if failed:
+                self._remove_created()  # (while the lock is held: no other run can be starting in it)
+            with contextlib.suppress(OSError):  # (a pid that a full disk left unflushed fails again here)
+                self._lock.close()  # closing the file releases the flock
             self._lock = None
-            if failed and self._created and {p.name for p in self.path.iterdir()} <= {LOCK_FILE}:
-                shutil.rmtree(self.path, ignore_errors=True)
+
+    def _remove_created(self) -> None:
+        """A refused run leaves no trace: the folder it created, or the lock file it added to an existing
+        folder, goes again when nothing else was written there."""
+        with contextlib.suppress(OSError):
+            if {p.name for p in self.path.iterdir()} <= {LOCK_FILE}:
+                if self._created:
+                    shutil.rmtree(self.path, ignore_errors=True)
+                elif self._created_lock:
+                    (self.path / LOCK_FILE).unlink(missing_ok=True)
 
     def __enter__(self) -> "Workdir":
         return self
@@ -386,7 +406,12 @@ def _disk_errors(path: Path, tmp: Path | None = None):
             with contextlib.suppress(OSError):
                 tmp.unlink()
         try:
-            free = f"; {shutil.disk_usage(path.parent).free / 2**20:.1f} MB free there"
+            free = f"; {_size(shutil.disk_usage(path.parent).free)} free there"
         except OSError:
             free = ""
         raise WorkdirError(f"cannot write {path}: {e.strerror or e}{free}") from None
+
+
+def _size(n: int) -> str:
+    """``36.0 KB`` below a megabyte, ``1.5 MB`` above (a nearly full disk reads as what is left, not 0.0 MB)."""
+    return f"{n / 2**10:.1f} KB" if n < 2**20 else f"{n / 2**20:.1f} MB"

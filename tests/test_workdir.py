@@ -420,13 +420,13 @@ def test_a_real_full_disk_at_start_and_at_a_checkpoint_is_one_line(small_tmpfs, 
     with open(filler, "wb", buffering=0) as f, contextlib.suppress(OSError):  # fill it to the last byte
         while True:
             f.write(b"x" * 4096)
-    with pytest.raises(WorkdirError, match=r"cannot write .*: No space left on device; 0.0 MB free"):
+    with pytest.raises(WorkdirError, match=r"cannot write .*: No space left on device; [0-9.]+ KB free"):
         fb.run(tiny(model="logreg", rounds=3), small_tmpfs / "w")
     assert not list(small_tmpfs.rglob("*.tmp"))
     filler.unlink()
 
     cfg = tiny(model="logreg", rounds=3)  # a 31 KB checkpoint: the first fits in 48 KB, a second beside it not
-    with pytest.raises(WorkdirError, match=r"cannot write .*checkpoint.npz: No space left on device; [0-9.]+ MB free"):
+    with pytest.raises(WorkdirError, match=r"cannot write .*checkpoint.npz: No space left on device; [0-9.]+ KB free"):
         fb.run(cfg, small_tmpfs / "w")
     assert not list(small_tmpfs.rglob("*.tmp"))
     r, _ = read_checkpoint(small_tmpfs / "w" / "checkpoint.npz")
@@ -436,11 +436,26 @@ def test_a_real_full_disk_at_start_and_at_a_checkpoint_is_one_line(small_tmpfs, 
     assert results(resumed) == results(straight)
 
 
+@pytest.mark.slow
+def test_a_read_only_file_system_names_the_lock_not_the_folder(small_tmpfs):
+    """An existing run on a file system mounted read-only: the folder is there, its lock cannot be opened."""
+    fb.run(tiny(model="logreg", rounds=1), small_tmpfs / "w")
+    if subprocess.run(["mount", "-o", "remount,ro", str(small_tmpfs)], capture_output=True).returncode != 0:
+        pytest.skip("remounting read-only is not allowed here")
+    with pytest.raises(WorkdirError) as e:
+        fb.run(tiny(model="logreg", rounds=1), small_tmpfs / "w")
+    assert str(e.value) == f"cannot open {small_tmpfs / 'w' / '.lock'} (the workdir's lock): Read-only file system"
+
+
 def test_a_run_refused_after_opening_a_new_workdir_leaves_nothing(tmp_path):
     """Missing data is found only after the workdir is opened: the folder this run created goes again."""
     with pytest.raises(fb.DataError):
         fb.run(tiny(dataset="fashion_mnist", data_dir=str(tmp_path / "nowhere")), tmp_path / "w")
     assert not (tmp_path / "w").exists()
+    (tmp_path / "mine").mkdir()  # a folder of the user's: it stays, the lock this run added goes
+    with pytest.raises(fb.DataError):
+        fb.run(tiny(dataset="fashion_mnist", data_dir=str(tmp_path / "nowhere")), tmp_path / "mine")
+    assert (tmp_path / "mine").is_dir() and not list((tmp_path / "mine").iterdir())
     with pytest.raises(ConfigError, match="allow_change applies to resuming a run in a workdir"):
         fb.run(tiny(), allow_change=["bogus"])
 

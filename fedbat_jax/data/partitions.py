@@ -49,8 +49,8 @@ def partition(
     if min(sizes) < min_size:
         k = int(np.argmin(sizes))
         raise ConfigError(
-            f"{method} partition gives client {k} only {sizes[k]} samples (< min_size {min_size}); "
-            "use fewer clients, more labels_per_client or a lower min_size"
+            f"{method} partition gives client {k} only {sizes[k]} samples (< min_client_size {min_size}); "
+            "use fewer clients, more labels_per_client or a lower min_client_size"
         )
     return [np.sort(order[np.asarray(p, dtype=np.int64)]).astype(np.int64) for p in parts]
 
@@ -69,7 +69,7 @@ def _validate(
     if num_clients < 1:
         raise ConfigError(f"num_clients must be >= 1, got {num_clients}")
     if min_size < 0:
-        raise ConfigError(f"min_size must be >= 0, got {min_size}")
+        raise ConfigError(f"min_client_size must be >= 0, got {min_size}")
     most = n // max(min_size, 1)  # one limit: every client holds at least min_size samples (at least one)
     if num_clients > most:
         raise ConfigError(f"num_clients {num_clients} is too many for {n} samples with min_client_size {min_size}: "
@@ -175,8 +175,8 @@ def _dirichlet(y: np.ndarray, num_clients: int, beta: float, min_size: int, rng:
         if ok and sizes.min() >= min_size:
             return [np.concatenate(b) if b else np.zeros(0, np.int64) for b in batches]
     raise ConfigError(
-        f"dirichlet_beta {beta} with {num_clients} clients never gave every client >= min_size {min_size} samples "
-        f"in {MAX_DIRICHLET_DRAWS} draws; raise dirichlet_beta, lower num_clients or lower min_size"
+        f"dirichlet_beta {beta} with {num_clients} clients never gave every client >= min_client_size {min_size} "
+        f"samples in {MAX_DIRICHLET_DRAWS} draws; raise dirichlet_beta, lower num_clients or lower min_client_size"
     )
 
 
