@@ -210,9 +210,14 @@ def validate(c: ml_collections.ConfigDict) -> None:
     if c.labels_per_client < 1:
         raise ConfigError(f"labels_per_client must be >= 1, got {c.labels_per_client!r}")
     for field in ("partition_seed", "seed"):
-        if not 0 <= c[field] < 2**32:
-            raise ConfigError(f"{field} must be in [0, 2**32), got {c[field]!r}")
+        check_seed(field, c[field])
     _check_processes(c)
+
+
+def check_seed(name: str, value: int) -> None:
+    """A seed is a ``jax.random.PRNGKey`` seed: an integer in [0, 2**32) (the CLI's and ``fb.sweep``'s check)."""
+    if not 0 <= value < 2**32:
+        raise ConfigError(f"{name} must be in [0, 2**32), got {value!r}")
 
 
 def compressor_name(c: ml_collections.ConfigDict) -> str:

@@ -24,6 +24,7 @@ model per run; ``make_train`` returns them).
 from __future__ import annotations
 
 import itertools
+import warnings
 import numbers
 from typing import Any, Callable, NamedTuple
 
@@ -33,7 +34,7 @@ import ml_collections
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from fedbat_jax import distributed
-from fedbat_jax.config import validate
+from fedbat_jax.config import check_seed, validate
 from fedbat_jax.data import Dataset
 from fedbat_jax.errors import ConfigError
 from fedbat_jax.backends.fused import global_array, replicate
@@ -99,7 +100,13 @@ def seed_list(seeds) -> list[int]:
     bad = [s for s in seeds if not isinstance(s, numbers.Integral) or isinstance(s, bool)]
     if bad:
         raise ConfigError(f"seeds must be integers, got {bad[0]!r}")
-    return [int(s) for s in seeds]
+    seeds = [int(s) for s in seeds]
+    for s in seeds:
+        check_seed("seeds", s)  # run i is the CLI's --config.seed=seed: the same range
+    twice = sorted({s for s in seeds if seeds.count(s) > 1})
+    if twice:
+        warnings.warn(f"seeds {twice} appear more than once: their runs are identical", stacklevel=4)
+    return seeds
 
 
 def grid_points(config: ml_collections.ConfigDict, grid: dict | None) -> list[dict[str, float]]:

@@ -101,6 +101,8 @@ def test_records_seed_major_with_settings_dataset_and_metrics_fn(monkeypatch):
     ([], None, "seeds is empty"),
     ([0, 1.5], None, "seeds must be integers, got 1.5"),
     (3, None, "seeds must be a list of integers"),
+    ([0, -1], None, "seeds must be in [0, 2**32), got -1"),  # the CLI's --config.seed check
+    ([2**32], None, "seeds must be in [0, 2**32), got 4294967296"),
     ([0], {"lrr": [0.1]}, "grid setting 'lrr' is unknown; a grid may hold lr, rho, alpha_min, alpha_max"),
     ([0], {"batch_size": [32]}, "grid setting 'batch_size' shapes the program: run one sweep per value"),
     ([0], {"lr": []}, "grid['lr'] is empty"),
@@ -118,6 +120,11 @@ def test_bad_seeds_or_grid_is_one_line_before_anything_is_built(monkeypatch, see
     with pytest.raises(ConfigError) as e:
         fb.sweep(tiny(), seeds, grid)
     assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_seed_given_twice_is_a_warning(monkeypatch):
+    with pytest.warns(UserWarning, match=r"seeds \[1\] appear more than once: their runs are identical"):
+        assert sweeps.seed_list([0, 1, 1]) == [0, 1, 1]
 
 
 def test_the_configs_own_error_is_not_blamed_on_a_grid_point():
