@@ -26,12 +26,14 @@ from __future__ import annotations
 
 import itertools
 import platform
+import runpy
 import sys
 import time
 from pathlib import Path
 
 import fedbat_jax
 from fedbat_jax import cli, report
+from fedbat_jax.config import did_you_mean
 from fedbat_jax.errors import ConfigError
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
@@ -138,6 +140,11 @@ def main(args, overrides: list[str]) -> int:
              [f"{CONFIGS / 'paper.py'}:{d}" for d in args.datasets])
     if not specs:
         raise ConfigError("give --datasets or --config")
+    paper = runpy.run_path(str(CONFIGS / "paper.py"))["PAPER_SETTINGS"]
+    for d in [] if args.config else args.datasets:
+        if d not in paper:
+            raise ConfigError(f"--datasets takes the paper's datasets: {', '.join(paper)} (got {d!r}"
+                              f"{did_you_mean(d, paper)}); for another, give --config=FILE")
     seeds = args.seeds
     rows, curves, notes = [], {}, {}
     started = time.time()

@@ -179,8 +179,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
         raise ConfigError("lane_loop=host is now called lane_loop=python (a jitted lane step per Python call)")
     for field, (options, extra) in CHOICES.items():
         if c[field] not in options and c[field] not in extra:
-            names = ", ".join(sorted(set(options) | set(extra)))
-            raise ConfigError(f"unknown {field} {c[field]!r}; choose one of: {names}")
+            names = sorted(set(options) | set(extra))
+            raise ConfigError(f"unknown {field} {c[field]!r}; choose one of: {', '.join(names)}"
+                              f"{did_you_mean(c[field], names)}")
     _check_algorithm(c)
     for field in ("num_clients", "clients_per_round", "rounds", "local_epochs", "batch_size", "eval_every"):
         if int(c[field]) != c[field] or c[field] < 1:
@@ -271,10 +272,15 @@ def _check_processes(c) -> None:
         raise ConfigError(f"coordinator_address must be '', auto or HOST:PORT, got {address!r}")
 
 
+def did_you_mean(name, options) -> str:
+    """``"; did you mean 'fashion_mnist'?"`` for the option closest to a misspelt ``name`` ('' if none is)."""
+    close = difflib.get_close_matches(str(name), [str(o) for o in options], n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
 def unknown_field(name: str) -> ConfigError:
     """The one-line error for a field that does not exist, with the closest real one."""
-    close = difflib.get_close_matches(name, [n for n, _, _ in SETTINGS], n=1)
-    return ConfigError(f"unknown config field {name!r}" + (f"; did you mean {close[0]!r}?" if close else ""))
+    return ConfigError(f"unknown config field {name!r}{did_you_mean(name, [n for n, _, _ in SETTINGS])}")
 
 
 def _check_fields_and_types(c) -> None:

@@ -202,6 +202,9 @@ def test_convergence_slope_fit_and_optimum():
     ("bench.py", ["--config.lr=fast"], "could not convert 'fast' to float"),
     ("bench.py", ["--rounds=many"], "invalid int value"),
     ("study.py", ["--config=experiments/configs/convergence.py", "--seeds=a,b"], "expected comma-separated integers"),
+    ("study.py", ["--datasets=mnist5k"], "--datasets takes the paper's datasets: fashion_mnist, svhn, cifar10, "
+                                         "cifar100 (got 'mnist5k'); for another, give --config=FILE"),
+    ("study.py", ["--datasets=fashion_mnst"], "(got 'fashion_mnst'; did you mean 'fashion_mnist'?)"),
     ("scale.py", ["--config.nope=1", "--executions=host", "--clients=2"], "unknown config field 'nope'"),
     ("scale.py", ["--layouts=2", "--executions=host", "--clients=2"], "--layouts takes PROCESSESxDEVICES items"),
     ("scale.py", ["--layouts=0x1", "--executions=host", "--clients=2"], "--layouts takes PROCESSESxDEVICES items"),

@@ -10,7 +10,7 @@ rounds); PARTITION is iid (default), dirichlet or label_count. Everything not li
 ``fedbat_jax.config.default_config()``'s value, which is the reference's. These datasets need their files:
 ``--config.data_dir=DIR`` or ``FEDBAT_DATA_DIR`` (see the README).
 """
-from fedbat_jax.config import default_config
+from fedbat_jax.config import default_config, did_you_mean
 from fedbat_jax.errors import ConfigError
 
 PAPER_SETTINGS = {
@@ -31,7 +31,7 @@ def get_config(arg: str = ""):
     dataset, _, rest = (arg or "").partition(":")
     if dataset not in PAPER_SETTINGS:
         raise ConfigError(f"paper.py takes DATASET[:PARTITION][,reduced] with DATASET one of: "
-                          f"{', '.join(PAPER_SETTINGS)} (got {arg!r})")
+                          f"{', '.join(PAPER_SETTINGS)} (got {arg!r}{did_you_mean(dataset, PAPER_SETTINGS)})")
     words = [w.strip() for w in rest.split(",") if w.strip()]
     reduced = "reduced" in words
     words = [w for w in words if w != "reduced"]
