@@ -140,6 +140,14 @@ def test_the_padded_execution_in_the_run_loop_is_make_trains_round(pure_and_cli)
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("execution", ["host", "fused", "debug"])
+def test_make_train_refuses_an_execution_it_cannot_trace(execution):
+    """A whole-run program runs the padded execution (``auto``); it never ignores another one silently."""
+    with pytest.raises(ConfigError, match=f"^make_train traces the whole run as one program, and execution={execution} "
+                                          "cannot be traced; use execution=auto or padded"):
+        fb.make_train(tiny(execution=execution))
+
+
 def test_make_train_vmaps_seeds_and_a_float_setting(pure_and_cli):
     c, train_fn, _ = pure_and_cli
     keys = jnp.stack([jax.random.PRNGKey(c.seed), jax.random.PRNGKey(c.seed + 1)])
