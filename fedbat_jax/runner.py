@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -95,9 +96,11 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path | None = None, pr
         log: Callable[[str], None] | None = None, allow_change: Iterable[str] = ()) -> list[dict]:
     """Run ``config.rounds`` rounds; return one record per round (also appended to workdir/metrics.jsonl).
 
-    With a workdir (``fedbat_jax.workdir``), a run resumes from its last checkpoint there and reproduces
-    the same numbers; a resume whose settings would change the numbers raises ``WorkdirError`` unless
-    each changed field is named in ``allow_change`` (``rounds``, or an execution setting). A non-finite
+    ``log`` takes the run's lines (its start, the resume); warnings (a dropped metrics line, a checkpoint fallback)
+    then go to stderr, and without a ``log`` they are Python warnings. With a workdir (``fedbat_jax.workdir``), a
+    run resumes from its last checkpoint there and reproduces the same numbers; a start whose settings would change
+    the numbers of the run the workdir holds raises ``WorkdirError`` unless each changed field is named in
+    ``allow_change`` (``rounds``, or an execution setting). A non-finite
     training loss or global model raises ``DivergenceError`` before that round is written or checkpointed.
     In a multi-process job (the settings ``coordinator_address``, ``num_processes``, ``process_id``; joined in
     ``validate``) every process holds the same replicated server state; process 0 writes the workdir (a folder
@@ -109,7 +112,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path | None = None, pr
         raise ConfigError("allow_change applies to resuming a run in a workdir: give one")
     if config.tensorboard and workdir is None:
         raise ConfigError("tensorboard=True writes into the workdir: give one")
-    warn = (lambda s: log(f"warning: {s}")) if log else (lambda s: warnings.warn(s, stacklevel=3))
+    # with a log (the CLI's stdout), warnings are lines on stderr; without, Python warnings
+    warn = (lambda s: print(f"warning: {s}", file=sys.stderr, flush=True)) if log else (
+        lambda s: warnings.warn(s, stacklevel=3))
     folder = (Workdir(workdir, config, allow_change, warn, writer=jax.process_index() == 0)
               if workdir is not None else contextlib.nullcontext())
     with folder as wd:
