@@ -26,9 +26,10 @@ from typing import Callable
 import ml_collections
 
 from fedbat_jax.config import unknown_field
-from fedbat_jax.errors import ConfigError, DivergenceError, FedBatError
+from fedbat_jax.errors import ConfigError, DivergenceError, FedBatError, JobError, Terminated
+from fedbat_jax.stopping import on_sigterm
 
-EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_TERMINATED = 2, 3, 130, 143
+EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_JOB_FAILED, EXIT_INTERRUPTED, EXIT_TERMINATED = 2, 3, 4, 130, 143
 DEFAULT_CONFIG_FILE = str(Path(__file__).with_name("config.py"))  # every setting at its default
 
 
@@ -154,37 +155,33 @@ def apply_overrides(c: ml_collections.ConfigDict, args: list[str]) -> list[str]:
     return rest
 
 
-class Terminated(Exception):
-    """SIGTERM arrived (raised in the main thread, so open workdirs close and the last checkpoint stays)."""
-
-
-def _terminate(signum, frame):
-    raise Terminated()
-
-
 def guarded(prog: str, body: Callable[[], int | None]) -> int:
     """Run ``body``; the project's errors become one line on stderr and an exit status (2 bad input or an
-    unusable workdir, 3 diverged, 130 interrupted by Ctrl-C, 143 terminated by SIGTERM). Other exceptions
-    propagate with their traceback."""
+    unusable workdir, 3 diverged, 4 a multi-process job lost a process, 130 interrupted by Ctrl-C, 143
+    terminated by SIGTERM). Other exceptions propagate with their traceback."""
     import signal
     import threading
 
     main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
+    previous = signal.signal(signal.SIGTERM, on_sigterm) if main_thread else None
     resume = "rerun the same command to resume from the last checkpoint"
     try:
         return body() or 0
     except DivergenceError as e:
         print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
         return EXIT_DIVERGED
+    except JobError as e:
+        print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
+        return EXIT_JOB_FAILED
     except FedBatError as e:
         print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print(f"{prog}: interrupted; {resume}", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except Terminated:
-        print(f"{prog}: terminated (SIGTERM); {resume}", file=sys.stderr)
+    except Terminated as e:
+        why = f": {one_line(e)}" if str(e) else ""
+        print(f"{prog}: terminated (SIGTERM){why}; {resume}", file=sys.stderr)
         return EXIT_TERMINATED
     finally:
         if main_thread:

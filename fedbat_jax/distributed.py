@@ -6,13 +6,25 @@ MPI or TPU pods; ``HOST:PORT`` process 0's coordinator), ``num_processes`` and `
 ``start`` joins the job and checks the device settings against the devices: every entry point calls it once,
 after ``config.validate`` and before anything touches a device. ``fedbat_jax.launch`` starts such a job on one
 machine.
+
+A job's processes stop together: ``stop_requests`` after each round says which of them got SIGTERM
+(``fedbat_jax.stopping``), and a collective that fails because a peer died or went silent is ``peer_lost``
+(one line, ``JobError``), not a runtime traceback. ``heartbeat`` tells the launcher this process is alive.
 """
 from __future__ import annotations
 
+import os
+import re
+import threading
+import time
+from pathlib import Path
+
 import jax
+import numpy as np
 
 from fedbat_jax.backends import resolve_execution
-from fedbat_jax.errors import ConfigError
+from fedbat_jax import stopping
+from fedbat_jax.errors import ConfigError, JobError
 
 
 def start(config) -> None:
@@ -44,6 +56,9 @@ def initialize(config) -> None:
                                                          process_id=config.process_id)
     else:
         args = dict(coordinator_address=address, num_processes=config.num_processes, process_id=config.process_id)
+    # JAX's preemption service takes SIGTERM over in every process (and then ignores it): the job's own stop,
+    # at the end of a round in every process together (``stop_requests``), keeps it
+    jax.config.update("jax_enable_preemption_service", False)
     try:
         jax.distributed.initialize(**args)
     except (RuntimeError, ValueError) as e:
@@ -54,3 +69,52 @@ def describe(devices: int) -> str:
     """``4`` on one process, ``4 (2 processes)`` on several: the devices a run uses, for its first log line."""
     n = jax.process_count()
     return f"{devices}" + (f" ({n} processes)" if n > 1 else "")
+
+
+def stop_requests() -> list[int]:
+    """After a round, in every process of a job together: the processes that got SIGTERM while the rounds ran
+    (``[]`` in a single process, whose SIGTERM is raised at once)."""
+    if jax.process_count() == 1:
+        return []
+    from jax.experimental import multihost_utils
+
+    flags = multihost_utils.process_allgather(np.int32(stopping.requested()))
+    return [int(i) for i in np.flatnonzero(np.asarray(flags))]
+
+
+# What a collective with a dead (connection closed) or silent (deadline) peer raises, by runtime.
+_PEER_LOST = ("gloo", "nccl", "connection closed", "connection reset", "connection refused", "broken pipe",
+              "heartbeat", "deadline_exceeded", "unavailable")
+
+
+def peer_lost(e: BaseException, done: int) -> JobError | None:
+    """The one-line ``JobError`` for a runtime error that says another process of the job died or went silent
+    (``None`` for any other error, or in a single process: a bug keeps its traceback)."""
+    text = " ".join(re.sub(r"\[[^\]]*\]:?", "", str(e)).split())  # (without the runtime's source paths)
+    if jax.process_count() == 1 or not any(word in text.lower() for word in _PEER_LOST):
+        return None
+    kept = f"the last checkpoint (round {done}) is kept" if done else "no checkpoint was written yet"
+    return JobError(f"process {jax.process_index()} of {jax.process_count()} lost another process of the job "
+                    f"({text[:200]}); {kept}")
+
+
+HEARTBEAT_ENV = "FEDBAT_HEARTBEAT"  # set by fedbat_jax.launch: the file this process touches while it is alive
+
+
+def heartbeat(every_s: float = 1.0) -> None:
+    """Under ``fedbat_jax.launch``: touch the file it named every ``every_s`` seconds from a daemon thread, which
+    runs while the main thread compiles or waits in a collective (both release the GIL) and stops when the
+    process is stopped (SIGSTOP) or hung holding the GIL: the launcher names a process whose file goes stale."""
+    path = os.environ.get(HEARTBEAT_ENV)
+    if not path:
+        return
+
+    def beat() -> None:
+        while True:
+            try:
+                Path(path).touch()
+            except OSError:
+                return
+            time.sleep(every_s)
+
+    threading.Thread(target=beat, name="fedbat-heartbeat", daemon=True).start()

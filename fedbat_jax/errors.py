@@ -24,3 +24,12 @@ class DivergenceError(FedBatError):
     def __init__(self, message: str, round: int, records: list):
         super().__init__(message)
         self.round, self.records = round, records
+
+
+class JobError(FedBatError):
+    """A multi-process job lost one of its processes (a collective with a dead or silent peer failed)."""
+
+
+class Terminated(Exception):
+    """SIGTERM arrived: raised in the main thread (so open workdirs close and the last checkpoint stays), at once
+    in a single process, at the end of the round in progress in every process of a multi-process job."""

@@ -7,12 +7,21 @@ output, and writes process i's to ``WORKDIR/process-<i>.log``. ``--devices-per-p
 D devices: D forced host devices on a CPU (``--xla_force_host_platform_device_count``), GPUs ``i*D`` to
 ``i*D+D-1`` (``CUDA_VISIBLE_DEVICES``) on a GPU host.
 
-It never hangs on a broken job: when any process exits non-zero or is killed, the launcher stops the others
-(SIGTERM, then SIGKILL after ``GRACE_S``) and exits non-zero with one line naming that process. Ctrl-C or
-SIGTERM stops them all. Rerun the same command to resume from the last checkpoint.
+Before anything starts, the run's arguments are checked as ``fedbat_jax.main`` checks them and the workdir's
+lock is taken (held for the whole job and handed to process 0): a bad setting or a busy workdir is one line
+and exit 2 within seconds, and touches nothing.
 
-Exit status: 0 when every process finished; otherwise the failed process's status (128 + the signal when
-it was killed), 130 on Ctrl-C, 143 on SIGTERM; 2 for bad launcher arguments.
+It never hangs on a broken job: when any process exits non-zero or is killed, the launcher stops the others
+(SIGTERM, then SIGKILL after ``GRACE_S``) and exits non-zero with one line naming that process. A process
+that stops answering (no heartbeat for ``--heartbeat-timeout`` seconds: stopped by SIGSTOP, or hung) is
+named, killed, and the others stopped. SIGTERM or Ctrl-C to the launcher, or SIGTERM to any one process,
+stops every process at the end of the round in progress, that round checkpointed. Rerun the same command to
+resume from the last checkpoint. The processes run in their own session (Ctrl-C reaches the launcher, which
+stops them as above) and get SIGTERM if the launcher itself dies.
+
+Exit status: 0 when every process finished; 143 when the job stopped on SIGTERM, 130 on Ctrl-C; otherwise
+the failed process's status (128 + the signal when it was killed); 1 when a process stopped answering; 2
+for bad launcher or run arguments, or a busy workdir.
 
 On a cluster, skip the launcher: start one ``python -m fedbat_jax.main ... --config.coordinator_address=auto``
 per host (``srun``, ``mpirun``), as the README shows.
@@ -20,10 +29,13 @@ per host (``srun``, ``mpirun``), as the README shows.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -32,8 +44,11 @@ from fedbat_jax import cli
 GRACE_S = 10.0  # how long a stopped process gets to exit after SIGTERM before SIGKILL
 POLL_S = 0.1
 SETTLE_S = 3.0  # after a failure, how long the other processes get to end by themselves before they are stopped
-USAGE = ("python -m fedbat_jax.launch --processes N [--devices-per-process D] -- --workdir=DIR "
-         "[--config=FILE] [--config.FIELD=VALUE ...]")
+HEARTBEAT_S = 30.0  # --heartbeat-timeout's default
+JAX_HEARTBEAT_S = 100  # jax.distributed's own: it aborts the survivors of a silent process after this long
+EXIT_SILENT = 1
+USAGE = ("python -m fedbat_jax.launch --processes N [--devices-per-process D] [--heartbeat-timeout S] -- "
+         "--workdir=DIR [--config=FILE] [--config.FIELD=VALUE ...]")
 
 
 def parser() -> cli.ArgumentParser:
@@ -42,6 +57,9 @@ def parser() -> cli.ArgumentParser:
     ap.add_argument("--processes", type=int, required=True, help="processes to start (>= 1)")
     ap.add_argument("--devices-per-process", type=int, default=0,
                     help="devices each process gets: forced CPU devices, or that many GPUs each (0: leave as is)")
+    ap.add_argument("--heartbeat-timeout", type=float, default=HEARTBEAT_S,
+                    help=f"seconds without a heartbeat after which a process is named as stopped or hung and the "
+                         f"job is stopped (default {HEARTBEAT_S:g}; below jax.distributed's own {JAX_HEARTBEAT_S})")
     return ap
 
 
@@ -51,21 +69,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def workdir_of(main_args: list[str]) -> Path:
-    """The ``--workdir`` among the main module's arguments (the last one wins, as in argparse)."""
-    found = None
-    for i, arg in enumerate(main_args):
-        if arg.startswith("--workdir="):
-            found = arg.split("=", 1)[1]
-        elif arg == "--workdir" and i + 1 < len(main_args):
-            found = main_args[i + 1]
-    if not found:
+def checked_workdir(main_args: list[str]) -> Path:
+    """The run's workdir, after checking its arguments as ``fedbat_jax.main`` will (a bad setting is one line
+    here, before any process starts or any file is created)."""
+    from fedbat_jax import main as entry
+    from fedbat_jax.config import validate
+
+    config, args = cli.parse(entry.parser(), main_args, cli.DEFAULT_CONFIG_FILE)
+    validate(config)
+    if not args.workdir:
         raise cli.ConfigError("give the run's --workdir after -- (the other processes' logs go there)")
-    return Path(found)
+    return Path(args.workdir)
 
 
-def process_env(i: int, devices: int) -> dict:
-    env = dict(os.environ)
+def process_env(i: int, devices: int, beat: Path, lock_fd: int | None) -> dict:
+    from fedbat_jax.distributed import HEARTBEAT_ENV
+    from fedbat_jax.workdir import LOCK_FD_ENV
+
+    env = dict(os.environ, **{HEARTBEAT_ENV: str(beat)})
+    env.pop(LOCK_FD_ENV, None)
+    if lock_fd is not None:
+        env[LOCK_FD_ENV] = str(lock_fd)
     if devices:
         flags = [f for f in env.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f]
         env["XLA_FLAGS"] = " ".join(flags + [f"--xla_force_host_platform_device_count={devices}"])
@@ -114,18 +138,58 @@ def settle(procs: list[subprocess.Popen]) -> list[int | None]:
     return [p.poll() for p in procs]
 
 
-def launch(processes: int, devices: int, main_args: list[str]) -> int:
+def _die_with_the_launcher() -> None:
+    """In a started process (Linux): SIGTERM when the launcher dies, even by SIGKILL (no orphaned job)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def launch(processes: int, devices: int, heartbeat_s: float, main_args: list[str]) -> int:
     if processes < 1:
         raise cli.ConfigError(f"--processes must be >= 1, got {processes}")
     if devices < 0:
         raise cli.ConfigError(f"--devices-per-process must be >= 0, got {devices}")
-    workdir = workdir_of(main_args)
+    if not 1 <= heartbeat_s < JAX_HEARTBEAT_S:
+        raise cli.ConfigError(f"--heartbeat-timeout must be in [1, {JAX_HEARTBEAT_S}) seconds (jax.distributed's own "
+                              f"limit is {JAX_HEARTBEAT_S}), got {heartbeat_s:g}")
+    workdir = checked_workdir(main_args)
     if workdir.exists() and not workdir.is_dir():
         raise cli.ConfigError(f"workdir {workdir} is a file, not a folder")
-    if processes > 1:
-        workdir.mkdir(parents=True, exist_ok=True)
+    from fedbat_jax.workdir import hold_lock
+
+    created = not workdir.exists()
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        lock = hold_lock(workdir)  # a busy workdir: one line now, before a process starts or a log is opened
+    except cli.FedBatError:
+        if created:
+            shutil.rmtree(workdir, ignore_errors=True)
+        raise
+    beats, code = Path(tempfile.mkdtemp(prefix="fedbat-launch-")), None
+    try:
+        code = _run_job(processes, devices, heartbeat_s, main_args, workdir, lock, beats)
+    finally:
+        shutil.rmtree(beats, ignore_errors=True)
+        if created and code != 0:
+            _remove_if_empty(workdir)
+        lock.close()
+    return code
+
+
+def _remove_if_empty(workdir: Path) -> None:
+    """A job that failed before its first round was written leaves no trace of itself (the README's promise)."""
+    names = {p.name for p in workdir.iterdir()}
+    if all(n == ".lock" or (n.startswith("process-") and n.endswith(".log")) for n in names):
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _run_job(processes, devices, heartbeat_s, main_args, workdir, lock, beats) -> int:
     address = f"127.0.0.1:{free_port()}"
-    procs, logs = [], []
+    procs, logs, files = [], [], [beats / f"process-{i}" for i in range(processes)]
     try:
         for i in range(processes):
             quiet = ["--progress=false"] if i > 0 else []
@@ -133,41 +197,77 @@ def launch(processes: int, devices: int, main_args: list[str]) -> int:
             if i > 0:
                 out = open(workdir / f"process-{i}.log", "w")
                 logs.append(out)
+            files[i].touch()  # the clock starts now
+            lock_fd = lock.fileno() if i == 0 else None
             procs.append(subprocess.Popen([sys.executable, "-m", "fedbat_jax.main", *quiet, *main_args,
                                            *job_flags(address, processes, i)],
-                                          env=process_env(i, devices), stdout=out,
-                                          stderr=subprocess.STDOUT if out else None))
+                                          env=process_env(i, devices, files[i], lock_fd), stdout=out,
+                                          stderr=subprocess.STDOUT if out else None,
+                                          pass_fds=(lock_fd,) if lock_fd is not None else (),
+                                          start_new_session=True, preexec_fn=_die_with_the_launcher))
         while True:
             codes = [p.poll() for p in procs]
             failed = [i for i, c in enumerate(codes) if c not in (None, 0)]
             if failed:
-                i = failed[0]  # the first to fail is the one named
-                codes = settle(procs)  # a bad setting fails in every process: let process 0 print its reason
-                stop(procs)
-                where = "" if i == 0 else f" (its output: {workdir / f'process-{i}.log'})"
-                print(f"fedbat_jax.launch: process {i} of {processes} {describe_exit(codes[i])}{where}; "
-                      f"stopped the others", file=sys.stderr)
-                return codes[i] if codes[i] > 0 else 128 - codes[i]
+                return _stop_failed_job(procs, failed[0], workdir)
             if all(c == 0 for c in codes):
                 return 0
+            now = time.time()
+            silent = [i for i, c in enumerate(codes) if c is None and now - files[i].stat().st_mtime > heartbeat_s]
+            if silent:
+                i = silent[0]
+                age = now - files[i].stat().st_mtime
+                procs[i].kill()  # first, so that its peers' collectives fail at once instead of waiting for it
+                procs[i].wait()
+                settle(procs)
+                stop(procs)
+                print(f"fedbat_jax.launch: process {i} of {processes} stopped answering (no heartbeat for "
+                      f"{age:.0f} s: stopped, or hung; --heartbeat-timeout {heartbeat_s:g}){_log_of(workdir, i)}; "
+                      f"killed it and stopped the others", file=sys.stderr)
+                return EXIT_SILENT
             time.sleep(POLL_S)
     except (KeyboardInterrupt, cli.Terminated):
-        stop(procs)
+        stop(procs)  # SIGTERM: each process ends the round in progress, checkpointed
         raise
     finally:
         for f in logs:
             f.close()
 
 
+def _log_of(workdir: Path, i: int) -> str:
+    return "" if i == 0 else f" (its output: {workdir / f'process-{i}.log'})"
+
+
+def _stop_failed_job(procs: list[subprocess.Popen], i: int, workdir: Path) -> int:
+    """Process ``i`` was the first to fail: let the others end by themselves (a bad setting fails in every
+    process, and process 0 prints its reason), stop the rest, say so in one line, return the exit status."""
+    codes = settle(procs)
+    stop(procs)
+    n = len(procs)
+    if all(c == cli.EXIT_TERMINATED for c in codes):
+        print(f"fedbat_jax.launch: the job stopped on SIGTERM (all {n} processes, after the round in progress, "
+              f"checkpointed); rerun the same command to resume", file=sys.stderr)
+        return cli.EXIT_TERMINATED
+    print(f"fedbat_jax.launch: process {i} of {n} {describe_exit(codes[i])}{_log_of(workdir, i)}; "
+          f"stopped the others", file=sys.stderr)
+    return codes[i] if codes[i] > 0 else 128 - codes[i]
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv[1:])
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored (`cmd &`)
     ours, main_args = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, None)
 
     def body() -> int:
-        args = parser().parse_args(ours)
         if main_args is None:
+            args, rest = parser().parse_known_args(ours)
+            if rest:
+                raise cli.ConfigError(f"put the run's arguments after --, as in: python -m fedbat_jax.launch "
+                                      f"--processes {args.processes} -- {' '.join(rest)}")
             raise cli.ConfigError(f"put the run's arguments after --: {USAGE}")
-        return launch(args.processes, args.devices_per_process, main_args)
+        args = parser().parse_args(ours)
+        return launch(args.processes, args.devices_per_process, args.heartbeat_timeout, main_args)
 
     return cli.guarded("fedbat_jax.launch", body)
 

@@ -60,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
 
         print(USAGE + settings_help())
         return 0
+    from fedbat_jax.distributed import heartbeat
+
+    heartbeat()  # under fedbat_jax.launch: it names a process that stops answering
     return cli.guarded("fedbat_jax", lambda: run(argv))
 
 

@@ -19,11 +19,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from fedbat_jax import distributed
+from fedbat_jax import distributed, stopping
 from fedbat_jax.backends import Execution, make_execution
 from fedbat_jax.config import validate
 from fedbat_jax.data import Dataset, format_histograms, label_histograms, load_dataset, size_summary
-from fedbat_jax.errors import ConfigError, DivergenceError
+from fedbat_jax.errors import ConfigError, DivergenceError, Terminated
 from fedbat_jax.evaluation import host_evaluator
 from fedbat_jax.federated import ServerState
 from fedbat_jax.federation import Federation, build_federation
@@ -129,34 +129,71 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path | None = None, pr
             from tqdm.auto import tqdm
 
             bar = tqdm(total=config.rounds, initial=done, desc=config.algorithm, unit="round")
-        for r in range(done + 1, config.rounds + 1):
-            t0 = time.perf_counter()
-            server, m = exp.run_round(server, r)
-            train_loss = float(m["train_loss"])  # waits for the round to finish
-            seconds = time.perf_counter() - t0
-            model_finite = bool(_all_finite(server._replace(client_table=())))
-            rec = {"round": r, "test_accuracy": None, "test_loss": None, "train_loss": train_loss,
-                   "uplink_bits": int(m["uplink_bits"]), "downlink_bits": int(m["downlink_bits"]),
-                   "round_seconds": round(seconds, 4)}
-            if model_finite and (r % config.eval_every == 0 or r == config.rounds):
-                rec["test_loss"], rec["test_accuracy"] = exp.evaluate(server)
-            # A non-finite training loss, global model or evaluation is a divergence: that round is neither
-            # written nor checkpointed, so null in metrics.jsonl only ever means "not evaluated".
-            if not (math.isfinite(train_loss) and model_finite and math.isfinite(rec["test_loss"] or 0.0)):
-                raise DivergenceError(_divergence_message(config, r, train_loss, model_finite, rec["test_loss"], wd),
-                                      r, records)
-            records.append(rec)
-            if wd:
-                wd.append(rec)
-                if r == config.rounds or (config.checkpoint_every and r % config.checkpoint_every == 0):
-                    wd.save(server, r)
-            if bar is not None:
-                acc = rec["test_accuracy"]
-                bar.set_postfix_str(f"acc {acc:.4f}" if acc is not None else f"loss {train_loss:.4f}")
-                bar.update(1)
+        together = stopping.rounds_finish_first() if jax.process_count() > 1 else contextlib.nullcontext()
+        with together, _one_line_if_a_peer_is_lost(wd):
+            for r in range(done + 1, config.rounds + 1):
+                server, rec = _round(exp, server, r, wd, records)
+                if bar is not None:
+                    acc = rec["test_accuracy"]
+                    bar.set_postfix_str(f"acc {acc:.4f}" if acc is not None else f"loss {rec['train_loss']:.4f}")
+                    bar.update(1)
+                if r < config.rounds:  # (a SIGTERM in the last round: the run is complete anyway)
+                    _stop_if_asked(wd, server, r)
         if bar is not None:
             bar.close()
     return records
+
+
+def _round(exp: Experiment, server: ServerState, r: int, wd: Workdir | None, records: list) -> tuple[ServerState, dict]:
+    """Round ``r`` of the run loop: train, evaluate when due, refuse a divergence, append, checkpoint when due."""
+    config = exp.config
+    t0 = time.perf_counter()
+    server, m = exp.run_round(server, r)
+    train_loss = float(m["train_loss"])  # waits for the round to finish
+    seconds = time.perf_counter() - t0
+    model_finite = bool(_all_finite(server._replace(client_table=())))
+    rec = {"round": r, "test_accuracy": None, "test_loss": None, "train_loss": train_loss,
+           "uplink_bits": int(m["uplink_bits"]), "downlink_bits": int(m["downlink_bits"]),
+           "round_seconds": round(seconds, 4)}
+    if model_finite and (r % config.eval_every == 0 or r == config.rounds):
+        rec["test_loss"], rec["test_accuracy"] = exp.evaluate(server)
+    # A non-finite training loss, global model or evaluation is a divergence: that round is neither
+    # written nor checkpointed, so null in metrics.jsonl only ever means "not evaluated".
+    if not (math.isfinite(train_loss) and model_finite and math.isfinite(rec["test_loss"] or 0.0)):
+        raise DivergenceError(_divergence_message(config, r, train_loss, model_finite, rec["test_loss"], wd),
+                              r, records)
+    records.append(rec)
+    if wd:
+        wd.append(rec)
+        if r == config.rounds or (config.checkpoint_every and r % config.checkpoint_every == 0):
+            wd.save(server, r)
+    return server, rec
+
+
+def _stop_if_asked(wd: Workdir | None, server: ServerState, r: int) -> None:
+    """In a multi-process job, after every round: if any process got SIGTERM, every process stops here
+    together, round ``r`` checkpointed (a single process's SIGTERM was raised at once)."""
+    signalled = distributed.stop_requests()
+    if not signalled:
+        return
+    if wd and wd.checkpoint_round != r:
+        wd.save(server, r)
+    who = ("process " if len(signalled) == 1 else "processes ") + ", ".join(map(str, signalled))
+    raise Terminated(f"{who} of {jax.process_count()} got it; every process stopped after round {r}, "
+                     f"which is checkpointed")
+
+
+@contextlib.contextmanager
+def _one_line_if_a_peer_is_lost(wd: Workdir | None):
+    """A collective that fails because another process of the job died or went silent is one line
+    (``JobError``), not a runtime traceback; any other error keeps its traceback."""
+    try:
+        yield
+    except (jax.errors.JaxRuntimeError, RuntimeError, ValueError) as e:  # (an allgather's failure is a ValueError)
+        lost = distributed.peer_lost(e, wd.checkpoint_round if wd else 0)
+        if lost is None:
+            raise
+        raise lost from None
 
 
 def _divergence_message(config, r: int, train_loss: float, model_finite: bool, test_loss, wd) -> str:

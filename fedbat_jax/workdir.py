@@ -164,6 +164,61 @@ def result_changes(old: dict, new: dict) -> dict[str, tuple[Any, Any]]:
             if name not in RUNTIME_FIELDS and old.get(name, defaults[name]) != new[name]}
 
 
+# fedbat_jax.launch holds a job's workdir lock from before its processes start and hands the open lock file
+# to process 0 under this variable (a file descriptor number): one lock, held without a gap for the whole job.
+LOCK_FD_ENV = "FEDBAT_WORKDIR_LOCK_FD"
+
+
+def hold_lock(folder: Path):
+    """Take ``folder/.lock`` (``flock``, never waiting) and write this process's pid into it; returns the open
+    file (closing it releases the lock). A held lock, a lock that cannot be opened or a pid that cannot be
+    written is one line. A descriptor handed over under ``LOCK_FD_ENV`` for this very file is the launcher's
+    lock: used as it is (its pid names the launcher, which stops the whole job)."""
+    import fcntl
+
+    path = Path(folder) / LOCK_FILE
+    handed = _handed_lock(path)
+    if handed is not None:
+        return handed
+    try:
+        lock = open(path, "a+")
+    except OSError as e:
+        raise WorkdirError(f"cannot open {path} (the workdir's lock): {e.strerror or e}") from None
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "unknown"
+        lock.close()
+        raise WorkdirError(f"workdir {Path(folder)} is in use by another run (pid {holder}); wait for it to "
+                           "finish or use another --workdir") from None
+    try:
+        with _disk_errors(path):
+            lock.seek(0)
+            lock.truncate()
+            lock.write(f"{os.getpid()}\n")
+            lock.flush()
+    except WorkdirError:
+        with contextlib.suppress(OSError):  # (a pid that a full disk left unflushed fails again here)
+            lock.close()
+        raise
+    return lock
+
+
+def _handed_lock(path: Path):
+    fd = os.environ.get(LOCK_FD_ENV, "")
+    if not fd.isdigit():
+        return None
+    try:
+        same = os.path.samestat(os.fstat(int(fd)), os.stat(path))
+    except OSError:
+        return None
+    if not same:
+        return None
+    del os.environ[LOCK_FD_ENV]  # taken once
+    return os.fdopen(int(fd), "a+")
+
+
 class Workdir:
     """A run's folder, opened for one run: locked, its settings checked, its newest good checkpoint found.
 
@@ -205,29 +260,9 @@ class Workdir:
             raise WorkdirError(f"cannot create workdir {self.path}: {e.strerror or e}") from None
         self._created_lock = not (self.path / LOCK_FILE).exists()
         try:
-            self._lock = open(self.path / LOCK_FILE, "a+")
-        except OSError as e:
-            self._remove_created()
-            raise WorkdirError(f"cannot open {self.path / LOCK_FILE} (the workdir's lock): {e.strerror or e}") from None
-        import fcntl
-
-        try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._lock.seek(0)
-            holder = self._lock.read().strip() or "unknown"
-            self._lock.close()
-            self._lock = None
-            raise WorkdirError(f"workdir {self.path} is in use by another run (pid {holder}); wait for it to "
-                               "finish or use another --workdir") from None
-        try:
-            with _disk_errors(self.path / LOCK_FILE):
-                self._lock.seek(0)
-                self._lock.truncate()
-                self._lock.write(f"{os.getpid()}\n")
-                self._lock.flush()
+            self._lock = hold_lock(self.path)
         except WorkdirError:
-            self.close(failed=True)
+            self._remove_created()
             raise
 
     def _newest_checkpoint(self):

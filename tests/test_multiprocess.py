@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -125,6 +126,7 @@ def test_killed_process_stops_the_job_and_the_same_command_resumes(launched, tmp
     assert job.returncode != 0
     last = err.strip().splitlines()[-1]
     assert last.startswith("fedbat_jax.launch: process 1 of 2 was killed by SIGKILL"), err
+    assert "Traceback" not in err and "fedbat_jax: error: process 0 of 2 lost another process of the job" in err, err
     assert _pid_of(workdir, 0) is None  # process 0 was stopped too
 
     r, _ = read_checkpoint(workdir / "checkpoint.npz")  # intact: it reads
@@ -135,9 +137,94 @@ def test_killed_process_stops_the_job_and_the_same_command_resumes(launched, tmp
     assert_same_numbers(metrics(workdir), metrics(reference), rtol=1e-6)
 
 
+def start_job(workdir: Path, rounds: int, *launcher: str) -> subprocess.Popen:
+    """A 2-process job (1 device each), running until its metrics hold 2 rounds."""
+    job = subprocess.Popen([sys.executable, "-m", "fedbat_jax.launch", "--processes", "2", *launcher, "--",
+                            f"--workdir={workdir}", f"--config={CONFIG}", f"--config.rounds={rounds}",
+                            "--progress=false", *SETTINGS],
+                           env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not ((workdir / "metrics.jsonl").exists() and len(metrics(workdir)) >= 2):
+        if job.poll() is not None or time.monotonic() > deadline:
+            job.kill()
+            pytest.fail("the job ended before round 2: " + job.communicate()[1][-2000:])
+        time.sleep(0.05)
+    return job
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", ["worker", "launcher"])
+def test_sigterm_stops_every_process_after_the_round_in_progress_checkpointed(tmp_path, target):
+    """SIGTERM to one worker (a scheduler's stop) or to the launcher: every process ends the same round, process 0
+    checkpoints it, each exits 143, within the launcher's grace (no SIGKILL was needed: the stop round is the
+    checkpoint). A second launcher on the busy workdir is refused at once and touches nothing; the job then
+    resumes (two rounds more) to the numbers of one process."""
+    rounds, workdir = 400, tmp_path / "run"  # (far more than run before the signal lands)
+    job = start_job(workdir, rounds)
+    try:
+        if target == "worker":
+            log = (workdir / "process-1.log").read_bytes()
+            t0 = time.monotonic()
+            second = subprocess.run([sys.executable, "-m", "fedbat_jax.launch", "--processes", "2", "--",
+                                     f"--workdir={workdir}", f"--config={CONFIG}", f"--config.rounds={rounds}",
+                                     *SETTINGS], env=env(), capture_output=True, text=True, timeout=120)
+            assert second.returncode == 2 and time.monotonic() - t0 < 60
+            assert second.stderr.count("\n") == 1 and f"workdir {workdir} is in use by another run" in second.stderr
+            assert (workdir / "process-1.log").read_bytes()[:len(log)] == log and job.poll() is None
+        victim = _pid_of(workdir, 1) if target == "worker" else job.pid
+        os.kill(victim, signal.SIGTERM)
+        _, err = job.communicate(timeout=120)
+    finally:
+        if job.poll() is None:
+            job.kill()
+    assert job.returncode == 143, err
+    who = "process 1" if target == "worker" else "(process 0|process 1|processes 0, 1)"  # (whose came first)
+    assert re.search(f"fedbat_jax: terminated \\(SIGTERM\\): {who} of 2 got it; every process stopped after round",
+                     err), err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("fedbat_jax.launch: the job stopped on SIGTERM" if target == "worker" else
+                           "fedbat_jax.launch: terminated (SIGTERM)"), err
+    assert _pid_of(workdir, 0) is None and _pid_of(workdir, 1) is None
+    r, _ = read_checkpoint(workdir / "checkpoint.npz")
+    assert r == len(metrics(workdir)) < rounds  # the stop round itself is checkpointed
+    if target == "worker":
+        more = [a for a in job.args if not a.startswith("--config.rounds=")] + [f"--config.rounds={r + 2}",
+                                                                             "--allow_change=rounds"]
+        again = subprocess.run(more, env=env(), capture_output=True, text=True, timeout=300)
+        assert again.returncode == 0, again.stderr
+        one = fb.run(cli.make_config(CONFIG, [f"--config.rounds={r + 2}", *SETTINGS]))
+        assert_same_numbers(metrics(workdir), one, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_a_worker_that_stops_answering_is_named(tmp_path):
+    """SIGSTOP of worker 1: after --heartbeat-timeout the launcher names it, kills it, and its peer says one line."""
+    workdir = tmp_path / "run"
+    job = start_job(workdir, 400, "--heartbeat-timeout", "3")
+    try:
+        os.kill(_pid_of(workdir, 1), signal.SIGSTOP)
+        stopped = time.monotonic()
+        _, err = job.communicate(timeout=120)
+    finally:
+        if job.poll() is None:
+            job.kill()
+    assert job.returncode == 1 and time.monotonic() - stopped < 3 + 30, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("fedbat_jax.launch: process 1 of 2 stopped answering (no heartbeat for "), err
+    assert "Traceback" not in err and "SIGABRT" not in err, err
+    assert _pid_of(workdir, 0) is None and _pid_of(workdir, 1) is None
+
+
 @pytest.mark.slow
 def test_launcher_bad_arguments_are_one_line(tmp_path):
     for args, expected in [(["--processes", "2"], "put the run's arguments after --"),
+                           (["--processes", "2", f"--workdir={tmp_path / 'w'}"],
+                            f"put the run's arguments after --, as in: python -m fedbat_jax.launch --processes 2 -- "
+                            f"--workdir={tmp_path / 'w'}"),
+                           (["--processes", "2", "--", f"--workdir={tmp_path / 'new'}", "--config.lrr=1"],
+                            "unknown config field 'lrr'; did you mean 'lr'?"),
+                           (["--processes", "2", "--heartbeat-timeout", "500", "--", f"--workdir={tmp_path / 'new'}"],
+                            "--heartbeat-timeout must be in [1, 100) seconds"),
                            (["--processes", "0", "--", f"--workdir={tmp_path}"], "--processes must be >= 1"),
                            (["--processes", "2", "--", "--config.rounds=2"], "give the run's --workdir"),
                            (["--processes", "2", "--devices-per-process", "-1", "--", f"--workdir={tmp_path}"],
@@ -147,17 +234,21 @@ def test_launcher_bad_arguments_are_one_line(tmp_path):
                              text=True, timeout=60)
         assert out.returncode == 2
         assert out.stderr.strip().count("\n") == 0 and expected in out.stderr, out.stderr
+    assert not (tmp_path / "new").exists() and not (tmp_path / "w").exists()  # a refused run creates nothing
 
 
 @pytest.mark.slow
 def test_a_failing_process_is_named_and_the_job_stops(tmp_path):
-    """A bad setting fails in every process; the launcher reports one of them and returns its status."""
+    """Data missing where the processes look fails in every process (a setting the launcher cannot check); the
+    launcher reports one of them, returns its status, and removes the workdir it created."""
     out = subprocess.run([sys.executable, "-m", "fedbat_jax.launch", "--processes", "2", "--",
-                          f"--workdir={tmp_path / 'w'}", f"--config={CONFIG}", "--config.lr=-1"],
+                          f"--workdir={tmp_path / 'w'}", f"--config={CONFIG}", "--config.dataset=fashion_mnist",
+                          f"--config.data_dir={tmp_path / 'nowhere'}"],
                          env=env(), capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
-    assert "lr must be > 0" in out.stderr
+    assert "fashion_mnist" in out.stderr and "Traceback" not in out.stderr
     assert "fedbat_jax.launch: process" in out.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "w").exists()
 
 
 SWEEP = """

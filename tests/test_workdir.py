@@ -136,12 +136,12 @@ def test_a_checkpoint_stores_leaves_by_path_and_refuses_a_mismatch(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("damage", ["truncate", "empty", "garbage"])
-def test_a_corrupt_checkpoint_falls_back_to_the_previous_one(workdir, finished, damage):
+def test_a_corrupt_checkpoint_falls_back_to_the_previous_one(workdir, finished, damage, capsys):
     ckpt = workdir / "checkpoint.npz"
     data = ckpt.read_bytes()
     ckpt.write_bytes({"truncate": data[: len(data) // 2], "empty": b"", "garbage": os.urandom(len(data))}[damage])
-    warnings = []
-    records = fb.run(tiny(), workdir, log=lambda s: warnings.append(s) if s.startswith("warning") else None)
+    records = fb.run(tiny(), workdir, log=lambda s: None)
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: ")]
     assert results(records) == results(finished[1])  # round 2 recomputed from round 1's checkpoint
     assert any("checkpoint.npz is unreadable" in w for w in warnings)
     assert any("previous checkpoint" in w and "(round 1)" in w for w in warnings)
@@ -173,14 +173,14 @@ def test_a_truncated_last_metrics_line_is_dropped_with_a_warning_on_stderr(workd
 
 
 @pytest.mark.slow
-def test_rounds_the_checkpoint_covers_but_the_metrics_lack_are_recomputed_never_dropped(workdir, finished):
+def test_rounds_the_checkpoint_covers_but_the_metrics_lack_are_recomputed_never_dropped(workdir, finished, capsys):
     """Round 2's line cut short while round 2 is the checkpoint: the run resumes from round 1's checkpoint and
     recomputes round 2; with metrics.jsonl deleted nothing covers round 1, which is refused in one line."""
     metrics = workdir / "metrics.jsonl"
     text = metrics.read_text()
     metrics.write_text(text[: len(text) - 40])
-    warnings = []
-    records = fb.run(tiny(), workdir, log=lambda s: warnings.append(s) if s.startswith("warning") else None)
+    records = fb.run(tiny(), workdir, log=lambda s: None)
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: ")]
     assert any("lacks round(s) 2 of the checkpoint's 2" in w and "(round 1)" in w for w in warnings)
     assert results(records) == results(finished[1]) == results(strict_lines(metrics))
     metrics.unlink()
