@@ -1,22 +1,29 @@
 PYTHON ?= python3
+# `make run` and `make test` work from a fresh clone: each installs the dependencies first, once (this stamp
+# records it; it is redone when requirements.txt or pyproject.toml changes).
+INSTALLED := .make-installed
 
 .PHONY: install lint test test-fast run bench
 
 install:  ## install the pinned dependencies, then this package (editable: scripts run from any directory)
 	$(PYTHON) -m pip install -r requirements.txt
 	$(PYTHON) -m pip install -e .
+	@echo "$(PYTHON)" > $(INSTALLED)
 
-lint:  ## ruff over the package, experiments, tests and the notebook (the rules are in pyproject.toml)
+$(INSTALLED): requirements.txt pyproject.toml
+	$(MAKE) install PYTHON="$(PYTHON)"
+
+lint: $(INSTALLED)  ## ruff over the package, experiments, tests and the notebook (the rules are in pyproject.toml)
 	$(PYTHON) -m ruff check .
 
-test-fast:  ## the edit-test loop: every test not marked slow (under 2 minutes on a 2-core CPU)
+test-fast: $(INSTALLED)  ## the edit-test loop: every test not marked slow (under 2 minutes on a 2-core CPU)
 	$(PYTHON) -m pytest -q -m "not slow" tests
 
-test:  ## the whole test suite (about 13-15 minutes on a 2-core CPU; reruns use the XLA cache in /tmp)
+test: $(INSTALLED)  ## the whole test suite (about 13-15 minutes on a 2-core CPU; reruns use the XLA cache in /tmp)
 	$(PYTHON) -m pytest -q tests
 
-run:  ## FedBAT vs FedAvg on the bundled mnist5k digits, offline: table + runs/compare/compare.png
+run: $(INSTALLED)  ## FedBAT vs FedAvg on the bundled mnist5k digits, offline: table + runs/compare/compare.png
 	$(PYTHON) experiments/compare.py --config experiments/configs/mnist5k.py --workdir runs/compare
 
-bench:  ## samples/s of FedBAT and FedAvg rounds: CNN4 (10 clients x batch 64), ResNet-10 on 32x32x3; compressor costs
+bench: $(INSTALLED)  ## samples/s of FedBAT and FedAvg rounds: CNN4 (10 clients x batch 64), ResNet-10 on 32x32x3; compressor costs
 	$(PYTHON) experiments/bench.py --out runs/bench_results.json
