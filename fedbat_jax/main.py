@@ -2,9 +2,11 @@
 
 Any field can be overridden as ``--config.FIELD=VALUE``; ``--help`` lists them with their defaults. Each
 round appends a JSON line to ``DIR/metrics.jsonl``; a run resumes from its checkpoint in ``DIR`` when its
-settings are the same (``--allow_change=rounds`` extends a run). Exit status: 0 done, 2 bad input or an
-unusable workdir (one line on stderr), 3 training diverged (one line; the last good checkpoint is kept),
-130 interrupted (Ctrl-C) and 143 terminated (SIGTERM): rerun the same command to resume.
+settings are the same (``--allow_change=rounds`` extends a run); other settings are refused as soon as the
+workdir's ``config.json`` exists, checkpoint or not. Exit status: 0 done, 2 bad input or an unusable workdir
+(one line on stderr), 3 training diverged (one line; the last good checkpoint is kept), 4 a multi-process job
+lost another process, 130 interrupted (Ctrl-C) and 143 terminated (SIGTERM; in a multi-process job after the
+round in progress, in every process): rerun the same command to resume.
 """
 from __future__ import annotations
 
