@@ -153,9 +153,9 @@ def start_job(workdir: Path, rounds: int, *launcher: str) -> subprocess.Popen:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("target", ["worker", "launcher"])
+@pytest.mark.parametrize("target", ["worker", "launcher", "launcher-sigint"])
 def test_sigterm_stops_every_process_after_the_round_in_progress_checkpointed(tmp_path, target):
-    """SIGTERM to one worker (a scheduler's stop) or to the launcher: every process ends the same round, process 0
+    """SIGTERM to one worker (a scheduler's stop), or SIGTERM or SIGINT to the launcher: every process ends the same round, process 0
     checkpoints it, each exits 143, within the launcher's grace (no SIGKILL was needed: the stop round is the
     checkpoint). A second launcher on the busy workdir is refused at once and touches nothing; the job then
     resumes (two rounds more) to the numbers of one process."""
@@ -172,18 +172,19 @@ def test_sigterm_stops_every_process_after_the_round_in_progress_checkpointed(tm
             assert second.stderr.count("\n") == 1 and f"workdir {workdir} is in use by another run" in second.stderr
             assert (workdir / "process-1.log").read_bytes()[:len(log)] == log and job.poll() is None
         victim = _pid_of(workdir, 1) if target == "worker" else job.pid
-        os.kill(victim, signal.SIGTERM)
+        os.kill(victim, signal.SIGINT if target == "launcher-sigint" else signal.SIGTERM)
         _, err = job.communicate(timeout=120)
     finally:
         if job.poll() is None:
             job.kill()
-    assert job.returncode == 143, err
+    assert job.returncode == (130 if target == "launcher-sigint" else 143), err
     who = "process 1" if target == "worker" else "(process 0|process 1|processes 0, 1)"  # (whose came first)
     assert re.search(f"fedbat_jax: terminated \\(SIGTERM\\): {who} of 2 got it; every process stopped after round",
                      err), err
     last = err.strip().splitlines()[-1]
-    assert last.startswith("fedbat_jax.launch: the job stopped on SIGTERM" if target == "worker" else
-                           "fedbat_jax.launch: terminated (SIGTERM)"), err
+    assert last.startswith({"worker": "fedbat_jax.launch: the job stopped on SIGTERM",
+                            "launcher": "fedbat_jax.launch: terminated (SIGTERM)",
+                            "launcher-sigint": "fedbat_jax.launch: interrupted"}[target]), err
     assert _pid_of(workdir, 0) is None and _pid_of(workdir, 1) is None
     r, _ = read_checkpoint(workdir / "checkpoint.npz")
     assert r == len(metrics(workdir)) < rounds  # the stop round itself is checkpointed

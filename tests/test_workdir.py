@@ -424,7 +424,7 @@ def test_a_real_full_disk_at_start_and_at_a_checkpoint_is_one_line(small_tmpfs, 
             f.write(b"x" * 4096)
     with pytest.raises(WorkdirError, match=r"cannot write .*: No space left on device; [0-9.]+ KB free"):
         fb.run(tiny(model="logreg", rounds=3), small_tmpfs / "w")
-    assert not list(small_tmpfs.rglob("*.tmp"))
+    assert not list(small_tmpfs.rglob("*.tmp")) and not (small_tmpfs / "w").exists()  # not even its .lock
     filler.unlink()
 
     cfg = tiny(model="logreg", rounds=3)  # a 31 KB checkpoint: the first fits in 48 KB, a second beside it not
