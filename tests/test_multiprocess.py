@@ -157,8 +157,8 @@ def start_job(workdir: Path, rounds: int, *launcher: str) -> subprocess.Popen:
 def test_sigterm_stops_every_process_after_the_round_in_progress_checkpointed(tmp_path, target):
     """SIGTERM to one worker (a scheduler's stop), or SIGTERM or SIGINT to the launcher: every process ends the
     same round, process 0 checkpoints it, each exits 143, within the launcher's grace (no SIGKILL was needed:
-    the stop round is the checkpoint). A second launcher on the busy workdir is refused at once and touches nothing; the job then
-    resumes (two rounds more) to the numbers of one process."""
+    the stop round is the checkpoint). A second launcher on the busy workdir is refused at once and touches
+    nothing; the job then resumes (two rounds more) to the numbers of one process."""
     rounds, workdir = 400, tmp_path / "run"  # (far more than run before the signal lands)
     job = start_job(workdir, rounds)
     try:
