@@ -82,12 +82,16 @@ def checked_workdir(main_args: list[str]) -> Path:
     return Path(args.workdir)
 
 
-def process_env(i: int, devices: int, beat: Path, lock_fd: int | None) -> dict:
+def process_env(i: int, devices: int, beat: Path | None = None, lock_fd: int | None = None) -> dict:
+    """Process ``i``'s environment: its devices, and under the launcher its heartbeat file and the handed lock."""
     from fedbat_jax.distributed import HEARTBEAT_ENV
     from fedbat_jax.workdir import LOCK_FD_ENV
 
-    env = dict(os.environ, **{HEARTBEAT_ENV: str(beat)})
+    env = dict(os.environ)
     env.pop(LOCK_FD_ENV, None)
+    env.pop(HEARTBEAT_ENV, None)
+    if beat is not None:
+        env[HEARTBEAT_ENV] = str(beat)
     if lock_fd is not None:
         env[LOCK_FD_ENV] = str(lock_fd)
     if devices:
