@@ -161,12 +161,9 @@ def launch(processes: int, devices: int, heartbeat_s: float, main_args: list[str
         raise cli.ConfigError(f"--heartbeat-timeout must be in [1, {JAX_HEARTBEAT_S}) seconds (jax.distributed's own "
                               f"limit is {JAX_HEARTBEAT_S}), got {heartbeat_s:g}")
     workdir = checked_workdir(main_args)
-    if workdir.exists() and not workdir.is_dir():
-        raise cli.ConfigError(f"workdir {workdir} is a file, not a folder")
-    from fedbat_jax.workdir import hold_lock
+    from fedbat_jax.workdir import hold_lock, make_folder
 
-    created = not workdir.exists()
-    workdir.mkdir(parents=True, exist_ok=True)
+    created = make_folder(workdir)
     try:
         lock = hold_lock(workdir)  # a busy workdir: one line now, before a process starts or a log is opened
     except cli.FedBatError:
@@ -186,8 +183,10 @@ def launch(processes: int, devices: int, heartbeat_s: float, main_args: list[str
 
 def _remove_if_empty(workdir: Path) -> None:
     """A job that failed before its first round was written leaves no trace of itself (the README's promise)."""
+    from fedbat_jax.workdir import LOCK_FILE
+
     names = {p.name for p in workdir.iterdir()}
-    if all(n == ".lock" or (n.startswith("process-") and n.endswith(".log")) for n in names):
+    if all(n == LOCK_FILE or (n.startswith("process-") and n.endswith(".log")) for n in names):
         shutil.rmtree(workdir, ignore_errors=True)
 
 
@@ -217,10 +216,10 @@ def _run_job(processes, devices, heartbeat_s, main_args, workdir, lock, beats) -
             if all(c == 0 for c in codes):
                 return 0
             now = time.time()
-            silent = [i for i, c in enumerate(codes) if c is None and now - files[i].stat().st_mtime > heartbeat_s]
+            silent = [(i, now - files[i].stat().st_mtime) for i, c in enumerate(codes) if c is None]
+            silent = [(i, age) for i, age in silent if age > heartbeat_s]
             if silent:
-                i = silent[0]
-                age = now - files[i].stat().st_mtime
+                i, age = silent[0]
                 procs[i].kill()  # first, so that its peers' collectives fail at once instead of waiting for it
                 procs[i].wait()
                 settle(procs)

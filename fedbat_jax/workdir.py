@@ -169,6 +169,20 @@ def result_changes(old: dict, new: dict) -> dict[str, tuple[Any, Any]]:
 LOCK_FD_ENV = "FEDBAT_WORKDIR_LOCK_FD"
 
 
+def make_folder(path: Path) -> bool:
+    """Create the workdir ``path`` if it is not there; whether it was created. A file in its place, or a folder
+    that cannot be created, is one line."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise WorkdirError(f"workdir {path} is a file, not a folder")
+    created = not path.exists()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise WorkdirError(f"cannot create workdir {path}: {e.strerror or e}") from None
+    return created
+
+
 def hold_lock(folder: Path):
     """Take ``folder/.lock`` (``flock``, never waiting) and write this process's pid into it; returns the open
     file (closing it releases the lock). A held lock, a lock that cannot be opened or a pid that cannot be
@@ -249,15 +263,11 @@ class Workdir:
         return self.checkpoint[1] if self.checkpoint else 0
 
     def _open_folder(self) -> None:
-        if self.path.exists() and not self.path.is_dir():
-            raise WorkdirError(f"workdir {self.path} is a file, not a folder")
         if not self.writer:
+            if self.path.exists() and not self.path.is_dir():
+                raise WorkdirError(f"workdir {self.path} is a file, not a folder")
             return
-        self._created = not self.path.exists()
-        try:
-            self.path.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise WorkdirError(f"cannot create workdir {self.path}: {e.strerror or e}") from None
+        self._created = make_folder(self.path)
         self._created_lock = not (self.path / LOCK_FILE).exists()
         try:
             self._lock = hold_lock(self.path)
