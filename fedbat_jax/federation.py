@@ -20,12 +20,11 @@ import numpy as np
 from fedbat_jax.algorithms import ALGORITHMS
 from fedbat_jax.binarization import binarized_mask
 from fedbat_jax.compressors import COMPRESSORS, with_error_feedback
-from fedbat_jax.config import compressor_name, error_feedback_name
+from fedbat_jax.config import compressor_name, error_feedback_name, model_from_config
 from fedbat_jax.data import Dataset, partition
 from fedbat_jax.errors import ConfigError
 from fedbat_jax.federated import Learner, Roster, make_roster, round_key
 from fedbat_jax.local import FederatedData, LocalConfig
-from fedbat_jax.models import make_model
 from fedbat_jax.optimizers import server_optimizer
 
 
@@ -47,7 +46,7 @@ def build_federation(config: ml_collections.ConfigDict, ds: Dataset) -> Federati
     parts = partition(ds.x_train, ds.y_train, config.num_clients, config.partition, seed=config.partition_seed,
                       dirichlet_beta=config.dirichlet_beta, labels_per_client=config.labels_per_client,
                       min_size=config.min_client_size)
-    model = make_model(config.model, ds.num_classes, config.model_width)
+    model = model_from_config(config, ds.num_classes)
     variables = jax.jit(model.init)(round_key(config.seed, 0), jnp.zeros((1,) + ds.input_shape, jnp.float32))
     roster = make_roster([len(p) for p in parts], config.local_epochs, config.batch_size, config.phi,
                          config.aggregation_weights)

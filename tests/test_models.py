@@ -1,4 +1,5 @@
-"""Models: ResNet-10's architecture and sizes (REFERENCE.md section 3), binarized by the default predicate."""
+"""Models: ResNet-10's architecture and sizes (REFERENCE.md section 3), the ViT and the MobileNet-style net;
+what the default predicate binarizes in each, and their exact uplink bits."""
 from __future__ import annotations
 
 import jax
@@ -6,9 +7,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import fedbat_jax as fb
+from conftest import tiny
+from fedbat_jax.config import default_config, validate
+from fedbat_jax.errors import ConfigError
 from fedbat_jax.local import binarized_mask, default_binarize_predicate
 from fedbat_jax.models import MODELS, make_model
-from fedbat_jax.errors import ConfigError
 
 
 def _sizes(model, shape):
@@ -59,4 +63,90 @@ def test_resnet10_forward_and_width():
 def test_unknown_model():
     with pytest.raises(ConfigError, match="resnet10"):
         make_model("resnet18", 10)
-    assert set(MODELS) >= {"cnn4", "resnet10"}
+    assert set(MODELS) >= {"cnn4", "resnet10", "vit", "mobilenet"}
+
+
+def _vit_sizes(c: int, hw: int, width=64, depth=4, patch=4, classes=10):
+    """By hand: (binarized values, binarized tensors, float32 values) of the ViT on hw x hw x c inputs."""
+    tokens = (hw // patch) ** 2 + 1
+    binarized = patch * patch * c * width + depth * (4 * width * width + 2 * width * 2 * width) + width * classes
+    block_floats = 2 * 2 * width + 3 * width + width + 2 * width + width  # 2 LayerNorms, q/k/v/out and MLP biases
+    floats = width + width + tokens * width + depth * block_floats + 2 * width + classes  # patch bias, cls, pos
+    return binarized, 1 + 6 * depth + 1, floats
+
+
+def _mobilenet_sizes(c: int, width=32, classes=10):
+    """By hand: (binarized values, binarized tensors, float32 parameters: BatchNorm scales and biases, as many
+    as the BatchNorm statistics) of the MobileNet-style net on inputs of c channels."""
+    chans = [width] + [width * m for m in (2, 4, 4, 8, 8)]
+    binarized = 9 * c * width + sum(9 * a + a * b for a, b in zip(chans, chans[1:])) + chans[-1] * classes
+    bn_channels = width + sum(a + b for a, b in zip(chans, chans[1:]))
+    return binarized, 1 + 2 * 5 + 1, 2 * bn_channels
+
+
+@pytest.mark.parametrize("name,shape,expected", [
+    ("vit", (28, 28, 1), _vit_sizes(1, 28)), ("vit", (32, 32, 3), _vit_sizes(3, 32)),
+    ("mobilenet", (28, 28, 1), _mobilenet_sizes(1)), ("mobilenet", (32, 32, 3), _mobilenet_sizes(3)),
+])
+def test_vit_and_mobilenet_binarize_every_projection_and_conv_kernel(name, shape, expected):
+    v, mask, binarized, full = _sizes(make_model(name, 10), shape)
+    paths = [(jax.tree_util.keystr(p), b) for p, b in jax.tree_util.tree_leaves_with_path(mask)]
+    assert all(k.endswith("['kernel']") for k, b in paths if b)
+    assert (binarized, sum(b for _, b in paths), full) == expected
+    if name == "vit":  # every attention projection and both MLP kernels of each block; no norm, bias or embedding
+        assert sum(b for k, b in paths if "MultiHeadDotProductAttention" in k) == 4 * 4
+        assert not any(b for k, b in paths if "LayerNorm" in k or "pos_embedding" in k or "cls" in k)
+        assert "batch_stats" not in v
+    else:  # the depthwise kernels are (3, 3, 1, C): one filter per channel
+        assert v["params"]["SeparableBlock_2"]["depthwise"]["kernel"].shape == (3, 3, 1, 128)
+        assert sum(x.size for x in jax.tree.leaves(v["batch_stats"])) == expected[2]
+
+
+@pytest.mark.parametrize("name", ["vit", "mobilenet"])
+def test_vit_and_mobilenet_forward_and_loss(name):
+    model = make_model(name, 10)
+    x = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
+    variables = model.init(jax.random.key(0), x)
+    logits, _ = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    loss = -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(4), jnp.arange(4)])
+    assert logits.shape == (4, 10) and bool(jnp.isfinite(loss))
+    assert model.apply(variables, x, train=False).shape == (4, 10)
+
+
+def test_vit_settings_shape_the_model_and_bad_ones_are_one_line():
+    v = jax.eval_shape(make_model("vit", 10, width=32, depth=2, heads=2, patch=7).init, jax.random.key(0),
+                       jnp.zeros((1, 28, 28, 1)))["params"]
+    assert set(k for k in v if k.startswith("Block")) == {"Block_0", "Block_1"}
+    assert v["Block_0"]["MultiHeadDotProductAttention_0"]["query"]["kernel"].shape == (32, 2, 16)
+    assert v["pos_embedding"].shape == (1, 17, 32) and v["patch_embed"]["kernel"].shape == (7, 7, 1, 32)
+    for fields, message in ((dict(model_heads=3), "model_heads=3 must divide model_width=64"),
+                            (dict(model_depth=-1), "model_depth must be >= 0"),
+                            (dict(model="cnn4", model_patch=2), "model_patch=2 does not apply to model=cnn4")):
+        c = default_config()
+        c.update(**{"model": "vit", **fields})
+        with pytest.raises(ConfigError, match=message):
+            validate(c)
+    with pytest.raises(ConfigError, match="model_patch=5 must divide the image size 28x28"):
+        make_model("vit", 10, patch=5).init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["vit", "mobilenet"])
+def test_vit_and_mobilenet_uplink_bits_and_the_fused_round_equals_the_host_round(name):
+    """FedBAT's exact uplink per client (1 bit a binarized value, a float32 alpha a binarized tensor, float32 for
+    the rest), and one round on the fused backend (the GPU/TPU program) against the host loop. phi = 1 trains in
+    full precision as FedAvg does, so the two differ by rounding amplified by training, not by a wrong client or
+    step (which would be O(1)); lr 0.01, as BatchNorm nets amplify rounding chaotically at lr 0.1."""
+    host = fb.build(tiny("fedbat", model=name, batch_size=128, phi=1.0, lr=0.01))
+    binarized, tensors, floats = _vit_sizes(1, 28) if name == "vit" else _mobilenet_sizes(1)
+    if name == "mobilenet":
+        floats *= 2  # the BatchNorm statistics (mean, var) travel too, as many as the scales and biases
+    assert host.wire["uplink_bits"] == 3 * (binarized + 32 * tensors + 32 * floats)
+    fused = fb.build(tiny("fedbat", model=name, batch_size=128, phi=1.0, lr=0.01, execution="fused", lanes=2,
+                          lane_loop="scan"))
+    w0 = host.server.params
+    pa, pb = fused.run_round(fused.server, 1)[0].params, host.run_round(host.server, 1)[0].params
+    # (the attention's key bias has no gradient, softmax being shift-invariant: its "update" is float noise)
+    errors = [float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b - w)) for a, b, w in
+              zip(jax.tree.leaves(pa), jax.tree.leaves(pb), jax.tree.leaves(w0)) if jnp.linalg.norm(b - w) > 1e-6]
+    assert len(errors) > 20 and max(errors) < 0.3 and np.median(errors) < 0.05, errors
