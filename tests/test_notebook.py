@@ -22,3 +22,4 @@ def test_tour_notebook_executes(tmp_path, xla_cache_env, monkeypatch):
     assert not errors
     printed = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert "a client's upload:" in printed and "lr 0.2: test accuracy per round" in printed
+    assert "12 binarized leaves of 40" in printed and "['Block_1']['MultiHeadDotProductAttention_0']" in printed
