@@ -12,7 +12,8 @@
     # any single config file (its partition field is set per cell)
     python experiments/study.py --config experiments/configs/mnist5k.py --partitions iid
 
-Each run lives in WORKDIR/<dataset>[_reduced]/<partition>/<algorithm>[_bK]/seed<S> and resumes if interrupted
+Each run lives in WORKDIR/<dataset>[_reduced][_<model>]/<partition>/<algorithm>[_bK]/seed<S> (the model named
+only when it is not the paper's for the dataset: ``--config.model=vit``) and resumes if interrupted
 (a finished run is read back, not rerun, so a long grid can be split over several sittings). Writes OUT.csv
 (one row per run), OUT.md (per cell: seeds, mean final accuracy and its 95% t-interval; paired differences
 between methods) and OUT_<dataset>_<partition>.png (mean accuracy curves with 95% bands, against round and
@@ -33,7 +34,7 @@ from pathlib import Path
 
 import fedbat_jax
 from fedbat_jax import cli, report
-from fedbat_jax.config import did_you_mean
+from fedbat_jax.config import default_config, did_you_mean
 from fedbat_jax.errors import ConfigError
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
@@ -163,7 +164,9 @@ def main(args, overrides: list[str]) -> int:
             if value:
                 fields[name] = value
         c = cli.make_config(spec_arg, overrides + variant, **fields)  # the method's own settings win
-        setting = c.dataset + ("_reduced" if args.reduced else "")
+        # another model than the paper's for the dataset (--config.model=vit) is its own setting and folder
+        own = paper.get(c.dataset, {}).get("model", default_config().model)
+        setting = c.dataset + ("_reduced" if args.reduced else "") + (f"_{c.model}" if c.model != own else "")
         name = run_name(algorithm, c)
 
         def log(line: str, setting: str = setting) -> None:
@@ -178,7 +181,7 @@ def main(args, overrides: list[str]) -> int:
                                          progress=True, log=log)}
         for seed, records in runs.items():
             s = report.summarize(records, args.target)
-            rows.append({"dataset": setting, "partition": partition, "algorithm": name,
+            rows.append({"dataset": setting, "model": c.model, "partition": partition, "algorithm": name,
                          "error_feedback": c.error_feedback, "seed": seed, "rounds": s["rounds"],
                          "local_epochs": c.local_epochs, "final_acc": s["final"], "last5_acc": s["last5"],
                          "best_acc": s["best"],
