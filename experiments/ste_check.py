@@ -241,17 +241,16 @@ def main(args, overrides: list[str]) -> int:
             raise cli.ConfigError(f"--models: unknown model {name!r}; choose from {', '.join(SETTINGS)}")
     if args.keys < 4 or args.directions < 1 or args.steps < 1:
         raise cli.ConfigError("--keys must be >= 4, --directions and --steps >= 1")
-    records = []
-    for name in args.models:
+    records, out = [], Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for name in args.models:  # the files are rewritten after each model, so a long check keeps what it finished
         records += check_model(name, args.data_dir, args.keys, args.directions, args.steps, args.seed,
                                args.max_layers)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(records, indent=1) + "\n")
-    text = (f"Command: `python {' '.join(sys.argv)}`  \nMachine: {platform.machine()} {platform.processor() or ''}, "
-            f"{jax.devices()[0].platform}, jax {jax.__version__}; {args.keys} keys, {args.directions} orthogonal "
-            "directions a layer.\n\n" + table(records))
-    out.with_suffix(".md").write_text(text)
+        out.with_suffix(".json").write_text(json.dumps(records, indent=1) + "\n")
+        text = (f"Command: `python {' '.join(sys.argv)}`  \nMachine: {platform.machine()} "
+                f"{platform.processor() or ''}, {jax.devices()[0].platform}, jax {jax.__version__}; {args.keys} keys, "
+                f"{args.directions} orthogonal directions a layer.\n\n" + table(records))
+        out.with_suffix(".md").write_text(text)
     print(text)
     return 0
 

@@ -204,6 +204,9 @@ def test_lanes_sharded_over_four_devices_match_one_device(xla_cache_env):
     assert "devices: 4" in four["log"] and "devices: 1" in one["log"]
     assert four["loss"] == pytest.approx(one["loss"], rel=1e-3)
     assert four["test_loss"] == pytest.approx(one["test_loss"], rel=1e-3)
-    assert max(out["params"]) < 0.05, out["params"]  # relative to the round's update, per leaf
-    assert max(out["ef"]) < 0.05, out["ef"]
+    # relative to the round's update, per leaf. The upload is a sign a value: where an entry sits near 0 a
+    # rounding-level difference flips it, so a kernel gets the looser bound of tests/test_round.py (at XLA:CPU's
+    # unoptimised compilation, FAST_COMPILE, one machine measured 0.14 on the first conv, 0.02 optimised)
+    assert max(out["params"]) < 0.3 and np.median(out["params"]) < 0.05, out["params"]
+    assert max(out["ef"]) < 0.3 and np.median(out["ef"]) < 0.05, out["ef"]
     assert out["ef_rows"][0] == out["ef_rows"][1] and len(out["ef_rows"][0]) == 4  # the 4 sampled clients
