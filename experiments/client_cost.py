@@ -155,4 +155,4 @@ def parser() -> cli.ArgumentParser:
 
 
 if __name__ == "__main__":
-    sys.exit(cli.guarded("client_cost", lambda: main(*cli.parse_args(parser(), sys.argv[1:]))))
+    sys.exit(cli.guarded("client_cost", lambda: main(*cli.parse_args(parser(), sys.argv[1:])), resumes=False))

@@ -270,4 +270,4 @@ def parser() -> cli.ArgumentParser:
 
 
 if __name__ == "__main__":
-    sys.exit(cli.guarded("ste_check", lambda: main(*cli.parse_args(parser(), sys.argv[1:]))))
+    sys.exit(cli.guarded("ste_check", lambda: main(*cli.parse_args(parser(), sys.argv[1:])), resumes=False))

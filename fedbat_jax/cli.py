@@ -155,16 +155,18 @@ def apply_overrides(c: ml_collections.ConfigDict, args: list[str]) -> list[str]:
     return rest
 
 
-def guarded(prog: str, body: Callable[[], int | None]) -> int:
+def guarded(prog: str, body: Callable[[], int | None], resumes: bool = True) -> int:
     """Run ``body``; the project's errors become one line on stderr and an exit status (2 bad input or an
     unusable workdir, 3 diverged, 4 a multi-process job lost a process, 130 interrupted by Ctrl-C, 143
-    terminated by SIGTERM). Other exceptions propagate with their traceback."""
+    terminated by SIGTERM). Other exceptions propagate with their traceback. ``resumes``: whether a rerun
+    resumes (the stop's line says so) or starts over (a script that keeps no checkpoint)."""
     import signal
     import threading
 
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, on_sigterm) if main_thread else None
-    resume = "rerun the same command to resume from the last checkpoint"
+    resume = ("rerun the same command to resume from the last checkpoint" if resumes else
+              "nothing was kept; rerun the same command to start over")
     try:
         return body() or 0
     except DivergenceError as e:

@@ -147,3 +147,17 @@ def test_divergence_is_one_line_exit_3_and_strict_json(tmp_path, capsys):
 
     records = [json.loads(x, parse_constant=refuse) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in records] == list(range(1, bad))  # the diverged round is not written
+
+
+def test_a_stop_says_whether_a_rerun_resumes(capsys):
+    from fedbat_jax import cli
+    from fedbat_jax.errors import Terminated
+
+    def stopped():
+        raise Terminated()
+
+    assert cli.guarded("run", stopped) == 143
+    assert "resume from the last checkpoint" in capsys.readouterr().err
+    assert cli.guarded("ste_check", stopped, resumes=False) == 143
+    err = capsys.readouterr().err
+    assert "start over" in err and "resume" not in err
