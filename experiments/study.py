@@ -135,6 +135,9 @@ def tables_from(paths: list[str], out: Path) -> int:
 
 def main(args, overrides: list[str]) -> int:
     out = Path(args.out)
+    for parent in (out.parent, *out.parent.parents):  # checked before any run: a run's result is never lost
+        if parent.exists() and not parent.is_dir():
+            raise ConfigError(f"--out {args.out}: {parent} is a file, not a folder")
     if args.tables_from:
         return tables_from(args.tables_from, out)
     specs = ([args.config] if args.config else

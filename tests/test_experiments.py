@@ -121,6 +121,15 @@ def test_study_bad_field_is_one_line(tmp_path):
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "nope" in done.stderr
 
 
+def test_study_out_under_a_file_is_one_line_before_any_run(tmp_path):
+    (tmp_path / "out").write_text("a file")
+    done = subprocess.run([sys.executable, "experiments/study.py", "--config", "experiments/configs/mnist5k.py",
+                           "--workdir", str(tmp_path / "w"), "--out", str(tmp_path / "out" / "r")],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "is a file, not a folder" in done.stderr
+    assert not (tmp_path / "w").exists()  # nothing ran
+
+
 @pytest.mark.slow
 def test_gpu_check_runs_at_tiny_sizes(tmp_path, xla_cache_env):
     """The prepared GPU script, on the CPU at tiny sizes, so that it cannot rot before a GPU is at hand."""
