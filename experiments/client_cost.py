@@ -17,7 +17,6 @@ memory do not depend on their values); the batch is the paper's 64.
 from __future__ import annotations
 
 import json
-import platform
 import statistics
 import sys
 import time
@@ -27,16 +26,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fedbat_jax import cli
+from fedbat_jax import cli, report
 from fedbat_jax.binarization import binarized_mask, default_binarize_predicate
 from fedbat_jax.local import FederatedData, LocalConfig, effective_params, init_client, make_local_step
 from fedbat_jax.models import make_model
+from fedbat_jax.registry import Registry
 
 # (model, input shape, width): the paper's CNN4 and ResNet-10, the new ViT and MobileNet-style net, logreg.
-MODELS = {
+MODELS = Registry("--models model", {
     "logreg": ((28, 28, 1), 0), "cnn4": ((28, 28, 1), 0), "resnet10": ((32, 32, 3), 0),
     "vit": ((28, 28, 1), 0), "mobilenet": ((28, 28, 1), 0),
-}
+})
 BATCH = 64
 
 
@@ -128,21 +128,14 @@ def main(args, overrides: list[str]) -> int:
     if overrides:
         raise cli.ConfigError(f"client_cost.py takes no --config overrides (got {overrides[0]})")
     for name in args.models:
-        if name not in MODELS:
-            raise cli.ConfigError(f"--models: unknown model {name!r}; choose from {', '.join(MODELS)}")
+        MODELS[name]  # an unknown one is a one-line error
     records = []
     for name in args.models:
         for algorithm in ("fedavg", "fedbat"):
             records.append(measure(name, algorithm, args.repeats))
             print(json.dumps(records[-1]), flush=True)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(records, indent=1) + "\n")
-    text = (f"Command: `python {' '.join(sys.argv)}`  \nMachine: {platform.machine()} {platform.processor() or ''}, "
-            f"{jax.devices()[0].platform}, jax {jax.__version__}; one client, batch {BATCH}, median of "
-            f"{args.repeats} calls.\n\n" + table(records))
-    out.with_suffix(".md").write_text(text)
-    print(text)
+    print(report.write_records(Path(args.out), records, f"one client, batch {BATCH}, median of {args.repeats} calls.",
+                               table(records)))
     return 0
 
 

@@ -31,7 +31,6 @@ variance ``alpha^2 - clip(u)^2`` adds a term no straight-through estimator sees)
 from __future__ import annotations
 
 import json
-import platform
 import sys
 from pathlib import Path
 from typing import Callable
@@ -41,15 +40,17 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from fedbat_jax import cli
+from fedbat_jax import cli, report
 from fedbat_jax.binarization import binarized_mask, default_binarize_predicate
 from fedbat_jax.data import load_dataset
 from fedbat_jax.local import (FederatedData, LocalConfig, effective_params, epoch_orders, init_client,
                               make_local_step, step_sizes)
 from fedbat_jax.models import make_model
+from fedbat_jax.registry import Registry
 
 # model -> (dataset, width)
-SETTINGS = {"cnn4": ("fashion_mnist", 0), "vit": ("fashion_mnist", 0), "resnet10": ("cifar10", 16)}
+SETTINGS = Registry("--models model", {"cnn4": ("fashion_mnist", 0), "vit": ("fashion_mnist", 0),
+                                       "resnet10": ("cifar10", 16)})
 BATCH = 64
 CHUNK = 32  # keys evaluated side by side (memory: CHUNK x BATCH examples)
 
@@ -237,20 +238,15 @@ def main(args, overrides: list[str]) -> int:
     if overrides:
         raise cli.ConfigError(f"ste_check.py takes no --config overrides (got {overrides[0]})")
     for name in args.models:
-        if name not in SETTINGS:
-            raise cli.ConfigError(f"--models: unknown model {name!r}; choose from {', '.join(SETTINGS)}")
+        SETTINGS[name]  # an unknown one is a one-line error
     if args.keys < 4 or args.directions < 1 or args.steps < 1:
         raise cli.ConfigError("--keys must be >= 4, --directions and --steps >= 1")
-    records, out = [], Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    records = []
     for name in args.models:  # the files are rewritten after each model, so a long check keeps what it finished
         records += check_model(name, args.data_dir, args.keys, args.directions, args.steps, args.seed,
                                args.max_layers)
-        out.with_suffix(".json").write_text(json.dumps(records, indent=1) + "\n")
-        text = (f"Command: `python {' '.join(sys.argv)}`  \nMachine: {platform.machine()} "
-                f"{platform.processor() or ''}, {jax.devices()[0].platform}, jax {jax.__version__}; {args.keys} keys, "
-                f"{args.directions} orthogonal directions a layer.\n\n" + table(records))
-        out.with_suffix(".md").write_text(text)
+        text = report.write_records(Path(args.out), records, f"{args.keys} keys, {args.directions} orthogonal "
+                                    "directions a layer.", table(records))
     print(text)
     return 0
 

@@ -3,7 +3,10 @@ curves."""
 from __future__ import annotations
 
 import csv
+import json
 import math
+import platform
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -168,3 +171,16 @@ def plot_curves(results: dict[str, list[list[dict]]], path: Path, title: str) ->
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def write_records(out: Path, records: list[dict], detail: str, table: str) -> str:
+    """A study script's output: ``OUT.json`` (the records) and ``OUT.md`` (the command, the machine, ``detail``,
+    then ``table``); returns the Markdown."""
+    import jax  # here, so that rendering tables from CSVs never starts jax
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(records, indent=1) + "\n")
+    text = (f"Command: `python {' '.join(sys.argv)}`  \nMachine: {platform.machine()} {platform.processor() or ''}, "
+            f"{jax.devices()[0].platform}, jax {jax.__version__}; {detail}\n\n" + table)
+    out.with_suffix(".md").write_text(text)
+    return text
