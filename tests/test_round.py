@@ -90,14 +90,15 @@ def test_host_threads_and_fused_lanes_agree():
     """The executions compute the same round. Threads change nothing; the fused program (vmapped,
     in a scan) rounds differently, and training amplifies rounding-level differences quickly, so it
     must agree to a small fraction of the update (a wrong client, step or reset would be O(1))."""
-    host = fb.build(tiny("fedavg", batch_size=128))
-    threaded = fb.build(tiny("fedavg", batch_size=128, client_threads=2))
+    small = dict(batch_size=128, model_width=16)  # a half-width CNN4 (16 channels, not 32): the same programs
+    host = fb.build(tiny("fedavg", **small))
+    threaded = fb.build(tiny("fedavg", client_threads=2, **small))
     _leaves_close(threaded.run_round(threaded.server, 1)[0].params, host.run_round(host.server, 1)[0].params,
                   rtol=0, atol=0)
     # FedBAT with phi = 1 trains in full precision, as FedAvg does, and binarizes only the upload, whose
     # stochastic signs amplify such differences further.
-    host = fb.build(tiny("fedbat", batch_size=128, phi=1.0))
-    fused = fb.build(tiny("fedbat", batch_size=128, phi=1.0, execution="fused", lanes=2,  # lanes hold 2
+    host = fb.build(tiny("fedbat", phi=1.0, **small))
+    fused = fb.build(tiny("fedbat", phi=1.0, execution="fused", lanes=2, **small,  # lanes hold 2
                              lane_loop="scan"))  # the GPU/TPU program
     errors = _relative_update_error(fused, host)
     # (a stochastic sign flips where u sits near a threshold: binarized leaves get a looser bound)
