@@ -105,12 +105,22 @@ def statistics(rows: list[dict]) -> str:
 
 
 def tables_from(paths: list[str], out: Path) -> int:
-    """``--tables-from``: the statistics of committed CSVs (one row per run), rendered again without running."""
+    """``--tables-from``: the statistics of committed CSVs (one row per run), rendered again without running;
+    OUT.csv gets all their rows (a row from before the ``model`` column names the paper's model for its dataset).
+    An entry may be a glob (quote it: ``'docs/results/architectures/*.csv'``)."""
     import csv
+    import glob
 
     needed = {"dataset", "partition", "algorithm", "seed", "final_acc", "uplink_MB"}
+    files = []
+    for entry in paths:
+        matched = sorted(glob.glob(entry)) if glob.has_magic(entry) else [entry]
+        if not matched:
+            raise ConfigError(f"--tables-from {entry}: no file matches")
+        files += matched
+    paper = runpy.run_path(str(CONFIGS / "paper.py"))["PAPER_SETTINGS"]
     rows = []
-    for path in paths:
+    for path in files:
         try:
             with open(path, newline="") as f:
                 reader = csv.DictReader(f)
@@ -118,17 +128,24 @@ def tables_from(paths: list[str], out: Path) -> int:
                 if missing:
                     raise ConfigError(f"--tables-from {path}: not a study CSV (no column {', '.join(sorted(missing))})")
                 for r in reader:
-                    rows.append({k: (float(v) if k.endswith("_acc") or k == "uplink_MB" else int(v) if k == "seed"
-                                     else v) for k, v in r.items()})
+                    r.setdefault("model", paper.get(r["dataset"], {}).get("model", default_config().model))
+                    rows.append({k: (float(v) if (k.endswith("_acc") or k == "uplink_MB") and v != "" else
+                                     int(v) if k == "seed" else v) for k, v in r.items()})
         except ConfigError:
             raise
         except OSError as e:
             raise ConfigError(f"--tables-from {path}: {e.strerror or e}") from None
         except ValueError as e:
             raise ConfigError(f"--tables-from {path}: a value is not a number ({e})") from None
-    text = f"Command: `python {' '.join(sys.argv)}` (from {', '.join(paths)}; nothing rerun)\n\n" + statistics(rows)
+    text = (f"Command: `python {' '.join(sys.argv)}` ({len(files)} CSVs, {len(rows)} runs; nothing rerun)\n\n"
+            + statistics(rows))
     out.with_suffix(".md").parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text(text)
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    with out.with_suffix(".csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, restval="")
+        writer.writeheader()
+        writer.writerows(rows)
     print(text)
     return 0
 

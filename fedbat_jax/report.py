@@ -28,8 +28,12 @@ ENDPOINTS = (("final_acc", "final"), ("last5_acc", "last-5 mean"), ("best_acc", 
 
 
 def _present(endpoints, rows: list[dict]) -> list[tuple[str, str]]:
-    """The endpoints every row has (CSVs of earlier studies lack ``last5_acc``)."""
-    return [(v, name) for v, name in endpoints if all(v in r for r in rows)]
+    """The endpoints some row has (CSVs of earlier studies lack ``last5_acc``: their cells show "-")."""
+    return [(v, name) for v, name in endpoints if any(r.get(v) not in (None, "") for r in rows)]
+
+
+def _has(runs: list[dict], v: str) -> bool:
+    return all(r.get(v) not in (None, "") for r in runs)
 
 
 def seed_table(rows: list[dict], keys=("dataset", "partition", "algorithm"), endpoints=ENDPOINTS) -> str:
@@ -44,6 +48,9 @@ def seed_table(rows: list[dict], keys=("dataset", "partition", "algorithm"), end
     for cell, runs in cells.items():
         values = []
         for v, _ in endpoints:
+            if not _has(runs, v):
+                values.append("-")
+                continue
             mean, lo, hi = t_interval([r[v] for r in runs])
             values.append(f"{mean:.4f} [{lo:.4f}, {hi:.4f}]" if len(runs) > 1 else f"{mean:.4f}")
         lines.append("| " + " | ".join(map(str, cell)) + f" | {len(runs)} | " + " | ".join(values)
@@ -64,6 +71,9 @@ def paired_table(rows: list[dict], a: str, b: str, endpoints=ENDPOINTS) -> str:
             continue
         cells = []
         for v, _ in endpoints:
+            if not _has([by[(d, p, x, s)] for x in (a, b) for s in seeds], v):
+                cells.append("-")
+                continue
             mean, lo, hi = t_interval([100 * (by[(d, p, a, s)][v] - by[(d, p, b, s)][v]) for s in seeds])
             cells.append(f"{mean:+.2f} [{lo:+.2f}, {hi:+.2f}]" if len(seeds) > 1 else f"{mean:+.2f}")
         lines.append(f"| {d} | {p} | {len(seeds)} | " + " | ".join(cells) + " |")
@@ -79,15 +89,15 @@ def blocked_table(rows: list[dict], reference: str, value: str = "final_acc") ->
     """Markdown: per (dataset, partition), every method minus ``reference`` in points, with a 95% interval from
     the seed-blocked two-way model ``value = method + seed + error`` over all the methods that ran the same seeds
     (the residual variance pooled over every method, ``(m - 1)(n - 1)`` degrees of freedom), so a difference's
-    interval does not rest on its own 2 degrees of freedom at n = 3; "" without a complete block of >= 2 seeds or
-    when the rows lack ``value``."""
+    interval does not rest on its own 2 degrees of freedom at n = 3; a (dataset, partition) without a complete block
+    of >= 2 seeds, or whose rows lack ``value``, is left out ("" when none is left)."""
     from scipy import stats
 
-    if not all(value in r for r in rows):
-        return ""
     out = []
     for d, p in dict.fromkeys((r["dataset"], r["partition"]) for r in rows):
         cell = [r for r in rows if (r["dataset"], r["partition"]) == (d, p)]
+        if not _has(cell, value):
+            continue
         methods = list(dict.fromkeys(r["algorithm"] for r in cell))
         seeds = sorted(set.intersection(*({r["seed"] for r in cell if r["algorithm"] == m} for m in methods)))
         if reference not in methods or len(seeds) < 2 or len(methods) < 2:

@@ -262,3 +262,26 @@ def test_study_tables_from_bad_csv_is_one_line(tmp_path, text, needle):
     done = subprocess.run([sys.executable, "experiments/study.py", "--tables-from", str(path), "--out",
                            str(tmp_path / "t")], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and needle in done.stderr, done.stderr
+
+
+def test_study_tables_from_a_glob_of_old_and_new_csvs(tmp_path):
+    """A glob of CSVs, one from before the last5_acc and model columns: its cells show "-" for the endpoint it
+    lacks, the others keep theirs, and OUT.csv holds every run with the paper's model named for the old rows."""
+    head = "dataset,partition,algorithm,seed,final_acc,best_acc,uplink_MB"
+    (tmp_path / "a_old.csv").write_text(f"{head}\nfashion_mnist,iid,fedbat,0,0.5,0.6,8\n"
+                                        "fashion_mnist,iid,fedbat,1,0.7,0.8,8\n")
+    (tmp_path / "b_new.csv").write_text(f"{head},last5_acc,model\nfashion_mnist_vit,iid,fedbat,0,0.4,0.5,8,0.3,vit\n"
+                                        "fashion_mnist_vit,iid,fedbat,1,0.6,0.7,8,0.5,vit\n")
+    done = subprocess.run([sys.executable, "experiments/study.py", "--tables-from", str(tmp_path / "*.csv"),
+                           "--out", str(tmp_path / "out" / "t")], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    md = (tmp_path / "out" / "t.md").read_text()
+    assert "| fashion_mnist | iid | fedbat | 2 | 0.6000 [-0.6706, 1.8706] | - | 0.7000" in md
+    assert "| fashion_mnist_vit | iid | fedbat | 2 | 0.5000 [-0.7706, 1.7706] | 0.4000 [-0.8706, 1.6706] |" in md
+    with open(tmp_path / "out" / "t.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["model"], r["seed"], r["last5_acc"]) for r in rows] == [
+        ("cnn4", "0", ""), ("cnn4", "1", ""), ("vit", "0", "0.3"), ("vit", "1", "0.5")]
+    done = subprocess.run([sys.executable, "experiments/study.py", "--tables-from", str(tmp_path / "none*.csv"),
+                           "--out", str(tmp_path / "t")], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 2 and "no file matches" in done.stderr and done.stderr.count("\n") == 1, done.stderr
