@@ -89,8 +89,9 @@ def blocked_table(rows: list[dict], reference: str, value: str = "final_acc") ->
     """Markdown: per (dataset, partition), every method minus ``reference`` in points, with a 95% interval from
     the seed-blocked two-way model ``value = method + seed + error`` over all the methods that ran the same seeds
     (the residual variance pooled over every method, ``(m - 1)(n - 1)`` degrees of freedom), so a difference's
-    interval does not rest on its own 2 degrees of freedom at n = 3; a (dataset, partition) without a complete block
-    of >= 2 seeds, or whose rows lack ``value``, is left out ("" when none is left)."""
+    interval does not rest on its own 2 degrees of freedom at n = 3; a (dataset, partition) without a block
+    of >= 2 seeds, or whose rows lack ``value``, is left out ("" when none is left). The block is the reference's seeds;
+    a method that did not run all of them (a one-seed diagnosis run) is left out of the cell, not the cell itself."""
     from scipy import stats
 
     out = []
@@ -98,9 +99,12 @@ def blocked_table(rows: list[dict], reference: str, value: str = "final_acc") ->
         cell = [r for r in rows if (r["dataset"], r["partition"]) == (d, p)]
         if not _has(cell, value):
             continue
-        methods = list(dict.fromkeys(r["algorithm"] for r in cell))
-        seeds = sorted(set.intersection(*({r["seed"] for r in cell if r["algorithm"] == m} for m in methods)))
-        if reference not in methods or len(seeds) < 2 or len(methods) < 2:
+        ran = {m: {r["seed"] for r in cell if r["algorithm"] == m} for m in dict.fromkeys(r["algorithm"] for r in cell)}
+        if reference not in ran:
+            continue
+        seeds = sorted(ran[reference])  # the block is the reference's seeds: a method that ran fewer is left out
+        methods = [m for m in ran if ran[m] >= ran[reference]]
+        if len(seeds) < 2 or len(methods) < 2:
             continue
         by = {(r["algorithm"], r["seed"]): 100 * r[value] for r in cell}
         y = np.array([[by[(m, s)] for s in seeds] for m in methods])  # [methods, seeds]

@@ -95,6 +95,9 @@ def test_seed_blocked_interval_pools_the_residuals_of_every_method():
     diff = y[1].mean() - y[0].mean()
     assert f"| d | p | a | 3 | {diff:+.2f} | [{diff - half:+.2f}, {diff + half:+.2f}] | 4 |" in table
     assert report.blocked_table(rows[:1], "fedbat") == ""  # one seed: no block
+    # a one-seed diagnosis method in the cell is left out; the cell's table is unchanged
+    diagnosis = {"dataset": "d", "partition": "p", "algorithm": "fedbat@rho=0", "seed": 0, "final_acc": 0.5}
+    assert report.blocked_table(rows + [diagnosis], "fedbat") == table
 
 
 @pytest.mark.slow
