@@ -20,7 +20,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import platform
 import shlex
 import sys
 import time
@@ -29,7 +28,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from fedbat_jax import cli, report
+from fedbat_jax import cli, machine, report
 from fedbat_jax.data import load_dataset
 from fedbat_jax.models import make_model
 from fedbat_jax.sweeps import compile_sweep
@@ -355,8 +354,7 @@ def write(prefix: Path, rows, curves, const, f_star, grad_norm, bench, base) -> 
         "# Convergence rates on strongly convex federated logistic regression",
         "",
         f"Command: `{command}`  ",
-        f"Machine: {platform.processor() or platform.machine()}, {jax.device_count()} x {jax.devices()[0].device_kind}"
-        f" ({jax.default_backend()}), jax {jax.__version__}, {time.strftime('%Y-%m-%d')}",
+        f"Machine: {machine.describe()}, {time.strftime('%Y-%m-%d')}",
         "",
         f"Problem: {base.dataset} ({base.num_clients} clients, all sampled each round), logreg with "
         f"lambda = {const['mu']}, {base.local_epochs} local epoch(s) of batch {base.batch_size} "

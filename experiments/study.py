@@ -26,14 +26,13 @@ their seconds are the cell's wall time split evenly over its seeds.
 from __future__ import annotations
 
 import itertools
-import platform
 import runpy
 import sys
 import time
 from pathlib import Path
 
 import fedbat_jax
-from fedbat_jax import cli, report
+from fedbat_jax import cli, machine, report
 from fedbat_jax.config import default_config, did_you_mean
 from fedbat_jax.errors import ConfigError
 
@@ -211,8 +210,8 @@ def main(args, overrides: list[str]) -> int:
         report.write_table(rows, out.with_suffix(".md"), out.with_suffix(".csv"))
     for (setting, partition), results in curves.items():
         report.plot_curves(results, Path(f"{out}_{setting}_{partition}.png"), f"{setting} ({partition})")
-    note = (f"Command: `python {' '.join(sys.argv)}`  \nMachine: {platform.machine()} "
-            f"{platform.processor() or ''}, wall time of this invocation {time.time() - started:.0f} s "
+    note = (f"Command: `python {' '.join(sys.argv)}`  \nMachine: {machine.describe()}, "
+            f"wall time of this invocation {time.time() - started:.0f} s "
             f"(runs already complete in the workdir are read back, not rerun)."
             + "".join(f"  \nNote ({k}): {v}." for k, v in notes.items()))
     text = note + "\n\n" + statistics(rows)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import platform
 import sys
 from pathlib import Path
 
@@ -190,11 +189,10 @@ def plot_curves(results: dict[str, list[list[dict]]], path: Path, title: str) ->
 def write_records(out: Path, records: list[dict], detail: str, table: str) -> str:
     """A study script's output: ``OUT.json`` (the records) and ``OUT.md`` (the command, the machine, ``detail``,
     then ``table``); returns the Markdown."""
-    import jax  # here, so that rendering tables from CSVs never starts jax
+    from fedbat_jax import machine  # here, so that rendering tables from CSVs never starts jax
 
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(records, indent=1) + "\n")
-    text = (f"Command: `python {' '.join(sys.argv)}`  \nMachine: {platform.machine()} {platform.processor() or ''}, "
-            f"{jax.devices()[0].platform}, jax {jax.__version__}; {detail}\n\n" + table)
+    text = f"Command: `python {' '.join(sys.argv)}`  \nMachine: {machine.describe()}; {detail}\n\n" + table
     out.with_suffix(".md").write_text(text)
     return text

@@ -1,6 +1,8 @@
 """A run's folder: one run at a time, the settings behind its numbers, and files that survive a crash.
 
     WORKDIR/config.json          the run's settings; a resume with different ones is refused
+    WORKDIR/machine.json         what computed it (backend, device kind, CPU threads, jax: ``machine.py``);
+                                 a resume on another is warned about, since its rounds are not bit-equal
     WORKDIR/metrics.jsonl        one strict-JSON line per round (a non-finite value is written as null)
     WORKDIR/checkpoint.npz       the newest checkpoint: the round and the server state's leaves by tree path
     WORKDIR/checkpoint.prev.npz  the one before it, kept until the newest is complete on disk
@@ -26,10 +28,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from fedbat_jax import machine
 from fedbat_jax.config import RESUMABLE_FIELDS, RUNTIME_FIELDS, SETTINGS
 from fedbat_jax.errors import ConfigError, WorkdirError
 
 CONFIG_FILE = "config.json"
+MACHINE_FILE = "machine.json"
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_FILE = "checkpoint.npz"
 PREVIOUS_CHECKPOINT_FILE = "checkpoint.prev.npz"
@@ -254,6 +258,7 @@ class Workdir:
         try:
             self.checkpoint = self._newest_checkpoint()  # (file, round, arrays) or None
             self.changes = self._check_settings()
+            self._check_machine()
         except BaseException:
             self.close(failed=True)
             raise
@@ -348,6 +353,27 @@ class Workdir:
             raise WorkdirError(f"{self.path} holds a run with other settings ({diff}); use a new --workdir{hint}")
         return changes
 
+    def _check_machine(self) -> None:
+        """A resume on another machine shape is allowed (its numbers are as valid) but said, and recorded:
+        from the resumed round on they are not the bit-equal continuation of the run (see ``machine.py``)."""
+        self.machine = machine.fingerprint()
+        self.machines = []  # machine.json: every machine the run's checkpointed rounds were computed on, in order
+        file = self.path / MACHINE_FILE
+        if self.checkpoint is None or not file.is_file():
+            return
+        try:
+            history = json.loads(file.read_text())
+        except (OSError, ValueError):
+            history = None
+        if not (isinstance(history, list) and all(isinstance(h, dict) for h in history)):
+            self.warn(f"{file} is unreadable; the machine the run's earlier rounds ran on is unknown")
+            return
+        self.machines = [h for h in history if h.get("from_round", 1) <= self.checkpoint_round]
+        diff = self.machines and machine.differences(self.machines[-1], self.machine)
+        if diff:
+            self.warn(f"{self.path} was computed on another machine ({diff}); its rounds after "
+                      f"{self.checkpoint_round} will not be bit-equal to an unbroken run there")
+
     def restore(self, like: Any) -> tuple[Any, int, list[dict]]:
         """(state, last checkpointed round, its metrics records); ``like`` when starting over. Writes the
         settings and the records kept (a later partial round's are dropped) back to the folder."""
@@ -361,6 +387,10 @@ class Workdir:
             records = [rec for rec in metrics if rec["round"] <= done]
         if self.writer:
             _write_atomic(self.path / CONFIG_FILE, self.config.to_json(indent=2) + "\n")
+            history = [h for h in self.machines if h.get("from_round", 1) <= done]
+            if not history or machine.differences(history[-1], self.machine):
+                history.append(dict(self.machine, from_round=done + 1))
+            _write_atomic(self.path / MACHINE_FILE, json.dumps(history, indent=1) + "\n")
             _write_atomic(self.metrics_path, "".join(strict_json(rec) + "\n" for rec in records))
             if self.config.tensorboard:
                 self._open_tensorboard(records)

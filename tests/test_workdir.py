@@ -135,6 +135,30 @@ def test_a_checkpoint_stores_leaves_by_path_and_refuses_a_mismatch(tmp_path):
 
 
 @pytest.mark.slow
+def test_the_machine_is_recorded_and_a_resume_on_another_is_warned_about(workdir, monkeypatch, capsys):
+    """XLA:CPU's sums depend on the thread count, so a resume elsewhere is allowed, said and recorded."""
+    from fedbat_jax import machine
+
+    here = machine.fingerprint()
+    history = json.loads((workdir / "machine.json").read_text())
+    assert history == [dict(here, from_round=1)]
+    fb.run(tiny(), workdir, log=lambda s: None)  # the same machine: no warning, nothing appended
+    assert "another machine" not in capsys.readouterr().err
+    assert json.loads((workdir / "machine.json").read_text()) == history
+
+    elsewhere = dict(here, cpu_threads=here["cpu_threads"] + 1)
+    monkeypatch.setattr(machine, "fingerprint", lambda: elsewhere)
+    fb.run(tiny(), workdir, log=lambda s: None)
+    warned = [w for w in capsys.readouterr().err.splitlines() if "another machine" in w]
+    assert len(warned) == 1 and f"cpu_threads {here['cpu_threads']} -> {here['cpu_threads'] + 1}" in warned[0]
+    assert "rounds after 2" in warned[0]
+    assert json.loads((workdir / "machine.json").read_text()) == history + [dict(elsewhere, from_round=3)]
+
+    (workdir / "machine.json").write_text("{not json")
+    fb.run(tiny(), workdir, log=lambda s: None)  # an unreadable record is said, and the run goes on
+    assert "machine.json is unreadable" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("damage", ["truncate", "empty", "garbage"])
 def test_a_corrupt_checkpoint_falls_back_to_the_previous_one(workdir, finished, damage, capsys):
     ckpt = workdir / "checkpoint.npz"
