@@ -134,7 +134,6 @@ def test_a_checkpoint_stores_leaves_by_path_and_refuses_a_mismatch(tmp_path):
     assert read_checkpoint(tmp_path / "checkpoint.prev.npz")[0] == 7 and not list(tmp_path.glob("*.tmp"))
 
 
-@pytest.mark.slow
 def test_the_machine_is_recorded_and_a_resume_on_another_is_warned_about(workdir, monkeypatch, capsys):
     """XLA:CPU's sums depend on the thread count, so a resume elsewhere is allowed, said and recorded."""
     from fedbat_jax import machine
@@ -159,6 +158,7 @@ def test_the_machine_is_recorded_and_a_resume_on_another_is_warned_about(workdir
     assert "machine.json is unreadable" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["truncate", "empty", "garbage"])
 def test_a_corrupt_checkpoint_falls_back_to_the_previous_one(workdir, finished, damage, capsys):
     ckpt = workdir / "checkpoint.npz"
