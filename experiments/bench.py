@@ -14,7 +14,6 @@ warm-up round (compilation excluded); the figure is training samples per second 
 from __future__ import annotations
 
 import json
-import platform
 import time
 import sys
 
@@ -23,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import fedbat_jax as fb
-from fedbat_jax import cli
+from fedbat_jax import cli, machine
 from fedbat_jax.config import default_config
 from fedbat_jax.data import Dataset
 from fedbat_jax.timing import random_pixels, samples_per_round, timed_round
@@ -138,8 +137,8 @@ def main(args, overrides: list[str]) -> int:
                            args.resnet_samples, args.resnet_width, args.execution)
               if args.resnet_algorithms else [])
     report = {"backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
-              "machine": platform.processor() or platform.machine(), "jax": jax.__version__, "results": results,
-              "resnet10": resnet}
+              "machine": machine.cpu_model(), "cpu_threads": machine.cpu_threads(), "jax": jax.__version__,
+              "results": results, "resnet10": resnet}
     for name, rows in (("", results), ("resnet10_", resnet)):
         by = {r["algorithm"]: r for r in rows}
         if "fedbat" in by and "fedavg" in by:

@@ -1,7 +1,7 @@
 """A run's folder: one run at a time, the settings behind its numbers, and files that survive a crash.
 
     WORKDIR/config.json          the run's settings; a resume with different ones is refused
-    WORKDIR/machine.json         what computed it (backend, device kind, CPU threads, jax: ``machine.py``);
+    WORKDIR/machine.json         what computed it (backend, device kind, CPU model and threads, jax: ``machine.py``);
                                  a resume on another is warned about, since its rounds are not bit-equal
     WORKDIR/metrics.jsonl        one strict-JSON line per round (a non-finite value is written as null)
     WORKDIR/checkpoint.npz       the newest checkpoint: the round and the server state's leaves by tree path
@@ -387,6 +387,7 @@ class Workdir:
             records = [rec for rec in metrics if rec["round"] <= done]
         if self.writer:
             _write_atomic(self.path / CONFIG_FILE, self.config.to_json(indent=2) + "\n")
+            # cut again: restore may fall back to an earlier checkpoint than the one __init__ saw
             history = [h for h in self.machines if h.get("from_round", 1) <= done]
             if not history or machine.differences(history[-1], self.machine):
                 history.append(dict(self.machine, from_round=done + 1))
