@@ -164,7 +164,8 @@ def guarded(prog: str, body: Callable[[], int | None], resumes: bool = True) -> 
     import threading
 
     main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, on_sigterm) if main_thread else None
+    if main_thread:  # SIGINT too: a process started with it ignored (`cmd &` in a script) still stops on one
+        previous = signal.signal(signal.SIGTERM, on_sigterm), signal.signal(signal.SIGINT, signal.default_int_handler)
     resume = ("rerun the same command to resume from the last checkpoint" if resumes else
               "nothing was kept; rerun the same command to start over")
     try:
@@ -187,4 +188,5 @@ def guarded(prog: str, body: Callable[[], int | None], resumes: bool = True) -> 
         return EXIT_TERMINATED
     finally:
         if main_thread:
-            signal.signal(signal.SIGTERM, previous)
+            signal.signal(signal.SIGTERM, previous[0])
+            signal.signal(signal.SIGINT, previous[1])

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import fedbat_jax as fb
-from conftest import tiny
+from conftest import subprocess_env, tiny
 from fedbat_jax.errors import ConfigError, DivergenceError, WorkdirError
 from fedbat_jax import runner
 from fedbat_jax.workdir import Workdir, read_checkpoint, restore_tree, save_checkpoint, strict_json
@@ -278,12 +278,13 @@ def test_the_python_config_refuses_unknown_fields_and_run_validates_like_the_cli
 
 
 @pytest.mark.slow
-def test_sigkill_mid_round_then_resume_equals_an_uninterrupted_run(tmp_path, xla_cache_env):
-    """A real crash: SIGKILL while round 3 of 4 trains, then the same command again."""
+def test_sigkill_mid_round_then_resume_equals_an_uninterrupted_run(tmp_path):
+    """A real crash: SIGKILL while round 3 of 4 trains, then the same command again (three runs that train:
+    optimised XLA)."""
     args = [sys.executable, "-m", "fedbat_jax.main", "--config=experiments/configs/mnist5k.py", "--progress=false",
             "--config.num_clients=6", "--config.clients_per_round=2", "--config.rounds=4", "--config.local_epochs=1",
             "--config.checkpoint_every=1", "--config.client_threads=1"]
-    env = {**os.environ, **xla_cache_env, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, **subprocess_env(fast_compile=False), "PYTHONPATH": str(REPO)}
     killed = tmp_path / "killed"
     proc = subprocess.Popen([*args, f"--workdir={killed}"], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
@@ -311,12 +312,14 @@ def test_sigkill_mid_round_then_resume_equals_an_uninterrupted_run(tmp_path, xla
                                               (signal.SIGINT, 130, "interrupted")])
 def test_sigterm_and_sigint_of_a_real_run_are_one_line_and_resume(tmp_path, xla_cache_env, sig, status, words):
     """The signal a scheduler (SIGTERM) or Ctrl-C (SIGINT) sends mid-run: its own exit status and one line;
-    the checkpoint kept; the same command finishes the run."""
+    the checkpoint kept; the same command finishes the run. The run starts with SIGINT ignored, as a script's
+    `cmd &` starts it (and as pytest's workers are, when pytest itself runs in the background)."""
     args = [sys.executable, "-m", "fedbat_jax.main", "--config=experiments/configs/mnist5k.py", "--progress=false",
             "--config.model=logreg", "--config.rounds=40", "--config.local_epochs=1", "--config.checkpoint_every=1",
             f"--workdir={tmp_path / 'w'}"]
     env = {**os.environ, **xla_cache_env, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     metrics = tmp_path / "w" / "metrics.jsonl"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None and not (metrics.exists() and
