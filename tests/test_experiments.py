@@ -41,12 +41,12 @@ def test_reduced_cifar10_round_is_reproducible(shared_data):
 
 
 @pytest.mark.slow
-def test_study_writes_table_csv_and_plots(tmp_path):
+def test_study_writes_table_csv_and_plots(tmp_path, xla_cache_env):
     out = tmp_path / "res"
     cmd = [sys.executable, "experiments/study.py", "--config", "experiments/configs/mnist5k.py", "--partitions",
            "iid", "--algorithms", "fedavg,fedbat", "--rounds", "1", "--target", "0.5", "--workdir", str(tmp_path / "w"),
            "--out", str(out), "--config.num_clients=4", "--config.clients_per_round=2", "--config.local_epochs=1"]
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, **xla_cache_env))
     assert done.returncode == 0, done.stderr[-2000:]
     rows = list(csv.DictReader((tmp_path / "res.csv").open()))
     assert [(r["dataset"], r["partition"], r["algorithm"]) for r in rows] == [("mnist5k", "iid", "fedavg"),
@@ -101,7 +101,7 @@ def test_seed_blocked_interval_pools_the_residuals_of_every_method():
 
 
 @pytest.mark.slow
-def test_study_vmapped_seeds_equal_the_runs_one_by_one(tmp_path):
+def test_study_vmapped_seeds_equal_the_runs_one_by_one(tmp_path, xla_cache_env):
     """--vmap-seeds: each cell's seeds as one make_train program, the same numbers as the CLI runs."""
     common = ["--config", "experiments/configs/mnist5k.py", "--partitions", "iid", "--algorithms", "fedbat",
               "--seeds", "0,1", "--rounds", "2", "--target", "0.5", "--workdir", str(tmp_path / "w"),
@@ -109,7 +109,7 @@ def test_study_vmapped_seeds_equal_the_runs_one_by_one(tmp_path):
               "--config.local_epochs=1", "--config.execution=fused"]
     for name, extra in (("vmapped", ["--vmap-seeds"]), ("runs", [])):
         done = subprocess.run([sys.executable, "experiments/study.py", "--out", str(tmp_path / name), *extra, *common],
-                              cwd=ROOT, capture_output=True, text=True)
+                              cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, **xla_cache_env))
         assert done.returncode == 0, done.stderr[-2000:]
     vmapped, runs = (list(csv.DictReader((tmp_path / f"{n}.csv").open())) for n in ("vmapped", "runs"))
     assert [r["seed"] for r in vmapped] == ["0", "1"]

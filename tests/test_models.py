@@ -134,19 +134,21 @@ def test_vit_settings_shape_the_model_and_bad_ones_are_one_line():
 @pytest.mark.parametrize("name", ["vit", "mobilenet"])
 def test_vit_and_mobilenet_uplink_bits_and_the_fused_round_equals_the_host_round(name):
     """FedBAT's exact uplink per client (1 bit a binarized value, a float32 alpha a binarized tensor, float32 for
-    the rest), and one round on the fused backend (the GPU/TPU program) against the host loop. phi = 1 trains in
-    full precision as FedAvg does, so the two differ by rounding amplified by training, not by a wrong client or
-    step (which would be O(1)); lr 0.01, as BatchNorm nets amplify rounding chaotically at lr 0.1."""
-    host = fb.build(tiny("fedbat", model=name, batch_size=128, phi=1.0, lr=0.01))
+    the rest), and one round of the model on the fused backend (the GPU/TPU program) against the host loop. The
+    round is FedAvg's, which compiles in half FedBAT's time (FedBAT's upload on the fused backend is
+    tests/test_round.py's), on a one-block ViT; the two differ by rounding amplified by training, not by a wrong
+    client or step (which would be O(1)); lr 0.01, as BatchNorm nets amplify rounding chaotically at lr 0.1."""
     binarized, tensors, floats = _vit_sizes(1, 28) if name == "vit" else _mobilenet_sizes(1)
     if name == "mobilenet":
         floats *= 2  # the BatchNorm statistics (mean, var) travel too, as many as the scales and biases
-    assert host.wire["uplink_bits"] == 3 * (binarized + 32 * tensors + 32 * floats)
-    fused = fb.build(tiny("fedbat", model=name, batch_size=128, phi=1.0, lr=0.01, execution="fused", lanes=2,
-                          lane_loop="scan"))
+    assert fb.build(tiny("fedbat", model=name)).wire["uplink_bits"] == 3 * (binarized + 32 * tensors + 32 * floats)
+    small = dict(model=name, batch_size=128, lr=0.01, **(dict(model_depth=1, model_width=32, model_heads=2)
+                                                         if name == "vit" else {}))
+    host = fb.build(tiny("fedavg", **small))
+    fused = fb.build(tiny("fedavg", execution="fused", lanes=2, lane_loop="scan", **small))
     w0 = host.server.params
     pa, pb = fused.run_round(fused.server, 1)[0].params, host.run_round(host.server, 1)[0].params
     # (the attention's key bias has no gradient, softmax being shift-invariant: its "update" is float noise)
     errors = [float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b - w)) for a, b, w in
               zip(jax.tree.leaves(pa), jax.tree.leaves(pb), jax.tree.leaves(w0)) if jnp.linalg.norm(b - w) > 1e-6]
-    assert len(errors) > 20 and max(errors) < 0.3 and np.median(errors) < 0.05, errors
+    assert len(errors) > len(jax.tree.leaves(w0)) // 2 and max(errors) < 0.3 and np.median(errors) < 0.05, errors

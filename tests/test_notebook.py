@@ -6,13 +6,14 @@ from pathlib import Path
 import nbclient
 import nbformat
 import pytest
+from conftest import subprocess_env
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "tour.ipynb"
 
 
 @pytest.mark.slow
-def test_tour_notebook_executes(tmp_path, xla_cache_env, monkeypatch):
-    for name, value in xla_cache_env.items():  # the kernel inherits the persistent XLA cache and fast compiles
+def test_tour_notebook_executes(tmp_path, monkeypatch):
+    for name, value in subprocess_env(fast_compile=False).items():  # the kernel inherits the XLA cache (it trains)
         monkeypatch.setenv(name, value)
     nb = nbformat.read(NOTEBOOK, as_version=4)
     assert all(not cell.get("outputs") for cell in nb.cells if cell.cell_type == "code")  # stored without outputs
