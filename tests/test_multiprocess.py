@@ -199,9 +199,10 @@ def test_sigterm_stops_every_process_after_the_round_in_progress_checkpointed(tm
 
 @pytest.mark.slow
 def test_a_worker_that_stops_answering_is_named(tmp_path):
-    """SIGSTOP of worker 1: after --heartbeat-timeout the launcher names it, kills it, and its peer says one line."""
+    """SIGSTOP of worker 1: after --heartbeat-timeout the launcher names it, kills it, and its peer says one line.
+    (10 s, not less: on a loaded 2-core machine a process compiling cold once went 3 s without a beat.)"""
     workdir = tmp_path / "run"
-    job = start_job(workdir, 400, "--heartbeat-timeout", "3")
+    job = start_job(workdir, 400, "--heartbeat-timeout", "10")
     try:
         os.kill(_pid_of(workdir, 1), signal.SIGSTOP)
         stopped = time.monotonic()
@@ -209,7 +210,7 @@ def test_a_worker_that_stops_answering_is_named(tmp_path):
     finally:
         if job.poll() is None:
             job.kill()
-    assert job.returncode == 1 and time.monotonic() - stopped < 3 + 30, err
+    assert job.returncode == 1 and time.monotonic() - stopped < 10 + 30, err
     last = err.strip().splitlines()[-1]
     assert last.startswith("fedbat_jax.launch: process 1 of 2 stopped answering (no heartbeat for "), err
     assert "Traceback" not in err and "SIGABRT" not in err, err
