@@ -165,7 +165,8 @@ def guarded(prog: str, body: Callable[[], int | None], resumes: bool = True) -> 
 
     main_thread = threading.current_thread() is threading.main_thread()
     if main_thread:  # SIGINT too: a process started with it ignored (`cmd &` in a script) still stops on one
-        previous = signal.signal(signal.SIGTERM, on_sigterm), signal.signal(signal.SIGINT, signal.default_int_handler)
+        previous_term = signal.signal(signal.SIGTERM, on_sigterm)
+        previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     resume = ("rerun the same command to resume from the last checkpoint" if resumes else
               "nothing was kept; rerun the same command to start over")
     try:
@@ -188,5 +189,5 @@ def guarded(prog: str, body: Callable[[], int | None], resumes: bool = True) -> 
         return EXIT_TERMINATED
     finally:
         if main_thread:
-            signal.signal(signal.SIGTERM, previous[0])
-            signal.signal(signal.SIGINT, previous[1])
+            signal.signal(signal.SIGTERM, previous_term)
+            signal.signal(signal.SIGINT, previous_int)
