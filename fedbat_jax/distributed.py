@@ -9,15 +9,19 @@ machine.
 
 A job's processes stop together: ``stop_requests`` after each round says which of them got SIGTERM
 (``fedbat_jax.stopping``), and a collective that fails because a peer died or went silent is ``peer_lost``
-(one line, ``JobError``), not a runtime traceback. ``heartbeat`` tells the launcher this process is alive.
+(one line, ``JobError``), not a runtime traceback, after which the process ends at once (``leave_lost_job``).
+``ready`` waits for a round in Python, so that the launcher's word that a peer ended (``stopping.PEER_GONE``)
+is heard even while a collective waits on that peer. ``heartbeat`` tells the launcher this process is alive.
 """
 from __future__ import annotations
 
 import os
 import re
+import sys
 import threading
 import time
 from pathlib import Path
+from typing import NoReturn
 
 import jax
 import numpy as np
@@ -82,6 +86,15 @@ def stop_requests() -> list[int]:
     return [int(i) for i in np.flatnonzero(np.asarray(flags))]
 
 
+def ready(x: jax.Array) -> jax.Array:
+    """``x`` once computed. In a multi-process job the main thread waits in Python, where a signal handler runs
+    (``stopping.PEER_GONE``), not in the runtime, where it would not until the computation ends."""
+    if jax.process_count() > 1:
+        while not x.is_ready():
+            time.sleep(0.005)
+    return x
+
+
 # What a collective with a dead (connection closed) or silent (deadline) peer raises, by runtime.
 _PEER_LOST = ("gloo", "nccl", "connection closed", "connection reset", "connection refused", "broken pipe",
               "heartbeat", "deadline_exceeded", "unavailable")
@@ -91,11 +104,21 @@ def peer_lost(e: BaseException, done: int) -> JobError | None:
     """The one-line ``JobError`` for a runtime error that says another process of the job died or went silent
     (``None`` for any other error, or in a single process: a bug keeps its traceback)."""
     text = " ".join(re.sub(r"\[[^\]]*\]:?", "", str(e)).split())  # (without the runtime's source paths)
-    if jax.process_count() == 1 or not any(word in text.lower() for word in _PEER_LOST):
+    gone = isinstance(e, stopping.PeerGone) or any(word in text.lower() for word in _PEER_LOST)
+    if jax.process_count() == 1 or not gone:
         return None
     kept = f"the last checkpoint (round {done}) is kept" if done else "no checkpoint was written yet"
     return JobError(f"process {jax.process_index()} of {jax.process_count()} lost another process of the job "
                     f"({text[:200]}); {kept}")
+
+
+def leave_lost_job(code: int) -> NoReturn:
+    """End a process whose job lost another process, now, with ``code``: at exit jax.distributed shuts down at a
+    barrier of every process, where it would wait for the lost one until the coordination service aborts this
+    process (~100 s, with a C++ stack). What the run wrote is closed by then; only the output is flushed."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 HEARTBEAT_ENV = "FEDBAT_HEARTBEAT"  # set by fedbat_jax.launch: the file this process touches while it is alive

@@ -38,11 +38,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from fedbat_jax import cli
+from fedbat_jax import cli, stopping
 
 GRACE_S = 10.0  # how long a stopped process gets to exit after SIGTERM before SIGKILL
 POLL_S = 0.1
-SETTLE_S = 3.0  # after a failure, how long the other processes get to end by themselves before they are stopped
+SETTLE_S = 3.0  # after a failure, how long the other processes get to end by themselves, twice (see settle)
 HEARTBEAT_S = 30.0  # --heartbeat-timeout's default
 JAX_HEARTBEAT_S = 100  # jax.distributed's own: it aborts the survivors of a silent process after this long
 EXIT_SILENT = 1
@@ -134,15 +134,28 @@ def stop(procs: list[subprocess.Popen]) -> None:
 
 def settle(procs: list[subprocess.Popen]) -> list[int | None]:
     """After one process failed, up to ``SETTLE_S`` for the others to end on their own (a setting that is bad
-    in one process is bad in all, and process 0's one-line reason is the one the user sees); their exit codes."""
-    deadline = time.monotonic() + SETTLE_S
-    while time.monotonic() < deadline and any(p.poll() is None for p in procs):
-        time.sleep(POLL_S)
+    in one process is bad in all, and process 0's one-line reason is the one the user sees); then those still
+    running, which may wait in a collective on the failed one, are told (``stopping.PEER_GONE``) and get
+    ``SETTLE_S`` more to say so in their line. Their exit codes."""
+    _wait(procs, SETTLE_S)
+    running = [p for p in procs if p.poll() is None]
+    for p in running:
+        p.send_signal(stopping.PEER_GONE)
+    if running:
+        _wait(procs, SETTLE_S)
     return [p.poll() for p in procs]
 
 
+def _wait(procs: list[subprocess.Popen], seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and any(p.poll() is None for p in procs):
+        time.sleep(POLL_S)
+
+
 def _die_with_the_launcher() -> None:
-    """In a started process (Linux): SIGTERM when the launcher dies, even by SIGKILL (no orphaned job)."""
+    """In a started process (Linux): SIGTERM when the launcher dies, even by SIGKILL (no orphaned job); and
+    ``stopping.PEER_GONE`` ignored but while the rounds run (its default would end the process)."""
+    signal.signal(stopping.PEER_GONE, signal.SIG_IGN)
     try:
         import ctypes
 
@@ -241,11 +254,13 @@ def _log_of(workdir: Path, i: int) -> str:
 
 
 def _stop_failed_job(procs: list[subprocess.Popen], i: int, workdir: Path) -> int:
-    """Process ``i`` was the first to fail: let the others end by themselves (a bad setting fails in every
-    process, and process 0 prints its reason), stop the rest, say so in one line, return the exit status."""
+    """Process ``i`` was the first seen to fail: let the others end by themselves (a bad setting fails in every
+    process, and process 0 prints its reason), stop the rest, say in one line which failed (not one that only
+    lost it), return the exit status."""
     codes = settle(procs)
     stop(procs)
     n = len(procs)
+    i = next((j for j, c in enumerate(codes) if c not in (None, 0, cli.EXIT_JOB_FAILED)), i)
     if all(c == cli.EXIT_TERMINATED for c in codes):
         print(f"fedbat_jax.launch: the job stopped on SIGTERM (all {n} processes, after the round in progress, "
               f"checkpointed); rerun the same command to resume", file=sys.stderr)

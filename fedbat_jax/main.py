@@ -62,10 +62,13 @@ def main(argv: list[str] | None = None) -> int:
 
         print(USAGE + settings_help())
         return 0
-    from fedbat_jax.distributed import heartbeat
+    from fedbat_jax.distributed import heartbeat, leave_lost_job
 
     heartbeat()  # under fedbat_jax.launch: it names a process that stops answering
-    return cli.guarded("fedbat_jax", lambda: run(argv))
+    code = cli.guarded("fedbat_jax", lambda: run(argv))
+    if code == cli.EXIT_JOB_FAILED:
+        leave_lost_job(code)
+    return code
 
 
 if __name__ == "__main__":

@@ -149,7 +149,7 @@ def _round(exp: Experiment, server: ServerState, r: int, wd: Workdir | None, rec
     config = exp.config
     t0 = time.perf_counter()
     server, m = exp.run_round(server, r)
-    train_loss = float(m["train_loss"])  # waits for the round to finish
+    train_loss = float(distributed.ready(m["train_loss"]))  # waits for the round to finish
     seconds = time.perf_counter() - t0
     model_finite = bool(_all_finite(server._replace(client_table=())))
     rec = {"round": r, "test_accuracy": None, "test_loss": None, "train_loss": train_loss,

@@ -253,6 +253,44 @@ def test_a_failing_process_is_named_and_the_job_stops(tmp_path):
     assert not (tmp_path / "w").exists()
 
 
+WAITING = """
+import os, signal, sys, time
+from fedbat_jax import stopping
+os.kill(os.getpid(), stopping.PEER_GONE)  # outside the rounds: ignored, as the launcher started it
+with stopping.rounds_finish_first():
+    print("rounds", flush=True)
+    try:
+        while True:
+            time.sleep(0.01)  # (where distributed.ready waits)
+    except stopping.PeerGone:
+        sys.exit(4)
+"""
+
+
+@pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")  # (the launcher's start, from this JAX process)
+def test_a_process_still_waiting_on_a_lost_peer_is_told_and_the_lost_one_is_named(tmp_path, monkeypatch, capsys):
+    """A peer SIGKILLed under a process whose collective does not fail (gloo does not always see the closed
+    connection): the launcher tells it (PEER_GONE), it ends with the lost-job status 4 on its own, and the
+    launcher's line names the killed process, even when it saw the one that only lost it first."""
+    from fedbat_jax import launch
+
+    monkeypatch.setattr(launch, "SETTLE_S", 1.0)
+    waiting = subprocess.Popen([sys.executable, "-c", WAITING], cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                               stdout=subprocess.PIPE, text=True, preexec_fn=launch._die_with_the_launcher)
+    victim = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert waiting.stdout.readline() == "rounds\n"  # (alive after the PEER_GONE it ignored)
+        victim.kill()
+        victim.wait()
+        code = launch._stop_failed_job([waiting, victim], 0, tmp_path)
+    finally:
+        for p in (waiting, victim):
+            p.kill()
+    assert waiting.returncode == cli.EXIT_JOB_FAILED  # told, not stopped by SIGTERM or SIGKILL
+    assert code == 128 + signal.SIGKILL
+    assert capsys.readouterr().err.startswith("fedbat_jax.launch: process 1 of 2 was killed by SIGKILL")
+
+
 SWEEP = """
 import json, sys
 sys.path.insert(0, "tests")
