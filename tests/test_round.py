@@ -1,7 +1,9 @@
 """Whole rounds on a tiny config: FedAvg and FedBAT, both executions, bit counts, determinism, resume."""
 from __future__ import annotations
 
+import concurrent.futures
 import json
+import signal
 
 import jax
 import jax.numpy as jnp
@@ -103,6 +105,19 @@ def test_host_threads_and_fused_lanes_agree():
     errors = _relative_update_error(fused, host)
     # (a stochastic sign flips where u sits near a threshold: binarized leaves get a looser bound)
     assert max(errors) < 0.3 and np.median(errors) < 0.05, errors
+
+
+def test_the_host_executions_client_threads_start_with_sigterm_and_sigint_held():
+    """A SIGTERM or Ctrl-C that lands while the host execution starts a client thread is handled in the main
+    thread after the start, not inside it (CPython's ``Thread.start`` would leave the new thread to die at its
+    start with a traceback on stderr, as a SIGTERM'd run once showed): the started threads keep them blocked."""
+    from fedbat_jax.backends.host import submit
+
+    held = {signal.SIGTERM, signal.SIGINT}
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        masks = [submit(pool, signal.pthread_sigmask, signal.SIG_BLOCK, set()).result() for _ in range(3)]
+    assert all(held <= mask for mask in masks)
+    assert not held & signal.pthread_sigmask(signal.SIG_BLOCK, set())  # the main thread's mask is back
 
 
 @pytest.mark.slow

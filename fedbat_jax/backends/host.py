@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import signal
 from functools import partial
 
 import jax
@@ -52,16 +53,27 @@ def host(learner: Learner, threads: int = 1) -> Execution:
         # Clients finish out of order; fold them in cohort order (same sums as one thread), keeping at most
         # 2 x threads finished states waiting.
         with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-            pending = collections.deque(pool.submit(train_one, i, row_of(i)) for i in range(min(k, 2 * workers)))
+            pending = collections.deque(submit(pool, train_one, i, row_of(i)) for i in range(min(k, 2 * workers)))
             for i in range(k):
                 client = pending.popleft().result()
                 nxt = i + len(pending) + 1
                 if nxt < k:
-                    pending.append(pool.submit(train_one, nxt, row_of(nxt)))
+                    pending.append(submit(pool, train_one, nxt, row_of(nxt)))
                 acc, rows = finish_one(sent, acc, rows, client, one_client(inputs, i))
         return acc, rows
 
     return Execution("host", run, 1, "python")
+
+
+def submit(pool: concurrent.futures.ThreadPoolExecutor, fn, *args) -> concurrent.futures.Future:
+    """``pool.submit``, with SIGTERM and SIGINT held back while it may start a thread (which then keeps them
+    blocked; the main thread handles them): their handler raising inside CPython's ``Thread.start`` would leave
+    the new thread to die at its start with a traceback on stderr, before the run's one line."""
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    try:
+        return pool.submit(fn, *args)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 def make(learner: Learner, config, longest: int) -> Execution:
