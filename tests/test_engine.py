@@ -111,15 +111,16 @@ def test_one_lane_and_three_lanes_compute_the_same_round():
 
 @pytest.fixture(scope="module")
 def pure_and_cli():
+    """A config, the CLI's run of it, and make_train's whole-run program run on it (one run, for both tests)."""
     c = tiny("fedbat", model_width=8, lr=0.02, rounds=2, padded_group=2)  # the cohort of 3 in 2 padded groups
     records = fb.run(c)
-    return c, make_train(c), records
+    _, metrics = jax.jit(make_train(c))(jax.random.PRNGKey(c.seed))
+    return c, metrics, records
 
 
 @pytest.mark.slow
 def test_make_train_is_the_cli_run(pure_and_cli):
-    c, train_fn, records = pure_and_cli
-    server, metrics = jax.jit(train_fn)(jax.random.PRNGKey(c.seed))
+    c, metrics, records = pure_and_cli
     assert set(metrics) >= {"test_accuracy", "test_loss", "train_loss", "uplink_bits"}
     assert metrics["train_loss"].shape == (c.rounds,)
     np.testing.assert_allclose(metrics["uplink_bits"], [r["uplink_bits"] for r in records])
@@ -130,11 +131,10 @@ def test_make_train_is_the_cli_run(pure_and_cli):
 
 @pytest.mark.slow
 def test_the_padded_execution_in_the_run_loop_is_make_trains_round(pure_and_cli):
-    c, train_fn, _ = pure_and_cli
+    c, metrics, _ = pure_and_cli
     padded = c.copy_and_resolve_references()
     padded.execution = "padded"
     records = fb.run(padded)
-    _, metrics = jax.jit(train_fn)(jax.random.PRNGKey(c.seed))
     np.testing.assert_allclose([r["train_loss"] for r in records], metrics["train_loss"], rtol=1e-4)
     np.testing.assert_allclose([r["test_accuracy"] for r in records], metrics["test_accuracy"], atol=2e-3)
 
@@ -207,8 +207,8 @@ def test_lanes_sharded_over_four_devices_match_one_device(xla_cache_env):
     assert four["test_loss"] == pytest.approx(one["test_loss"], rel=1e-3)
     # relative to the round's update, per leaf. The upload is a sign a value: where an entry sits near 0 a
     # rounding-level difference flips it, so a kernel gets the looser bound of tests/test_round.py. (The lanes
-    # are sharded, not the model: a linear model tests them; with CNN4 at XLA:CPU's unoptimised compilation,
-    # conftest.FAST_COMPILE, one machine measured 0.14 on the first conv, 0.02 optimised.)
+    # are sharded, not the model: a linear model tests them; with CNN4 at XLA:CPU's unoptimised compilation
+    # (LLVM level 0), one machine measured 0.14 on the first conv, 0.02 optimised.)
     assert max(out["params"]) < 0.3 and np.median(out["params"]) < 0.05, out["params"]
     assert max(out["ef"]) < 0.3 and np.median(out["ef"]) < 0.05, out["ef"]
     assert out["ef_rows"][0] == out["ef_rows"][1] and len(out["ef_rows"][0]) == 4  # the 4 sampled clients

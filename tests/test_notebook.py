@@ -13,7 +13,7 @@ NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "tour.ipynb"
 
 @pytest.mark.slow
 def test_tour_notebook_executes(tmp_path, monkeypatch):
-    for name, value in subprocess_env(fast_compile=False).items():  # the kernel inherits the XLA cache (it trains)
+    for name, value in subprocess_env().items():  # the kernel inherits the XLA cache and flags
         monkeypatch.setenv(name, value)
     nb = nbformat.read(NOTEBOOK, as_version=4)
     assert all(not cell.get("outputs") for cell in nb.cells if cell.cell_type == "code")  # stored without outputs

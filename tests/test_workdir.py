@@ -284,7 +284,7 @@ def test_sigkill_mid_round_then_resume_equals_an_uninterrupted_run(tmp_path):
     args = [sys.executable, "-m", "fedbat_jax.main", "--config=experiments/configs/mnist5k.py", "--progress=false",
             "--config.num_clients=6", "--config.clients_per_round=2", "--config.rounds=4", "--config.local_epochs=1",
             "--config.checkpoint_every=1", "--config.client_threads=1"]
-    env = {**os.environ, **subprocess_env(fast_compile=False), "PYTHONPATH": str(REPO)}
+    env = {**os.environ, **subprocess_env(), "PYTHONPATH": str(REPO)}
     killed = tmp_path / "killed"
     proc = subprocess.Popen([*args, f"--workdir={killed}"], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
