@@ -64,17 +64,18 @@ def test_payload_size_is_the_formula_and_decodes_to_the_model_shape(model, kind,
     assert jax.tree.map(lambda x: x.shape, decoded) == jax.tree.map(lambda x: x.shape, template)
 
 
-def test_partitions_are_disjoint_complete_deterministic_and_respect_their_rule():
+@pytest.mark.parametrize("method", ["iid", "dirichlet", "label_count"])
+def test_partitions_are_disjoint_complete_deterministic_and_respect_their_rule(method):
     """Over random draws, feasible by construction (labels <= classes, enough clients to cover the classes):
     every split is checked; a refusal must be one line, and at least 60% of the draws must be checked, not
-    refused, with every method among them, so the property cannot pass vacuously."""
+    refused, so the property cannot pass vacuously. (One test per method: drawn among the other settings, a
+    method was missing from 2 of 150 seeds' 40 draws.)"""
     checked, refused = [], []
 
     @SETTINGS
-    @given(n=st.integers(40, 300), classes=st.integers(2, 8), clients=st.integers(1, 8),
-           method=st.sampled_from(["iid", "dirichlet", "label_count"]), labels=st.integers(1, 8),
+    @given(n=st.integers(40, 300), classes=st.integers(2, 8), clients=st.integers(1, 8), labels=st.integers(1, 8),
            beta=st.floats(0.3, 5.0), seed=st.integers(0, 2**32 - 1), data_seed=st.integers(0, 1000))
-    def check(n, classes, clients, method, labels, beta, seed, data_seed):
+    def check(n, classes, clients, labels, beta, seed, data_seed):
         labels = min(labels, classes)  # feasible by construction: the refusals are tested in test_partition.py
         clients = max(clients, -(-classes // labels))
         rng = np.random.default_rng(data_seed)
@@ -105,7 +106,6 @@ def test_partitions_are_disjoint_complete_deterministic_and_respect_their_rule()
 
     check()
     assert len(checked) >= 0.6 * (len(checked) + len(refused)), (len(checked), len(refused))
-    assert set(checked) == {"iid", "dirichlet", "label_count"}
 
 
 @pytest.mark.parametrize("bits", [1, 2, 4, 8])
