@@ -22,7 +22,7 @@ lint: $(INSTALLED)  ## ruff over the package, experiments, tests and the noteboo
 test-fast: $(INSTALLED)  ## the edit-test loop: every test not marked slow (under 2 minutes on a 2-core CPU)
 	$(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow" tests
 
-test: $(INSTALLED)  ## the whole test suite on TEST_WORKERS workers (8-10 minutes on a 2-core CPU with the XLA cache in /tmp warm, 11-15 cold)
+test: $(INSTALLED)  ## the whole test suite on TEST_WORKERS workers (12-15 minutes on a 2-core EPYC VM with the XLA cache cold, less warm)
 	$(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15 tests
 
 run: $(INSTALLED)  ## FedBAT vs FedAvg on the bundled mnist5k digits, offline: table + runs/compare/compare.png
