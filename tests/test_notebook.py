@@ -6,14 +6,13 @@ from pathlib import Path
 import nbclient
 import nbformat
 import pytest
-from conftest import subprocess_env
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "tour.ipynb"
 
 
 @pytest.mark.slow
-def test_tour_notebook_executes(tmp_path, monkeypatch):
-    for name, value in subprocess_env().items():  # the kernel inherits the XLA cache and flags
+def test_tour_notebook_executes(tmp_path, xla_cache_env, monkeypatch):
+    for name, value in xla_cache_env.items():  # the kernel inherits the XLA cache and flags
         monkeypatch.setenv(name, value)
     nb = nbformat.read(NOTEBOOK, as_version=4)
     assert all(not cell.get("outputs") for cell in nb.cells if cell.cell_type == "code")  # stored without outputs

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import fedbat_jax as fb
-from conftest import subprocess_env, tiny
+from conftest import tiny
 from fedbat_jax.errors import ConfigError, DivergenceError, WorkdirError
 from fedbat_jax import runner
 from fedbat_jax.workdir import Workdir, read_checkpoint, restore_tree, save_checkpoint, strict_json
@@ -278,13 +278,12 @@ def test_the_python_config_refuses_unknown_fields_and_run_validates_like_the_cli
 
 
 @pytest.mark.slow
-def test_sigkill_mid_round_then_resume_equals_an_uninterrupted_run(tmp_path):
-    """A real crash: SIGKILL while round 3 of 4 trains, then the same command again (three runs that train:
-    optimised XLA)."""
+def test_sigkill_mid_round_then_resume_equals_an_uninterrupted_run(tmp_path, xla_cache_env):
+    """A real crash: SIGKILL while round 3 of 4 trains, then the same command again."""
     args = [sys.executable, "-m", "fedbat_jax.main", "--config=experiments/configs/mnist5k.py", "--progress=false",
             "--config.num_clients=6", "--config.clients_per_round=2", "--config.rounds=4", "--config.local_epochs=1",
             "--config.checkpoint_every=1", "--config.client_threads=1"]
-    env = {**os.environ, **subprocess_env(), "PYTHONPATH": str(REPO)}
+    env = {**os.environ, **xla_cache_env, "PYTHONPATH": str(REPO)}
     killed = tmp_path / "killed"
     proc = subprocess.Popen([*args, f"--workdir={killed}"], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
