@@ -14,7 +14,7 @@ import jax
 
 import fedbat_jax as fb
 from fedbat_jax import cli
-from fedbat_jax.evaluation import make_evaluate, test_set
+from fedbat_jax.evaluation import dataset_evaluate, pooled, test_set
 
 
 def main(args, overrides: list[str]) -> int:
@@ -23,11 +23,11 @@ def main(args, overrides: list[str]) -> int:
     exp = fb.build(c)
     server, _ = exp.run_round(exp.server, 1)
     ds = exp.dataset
-    test, n = test_set(ds), len(ds.y_test)
+    test = test_set(ds)
     for name, running in (("averaged running statistics", True), ("each chunk's own statistics", False)):
-        evaluate = jax.jit(make_evaluate(exp.model, n, running_stats=running))
-        _, correct = evaluate(server.params, server.batch_stats, test)
-        print(f"round 1, {c.algorithm}, BatchNorm with {name}: test accuracy {float(correct) / n:.4f}")
+        evaluate = jax.jit(dataset_evaluate(exp.model, ds, running_stats=running))
+        _, accuracy = pooled(evaluate(server.params, server.batch_stats, test))
+        print(f"round 1, {c.algorithm}, BatchNorm with {name}: test accuracy {accuracy:.4f}")
     return 0
 
 

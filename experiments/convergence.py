@@ -31,6 +31,7 @@ import numpy as np
 from fedbat_jax import cli, machine, report
 from fedbat_jax.data import load_dataset
 from fedbat_jax.models import make_model
+from fedbat_jax.objective import model_inputs
 from fedbat_jax.sweeps import compile_sweep
 
 # Every client's whole data each step, 20 steps a round: a batch as large as the largest client (10 clients of the
@@ -177,7 +178,7 @@ def suboptimality_metric(model, lam: float, X: np.ndarray, w_star: np.ndarray):
     star = {"Dense_0": {"kernel": jnp.asarray(w_star[:-1], jnp.float32), "bias": jnp.asarray(w_star[-1], jnp.float32)}}
 
     def metric(server, clients):
-        x = (clients.images.astype(jnp.float32) / 255.0 - clients.mean) / clients.std
+        x = model_inputs(clients.inputs, clients.mean, clients.std)
         diff = jax.tree.map(jnp.subtract, server.params, star)
         delta = model.apply({"params": diff}, x)
         picked = jnp.take_along_axis(delta, clients.labels[:, None], axis=1)[:, 0]

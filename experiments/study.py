@@ -197,7 +197,7 @@ def main(args, overrides: list[str]) -> int:
             runs = vmapped_runs(c, seeds)
         else:
             runs = {seed: fedbat_jax.run(c, Path(args.workdir) / setting / partition / name / f"seed{seed}",
-                                         progress=True, log=log)}
+                                         progress=True, log=log, allow_change=args.allow_change)}
         for seed, records in runs.items():
             s = report.summarize(records, args.target)
             rows.append({"dataset": setting, "model": c.model, "partition": partition, "algorithm": name,
@@ -205,7 +205,8 @@ def main(args, overrides: list[str]) -> int:
                          "local_epochs": c.local_epochs, "final_acc": s["final"], "last5_acc": s["last5"],
                          "best_acc": s["best"],
                          f"rounds_to_{args.target:g}": s["rounds_to_target"], "uplink_MB": s["uplink_mb"],
-                         "train_s": s["seconds"]})
+                         "train_s": s["seconds"],
+                         **{name: s[name] for name, _ in report.CLIENT_ENDPOINTS if name in s}})
             curves.setdefault((setting, partition), {}).setdefault(name, []).append(records)
         report.write_table(rows, out.with_suffix(".md"), out.with_suffix(".csv"))
     for (setting, partition), results in curves.items():
@@ -239,6 +240,8 @@ def parser() -> cli.ArgumentParser:
     ap.add_argument("--workdir", default="runs/study")
     ap.add_argument("--out", default="docs/results/study")
     ap.add_argument("--vmap-seeds", action="store_true", help="each cell's seeds as one vmapped program")
+    ap.add_argument("--allow-change", type=cli.names, default=[],
+                    help="settings a resumed run may change (rounds: extend the runs of an earlier, shorter study)")
     ap.add_argument("--tables-from", type=cli.names, default=[],
                     help="comma list of study CSVs: write OUT.md's statistics from their rows, running nothing")
     return ap

@@ -19,13 +19,16 @@ from fedbat_jax.backends import BACKENDS
 from fedbat_jax.binarization import STES
 from fedbat_jax.compressors import COMPRESSORS, ERROR_FEEDBACK
 from fedbat_jax.data import DATASETS, PARTITIONS
+from fedbat_jax.data.datasets import is_natural
 from fedbat_jax.errors import ConfigError
 from fedbat_jax.models import MODELS, make_model
 from fedbat_jax.optimizers import LR_SCHEDULES, SERVER_OPTIMIZERS
 from fedbat_jax.registry import Setting
 
 LANE_LOOPS = ("auto", "scan", "python")
-AGGREGATION_WEIGHTS = ("samples", "batches")
+AGGREGATION_WEIGHTS = ("samples", "batches", "uniform")
+# num_clients=0 on a centralised dataset: the paper's federation size.
+CENTRALISED_CLIENTS = 100
 ALPHA_RULES = ("learned", "max_abs")
 ALPHA_BOUNDS = ("fixed", "lr")
 EF21_ALPHAS = ("absolute", "relative")
@@ -40,7 +43,8 @@ def _names(choices) -> str:
 CHOICES: dict[str, tuple[Any, tuple[str, ...]]] = {
     "algorithm": (ALGORITHMS, ()), "compressor": (COMPRESSORS, ("auto",)), "dataset": (DATASETS, ()),
     "model": (MODELS, ()), "augment": (AUGMENTATIONS, ("auto",)), "lr_schedule": (LR_SCHEDULES, ()),
-    "server_optimizer": (SERVER_OPTIMIZERS, ()), "error_feedback": (ERROR_FEEDBACK, ()), "partition": (PARTITIONS, ()),
+    "server_optimizer": (SERVER_OPTIMIZERS, ()), "error_feedback": (ERROR_FEEDBACK, ()),
+    "partition": (PARTITIONS, ("auto", "natural")),
     "aggregation_weights": (AGGREGATION_WEIGHTS, ()), "execution": (BACKENDS, ("auto",)), "lane_loop": (LANE_LOOPS, ()),
     "alpha_rule": (ALPHA_RULES, ()), "alpha_bounds": (ALPHA_BOUNDS, ()), "ste": (STES, ()),
     "ef21_alpha": (EF21_ALPHAS, ()),
@@ -62,10 +66,16 @@ _CORE: tuple[Setting, ...] = tuple(Setting(*s) for s in (
     ("model_heads", 0, "vit: attention heads, dividing the width (0 = 4)"),
     ("model_patch", 0, "vit: patch size, dividing the image size (0 = 4)"),
     ("augment", "auto", f"auto (the dataset's: crop_flip for CIFAR, none otherwise) | {_names(AUGMENTATIONS)}"),
-    ("num_clients", 100, "clients in the federation (N)"),
+    ("num_clients", 0, "clients in the federation (N); 0 = all of a natural federation's, or "
+                       f"{CENTRALISED_CLIENTS} cut from a centralised dataset; fewer on a natural one: a seeded "
+                       "subset of its clients"),
     ("clients_per_round", 10, "clients sampled each round (K)"),
     ("rounds", 100, "communication rounds"),
     ("local_epochs", 10, "local epochs per round (E)"),
+    ("local_steps", 0, "local steps per round for every client, cycling through its examples (0 = local_epochs "
+                       "passes)"),
+    ("max_client_examples", 0, "a cap on the examples a client trains on in a round: a random subset drawn each "
+                               "round (0 = all of its own)"),
     ("batch_size", 64, "local mini-batch size (B)"),
     ("lr", 0.1, "client learning rate (constant and cosine schedules)"),
     ("lr_schedule", "constant", f"{_names(LR_SCHEDULES)} (inverse_time: lr_beta / (lr_gamma + t), t = local "
@@ -98,15 +108,19 @@ _CORE: tuple[Setting, ...] = tuple(Setting(*s) for s in (
     ("ste", "clipped", "fedbat: straight-through estimator of dQ/du: clipped (the paper: no data gradient where "
                        "|u| > alpha) | identity (the data gradient everywhere)"),
     ("bits", 1, "fedbat: bits of the learned operator (1 = the paper); qsgd: bits per value"),
-    ("partition", "iid", "iid | dirichlet | label_count"),
+    ("partition", "auto", "auto (natural for a dataset whose examples belong to clients, else iid) | iid | "
+                          "dirichlet | label_count | natural"),
     ("dirichlet_beta", 0.3, "dirichlet partition: concentration"),
     ("labels_per_client", 3, "label_count partition: labels per client"),
     ("min_client_size", 10, "every partition: each client holds at least this many samples (dirichlet redraws "
                             "until it does; iid and label_count refuse otherwise)"),
     ("partition_seed", 1234, "seed of the partition (>= 0)"),
     ("seed", 0, "seed of the model, cohorts and local training (>= 0)"),
-    ("aggregation_weights", "samples", "[config] samples (n_k) | batches (ceil(n_k/B), the reference)"),
+    ("aggregation_weights", "samples", "[config] samples (n_k, the examples trained on) | batches (ceil(n_k/B), "
+                                       "the reference) | uniform (every sampled client alike)"),
     ("eval_every", 1, "rounds between test-set evaluations (and the last round)"),
+    ("eval_client_threshold", 0.5, "natural federations: metrics.jsonl's client_accuracy_below is the fraction of "
+                                   "test clients whose accuracy is below this"),
     ("execution", "auto", f"auto (host on CPU, fused elsewhere; padded in make_train) | {_names(BACKENDS)} "
                           "(fedbat_jax/backends/, one file each: its docstring says what it does)"),
     ("client_threads", 0, "host execution: clients trained concurrently (0 = auto)"),
@@ -187,16 +201,19 @@ def validate(c: ml_collections.ConfigDict) -> None:
             raise ConfigError(f"unknown {field} {c[field]!r}; choose one of: {', '.join(names)}"
                               f"{did_you_mean(c[field], names)}")
     _check_algorithm(c)
-    for field in ("num_clients", "clients_per_round", "rounds", "local_epochs", "batch_size", "eval_every"):
+    for field in ("clients_per_round", "rounds", "local_epochs", "batch_size", "eval_every"):
         if int(c[field]) != c[field] or c[field] < 1:
             raise ConfigError(f"{field} must be a positive integer, got {c[field]!r}")
-    for field in ("client_threads", "lanes", "padded_group", "checkpoint_every", "min_client_size", "model_width",
+    for field in ("num_clients", "local_steps", "max_client_examples", "client_threads", "lanes", "padded_group",
+                  "checkpoint_every", "min_client_size", "model_width",
                   "model_depth", "model_heads", "model_patch", "num_devices"):
         if c[field] < 0:
             raise ConfigError(f"{field} must be >= 0, got {c[field]!r}")
     model_from_config(c, 10)  # a model's own settings (the vit's heads divide its width; one has no heads)
-    if c.clients_per_round > c.num_clients:
+    if c.num_clients and c.clients_per_round > c.num_clients:
         raise ConfigError(f"clients_per_round ({c.clients_per_round}) must be <= num_clients ({c.num_clients})")
+    if not 0.0 <= c.eval_client_threshold <= 1.0:
+        raise ConfigError(f"eval_client_threshold must be in [0, 1], got {c.eval_client_threshold!r}")
     for field in ("lr", "dirichlet_beta", "alpha_min", "alpha_max", "lr_beta", "lr_gamma", "server_lr", "server_eps"):
         if not c[field] > 0:
             raise ConfigError(f"{field} must be > 0, got {c[field]!r}")
@@ -218,6 +235,24 @@ def validate(c: ml_collections.ConfigDict) -> None:
     for field in ("partition_seed", "seed"):
         check_seed(field, c[field])
     _check_processes(c)
+
+
+def partition_method(setting: str, natural: bool) -> str:
+    """The partition the ``partition`` setting names: ``auto`` is ``natural`` on a dataset whose examples belong
+    to clients, else ``iid``."""
+    return ("natural" if natural else "iid") if setting == "auto" else setting
+
+
+def resolved(values: dict) -> dict:
+    """Settings with their ``auto`` / 0 defaults spelt out where the dataset's name decides them (``partition``,
+    and ``num_clients`` on a centralised dataset): two runs whose resolved settings agree compute the same numbers
+    (a workdir written before these defaults existed resumes)."""
+    out = dict(values)
+    natural = is_natural(out.get("dataset", ""))
+    out["partition"] = partition_method(out.get("partition", "auto"), natural)
+    if out.get("num_clients", 0) == 0 and out["partition"] != "natural":
+        out["num_clients"] = CENTRALISED_CLIENTS
+    return out
 
 
 def model_from_config(c: ml_collections.ConfigDict, num_classes: int):

@@ -62,9 +62,21 @@ class Roster(NamedTuple):
     """Per-client constants of the federation, ``[N]`` each (numpy: they fix shapes and step counts)."""
 
     sizes: np.ndarray  # n_k
-    num_steps: np.ndarray  # S_k = E * ceil(n_k / B)
+    num_steps: np.ndarray  # S_k = E * ceil(m_k / B), or the fixed local_steps (m_k = min(n_k, max_client_examples))
     n_warm: np.ndarray  # full-precision warm-up steps, floor(phi * S_k)
-    weight: np.ndarray  # unnormalised aggregation weight: n_k ('samples') or ceil(n_k / B) ('batches')
+    weight: np.ndarray  # unnormalised aggregation weight: m_k ('samples'), ceil(m_k / B) ('batches') or 1 ('uniform')
+    used: np.ndarray | None = None  # m_k: the examples a client trains on in a round (None: n_k)
+    batch: int = 1  # B
+
+    @property
+    def epochs(self) -> int:
+        """The most passes over its round's examples any client makes (``local_steps`` may need several)."""
+        return int(np.max(-(-self.num_steps // self.per_epoch))) if len(self.sizes) else 1
+
+    @property
+    def per_epoch(self) -> np.ndarray:
+        """ceil(m_k / B): a client's batches in one pass over its round's examples."""
+        return -(-(self.sizes if self.used is None else self.used) // self.batch)
 
 
 class ClientInput(NamedTuple):
@@ -101,13 +113,16 @@ class Aggregate(NamedTuple):
 
 
 def make_roster(sizes: np.ndarray, local_epochs: int, batch_size: int, phi: float, aggregation_weights: str,
-                ) -> Roster:
+                max_examples: int = 0, local_steps: int = 0) -> Roster:
+    """Each client's steps, warm-up and weight: ``local_epochs`` passes over its ``m_k = min(n_k, max_examples)``
+    examples (0: all ``n_k``) in batches of ``batch_size``, or exactly ``local_steps`` steps when > 0."""
     sizes = np.asarray(sizes, np.int32)
-    per_epoch = -(-sizes // batch_size)
-    steps = (local_epochs * per_epoch).astype(np.int32)
+    used = np.minimum(sizes, max_examples).astype(np.int32) if max_examples else sizes
+    per_epoch = -(-used // batch_size)
+    steps = np.full_like(sizes, local_steps) if local_steps else (local_epochs * per_epoch).astype(np.int32)
     n_warm = np.array([warmup_steps(phi, int(s)) for s in steps], np.int32)
-    weight = (sizes if aggregation_weights == "samples" else per_epoch).astype(np.float32)
-    return Roster(sizes, steps, n_warm, weight)
+    weight = {"samples": used, "batches": per_epoch, "uniform": np.ones_like(used)}[aggregation_weights]
+    return Roster(sizes, steps, n_warm, weight.astype(np.float32), used, batch_size)
 
 
 def round_key(seed: int, r: int) -> jax.Array:
@@ -151,7 +166,8 @@ class Learner(NamedTuple):
         return init_client(params, batch_stats, self.train_mask, self.local)
 
     def orders(self, inp: ClientInput) -> jax.Array:
-        return epoch_orders(jax.random.fold_in(inp.key, SHUFFLE), inp.index, inp.size, self.local_epochs)
+        return epoch_orders(jax.random.fold_in(inp.key, SHUFFLE), inp.index, inp.size, self.local_epochs,
+                            self.local.max_examples)
 
     def client_init(self, sent: Broadcast, row: ClientRow, inp: ClientInput) -> Client:
         """The broadcast model as the client's starting point, its epochs' shuffles, the algorithm's context."""

@@ -20,8 +20,10 @@ import numpy as np
 from fedbat_jax.algorithms import ALGORITHMS
 from fedbat_jax.binarization import binarized_mask
 from fedbat_jax.compressors import COMPRESSORS, with_error_feedback
-from fedbat_jax.config import compressor_name, error_feedback_name, model_from_config
+from fedbat_jax.config import (CENTRALISED_CLIENTS, compressor_name, error_feedback_name, model_from_config,
+                               partition_method)
 from fedbat_jax.data import Dataset, partition
+from fedbat_jax.data.clients import choose_clients, keep_clients, natural_parts
 from fedbat_jax.errors import ConfigError
 from fedbat_jax.federated import Learner, Roster, make_roster, round_key
 from fedbat_jax.local import FederatedData, LocalConfig
@@ -40,23 +42,45 @@ class Federation(NamedTuple):
 
 def build_federation(config: ml_collections.ConfigDict, ds: Dataset) -> Federation:
     """The federation of ``config`` on the loaded dataset ``ds`` (``config.dataset`` is not read)."""
-    if config.labels_per_client > ds.num_classes:
-        raise ConfigError(f"labels_per_client must be in [1, {ds.num_classes}] for {ds.name}, "
-                          f"got {config.labels_per_client}")
-    parts = partition(ds.x_train, ds.y_train, config.num_clients, config.partition, seed=config.partition_seed,
-                      dirichlet_beta=config.dirichlet_beta, labels_per_client=config.labels_per_client,
-                      min_size=config.min_client_size)
+    ds, parts = client_parts(config, ds)
+    if config.clients_per_round > len(parts):
+        raise ConfigError(f"clients_per_round ({config.clients_per_round}) must be <= the federation's "
+                          f"{len(parts)} clients")
     model = model_from_config(config, ds.num_classes)
-    variables = jax.jit(model.init)(round_key(config.seed, 0), jnp.zeros((1,) + ds.input_shape, jnp.float32))
+    variables = jax.jit(model.init)(round_key(config.seed, 0), ds.sample_input())
     roster = make_roster([len(p) for p in parts], config.local_epochs, config.batch_size, config.phi,
-                         config.aggregation_weights)
-    return Federation(make_learner(config, model, variables["params"], ds), roster,
+                         config.aggregation_weights, config.max_client_examples, config.local_steps)
+    return Federation(make_learner(config, model, variables["params"], ds, roster.epochs), roster,
                       federated_data(ds, parts, config.batch_size), model, variables, parts, ds)
 
 
-def make_learner(config: ml_collections.ConfigDict, model, params: Any, ds: Dataset) -> Learner:
+def client_parts(config: ml_collections.ConfigDict, ds: Dataset) -> tuple[Dataset, list[np.ndarray]]:
+    """The clients: a natural federation's own (all, or a seeded ``num_clients`` of them, with only their
+    examples kept), or ``num_clients`` cut from a centralised training set by the ``partition`` method."""
+    method = partition_method(config.partition, ds.is_natural)
+    if method == "natural":
+        if not ds.is_natural:
+            raise ConfigError(f"partition=natural needs a dataset whose examples belong to clients; {ds.name} is "
+                              "centralised: use partition=iid, dirichlet or label_count")
+        ds = keep_clients(ds, choose_clients(len(ds.client_ids), config.num_clients, config.partition_seed))
+        return ds, natural_parts(ds.train_clients, len(ds.client_ids))
+    if ds.y_train.ndim != 1:
+        raise ConfigError(f"partition={method} splits by label, and {ds.name}'s targets are sequences: use "
+                          "partition=natural")
+    if config.labels_per_client > ds.num_classes:
+        raise ConfigError(f"labels_per_client must be in [1, {ds.num_classes}] for {ds.name}, "
+                          f"got {config.labels_per_client}")
+    parts = partition(ds.x_train, ds.y_train, config.num_clients or CENTRALISED_CLIENTS, method,
+                      seed=config.partition_seed, dirichlet_beta=config.dirichlet_beta,
+                      labels_per_client=config.labels_per_client, min_size=config.min_client_size)
+    # a natural dataset cut another way: its examples no longer belong to its clients
+    return ds._replace(train_clients=None, test_clients=None, client_ids=(), test_client_ids=()), parts
+
+
+def make_learner(config: ml_collections.ConfigDict, model, params: Any, ds: Dataset, epochs: int = 0) -> Learner:
     """The algorithm of ``config`` on this model: its compressor (with its error feedback) and the leaves it
-    compresses, the leaves that train binarized, local-training settings, server optimizer, the algorithm."""
+    compresses, the leaves that train binarized, local-training settings, server optimizer, the algorithm.
+    ``epochs``: the most passes over its examples a client makes in a round (0: ``local_epochs``)."""
     algorithm = ALGORITHMS[config.algorithm]
     spec = COMPRESSORS[compressor_name(config)]
     upload_mask = binarized_mask(params, spec.compresses)
@@ -71,8 +95,10 @@ def make_learner(config: ml_collections.ConfigDict, model, params: Any, ds: Data
                         augment=(ds.augment or "none") if config.augment == "auto" else config.augment,
                         alpha_rule=config.alpha_rule, alpha_bounds=config.alpha_bounds, ste=config.ste,
                         momentum=config.momentum, weight_decay=config.weight_decay, lr_schedule=config.lr_schedule,
-                        lr_beta=config.lr_beta, lr_gamma=config.lr_gamma, rounds=config.rounds)
-    return Learner(model, train_mask, compressor, local, config.local_epochs, server_optimizer(config), algorithm,
+                        lr_beta=config.lr_beta, lr_gamma=config.lr_gamma, rounds=config.rounds,
+                        max_examples=config.max_client_examples, pad_ids=ds.pad_ids, unscored_ids=ds.unscored_ids)
+    return Learner(model, train_mask, compressor, local, epochs or config.local_epochs, server_optimizer(config),
+                   algorithm,
                    ml_collections.FrozenConfigDict(config))
 
 

@@ -17,15 +17,18 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from fedbat_jax.augment import AUGMENTATIONS
 from fedbat_jax.binarization import binarize, binarized_mask, default_binarize_predicate, leaf_keys, quantize, step_size  # noqa: F401
+from fedbat_jax.objective import model_inputs, scores
 from fedbat_jax.optimizers import client_direction, learning_rate
 
 Params = Any
-# The step key feeds the binarization draw; augmentation draws from this fold of it.
+# The step key feeds the binarization draw; augmentation and dropout draw from these folds of it.
 AUGMENT_STREAM = 0x41554721
+DROPOUT_STREAM = 0x44524f50
+# A capped client's subset for the round is drawn from this fold of its shuffle key (epochs use folds 0 .. E-1).
+CAP_STREAM = 0x43415000
 # Before warm-up ends alpha0 holds the reference's initial value (used if binarization never switches on).
 ALPHA0_INIT = 0.01
 
@@ -49,6 +52,9 @@ class LocalConfig(NamedTuple):
     lr_beta: float = 1.0  # inverse_time: lr_beta / (lr_gamma + t)
     lr_gamma: float = 1.0
     rounds: int = 1  # the run's length (cosine schedule)
+    max_examples: int = 0  # a cap on the examples a client trains on in a round (0: all of its own)
+    pad_ids: tuple[int, ...] = ()  # sequence targets in neither the loss nor the accuracy (the dataset's)
+    unscored_ids: tuple[int, ...] = ()  # sequence targets in the loss only (fedbat_jax.objective)
 
     def lr_at(self, t, steps_per_round):
         """The learning rate at the client's step ``t``, counted over the whole run."""
@@ -67,8 +73,8 @@ class ClientState(NamedTuple):
     alpha0: Params  # per leaf scalar: mean|u| taken when warm-up ends
     batch_stats: Any
     opt: Any  # the client optimizer's state for theta (empty for plain SGD)
-    loss_sum: jax.Array  # sum of per-example training losses seen so far
-    seen: jax.Array  # number of (real, unpadded) examples trained on
+    loss_sum: jax.Array  # sum of per-target training losses seen so far
+    seen: jax.Array  # number of (real, unpadded) targets trained on: examples, or a sequence's counted tokens
     lr_sum: jax.Array  # sum of the learning rates of the steps taken (SCAFFOLD's control variates read it)
 
 
@@ -120,19 +126,26 @@ def client_update(params: Params, state: ClientState, mask: Params, cfg: LocalCo
 
 
 class FederatedData(NamedTuple):
-    """The federated training set on the device: all images once, each client as a padded row of indices."""
+    """The federated training set on the device: all examples once, each client as a padded row of indices."""
 
-    images: jax.Array  # uint8 [N, H, W, C]
-    labels: jax.Array  # int32 [N]
+    inputs: jax.Array  # uint8 images [N, H, W, C], or int32 token sequences [N, T]
+    labels: jax.Array  # int32 [N], or next-token targets [N, T]
     index: jax.Array  # int32 [num_clients, max_n + batch]: the client's sample indices, zero-padded
     sizes: jax.Array  # int32 [num_clients]
     mean: jax.Array  # float32 [C]
     std: jax.Array  # float32 [C]
 
 
-def epoch_orders(key: jax.Array, index_row: jax.Array, n: jax.Array, epochs: int) -> jax.Array:
-    """Each epoch's reshuffled order of one client's samples, valid samples first: int32 [epochs, len(row)]."""
+def epoch_orders(key: jax.Array, index_row: jax.Array, n: jax.Array, epochs: int, cap: int = 0) -> jax.Array:
+    """Each epoch's reshuffled order of one client's samples, valid samples first: int32 [epochs, len(row)].
+
+    ``cap`` > 0: the round trains on ``min(n, cap)`` of them (``used_examples``), a random subset drawn once for
+    the round and reshuffled each epoch."""
     width = index_row.shape[0]
+    if cap:
+        r = jax.random.uniform(jax.random.fold_in(key, CAP_STREAM), (width,))
+        index_row = index_row[jnp.argsort(jnp.where(jnp.arange(width) < n, r, 2.0))]
+        n = used_examples(n, cap)
     valid = jnp.arange(width) < n
 
     def one(e):
@@ -140,6 +153,11 @@ def epoch_orders(key: jax.Array, index_row: jax.Array, n: jax.Array, epochs: int
         return index_row[jnp.argsort(jnp.where(valid, r, 2.0))]
 
     return jax.vmap(one)(jnp.arange(epochs))
+
+
+def used_examples(n, cap: int):
+    """The examples a client of ``n`` trains on in a round: all of them, or at most ``cap`` (> 0)."""
+    return jnp.minimum(n, cap) if cap else n
 
 
 def batch_at(orders: jax.Array, n: jax.Array, t: jax.Array, batch_size: int) -> tuple[jax.Array, jax.Array]:
@@ -167,20 +185,21 @@ def make_local_step(model, mask: Params, cfg: LocalConfig, correct: Callable | N
         alpha = step_sizes(a, alpha0, cfg, theta, scale)
         eff = effective_params(params, theta, alpha, mask, binarizing, key, cfg.bits, cfg.ste)
         logits, new_vars = model.apply(
-            {"params": eff, "batch_stats": batch_stats}, x, train=True, mask=valid, mutable=["batch_stats"]
+            {"params": eff, "batch_stats": batch_stats}, x, train=True, mask=valid, mutable=["batch_stats"],
+            rngs={"dropout": jax.random.fold_in(key, DROPOUT_STREAM)},
         )
-        ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), y)
-        ce_sum = jnp.sum(jnp.where(valid, ce, 0.0))
-        return ce_sum / jnp.maximum(valid.sum(), 1), (new_vars.get("batch_stats", batch_stats), ce_sum)
+        s = scores(logits, y, valid, cfg.pad_ids, cfg.unscored_ids)
+        ce_sum, counted = jnp.sum(s.loss), jnp.sum(s.counted)
+        return ce_sum / jnp.maximum(counted, 1), (new_vars.get("batch_stats", batch_stats), (ce_sum, counted))
 
     grad_fn = jax.grad(loss_fn, has_aux=True)
 
     def step(state: ClientState, params, data: FederatedData, orders, n, n_warm, t, key, lr, context=()) -> ClientState:
-        idx, valid = batch_at(orders, n, t, cfg.batch_size)
-        x = data.images[idx]
+        idx, valid = batch_at(orders, used_examples(n, cfg.max_examples), t, cfg.batch_size)
+        x = data.inputs[idx]
         if cfg.augment != "none":
             x = AUGMENTATIONS[cfg.augment](jax.random.fold_in(key, AUGMENT_STREAM), x)
-        x = (x.astype(jnp.float32) / 255.0 - data.mean) / data.std
+        x = model_inputs(x, data.mean, data.std)
         y = data.labels[idx]
         binarizing = t >= n_warm
         # Warm-up ends: alpha0 = mean|u| per binarized tensor, from the warmed-up latent update.
@@ -189,8 +208,8 @@ def make_local_step(model, mask: Params, cfg: LocalConfig, correct: Callable | N
             state.alpha0, state.theta, mask,
         )
         trainable = (state.theta, state.a, alpha0)
-        grads, (batch_stats, ce_sum) = grad_fn(trainable, params, state.batch_stats, x, y, valid, binarizing, key,
-                                               cfg.bounds_scale(lr))
+        grads, (batch_stats, (ce_sum, counted)) = grad_fn(trainable, params, state.batch_stats, x, y, valid,
+                                                          binarizing, key, cfg.bounds_scale(lr))
         g_theta, g_a, _ = grads
         weights = jax.tree.map(lambda w, th, b: w + th if b else th, params, state.theta, mask)
         if correct is not None:
@@ -198,7 +217,7 @@ def make_local_step(model, mask: Params, cfg: LocalConfig, correct: Callable | N
         d_theta, opt = direction.update(g_theta, state.opt, weights)
         theta = jax.tree.map(lambda p, d: p - lr * d, state.theta, d_theta)
         a = jax.tree.map(lambda p, g: p - lr * g, state.a, g_a)
-        return ClientState(theta, a, alpha0, batch_stats, opt, state.loss_sum + ce_sum, state.seen + valid.sum(),
+        return ClientState(theta, a, alpha0, batch_stats, opt, state.loss_sum + ce_sum, state.seen + counted,
                            state.lr_sum + lr)
 
     return step

@@ -124,14 +124,20 @@ def blocked_table(rows: list[dict], reference: str, value: str = "final_acc") ->
 
 def summarize(records: list[dict], target: float | None = None) -> dict:
     """Final, last-5-round mean and best test accuracy, rounds to reach ``target``, total uplink MB, training
-    seconds."""
+    seconds; for a natural federation also the final evaluation's per-client distribution (``CLIENT_ENDPOINTS``)."""
     evaluated = [r for r in records if r["test_accuracy"] is not None]
     accs = [r["test_accuracy"] for r in evaluated]
     reached = next((r["round"] for r in evaluated if target is not None and r["test_accuracy"] >= target), None)
+    clients = {name: evaluated[-1][key] for name, key in CLIENT_ENDPOINTS if key in evaluated[-1]}
     return {"rounds": len(records), "final": accs[-1], "last5": float(np.mean(accs[-5:])), "best": max(accs),
             "rounds_to_target": reached,
             "uplink_mb": sum(r["uplink_bits"] for r in records) / 8e6,
-            "seconds": sum(r["round_seconds"] for r in records)}
+            "seconds": sum(r["round_seconds"] for r in records), **clients}
+
+
+# A natural federation's per-client endpoints of the final evaluation: (study column, metrics.jsonl key).
+CLIENT_ENDPOINTS = (("client_mean_acc", "client_accuracy_mean"), ("client_weighted_acc", "client_accuracy_weighted"),
+                    ("client_p10_acc", "client_accuracy_p10"), ("clients_below", "client_accuracy_below"))
 
 
 def write_table(rows: list[dict], md_path: Path, csv_path: Path | None = None, note: str = "") -> str:

@@ -21,7 +21,7 @@ import ml_collections
 
 from fedbat_jax import distributed, stopping
 from fedbat_jax.backends import Execution, make_execution
-from fedbat_jax.config import validate
+from fedbat_jax.config import partition_method, validate
 from fedbat_jax.data import Dataset, format_histograms, label_histograms, load_dataset, size_summary
 from fedbat_jax.errors import ConfigError, DivergenceError, Terminated
 from fedbat_jax.evaluation import host_evaluator
@@ -41,7 +41,7 @@ class Experiment(NamedTuple):
     execution: Execution
     run_round: Callable[[ServerState, int], tuple[ServerState, dict]]  # (server, r) -> (server, metrics)
     server: ServerState  # the initial global model, its client table in host memory
-    evaluate: Callable[[ServerState], tuple[float, float]]  # -> (test_loss, test_accuracy)
+    evaluate: Callable[[ServerState], dict]  # -> {test_loss, test_accuracy, and per test client when natural}
     wire: dict  # exact uplink_bits and downlink_bits of one round
 
     @property
@@ -89,7 +89,8 @@ def _build(config: ml_collections.ConfigDict, ds: Dataset) -> Experiment:
         return server, {"train_loss": train_loss, **wire}
 
     server = learner.server_init(params, batch_stats, config.num_clients, zeros=host_zeros)  # the table on the host
-    return Experiment(config, federation, execution, run_round, server, host_evaluator(federation.model, ds), wire)
+    evaluate = host_evaluator(federation.model, federation.dataset, config.eval_client_threshold)
+    return Experiment(config, federation, execution, run_round, server, evaluate, wire)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | Path | None = None, progress: bool = False,
@@ -156,7 +157,7 @@ def _round(exp: Experiment, server: ServerState, r: int, wd: Workdir | None, rec
            "uplink_bits": int(m["uplink_bits"]), "downlink_bits": int(m["downlink_bits"]),
            "round_seconds": round(seconds, 4)}
     if model_finite and (r % config.eval_every == 0 or r == config.rounds):
-        rec["test_loss"], rec["test_accuracy"] = exp.evaluate(server)
+        rec.update(exp.evaluate(server))
     # A non-finite training loss, global model or evaluation is a divergence: that round is neither
     # written nor checkpointed, so null in metrics.jsonl only ever means "not evaluated".
     if not (math.isfinite(train_loss) and model_finite and math.isfinite(rec["test_loss"] or 0.0)):
@@ -227,10 +228,11 @@ def _all_finite(tree: Any) -> jax.Array:
 def _log_start(exp: Experiment, log: Callable[[str], None]) -> None:
     config, execution = exp.config, exp.execution
     loop = f" ({execution.loop} loop of lanes)" if execution.name == "fused" else ""
-    log(f"{config.algorithm} on {config.dataset} ({config.partition}): {size_summary(exp.parts)}; "
+    partition = partition_method(config.partition, exp.dataset.is_natural)
+    log(f"{config.algorithm} on {config.dataset} ({partition}): {size_summary(exp.parts)}; "
         f"execution {execution.name}{loop} on {jax.default_backend()}, "
         f"devices: {distributed.describe(execution.devices)}")
     if exp.dataset.note:
         log(f"note: {config.dataset} data is a {exp.dataset.note}")
-    if config.print_histograms:
+    if config.print_histograms and exp.dataset.y_train.ndim == 1:  # (a sequence's targets have no label)
         log(format_histograms(label_histograms(exp.parts, exp.dataset.y_train, exp.dataset.num_classes)))

@@ -29,7 +29,7 @@ import ml_collections
 import numpy as np
 
 from fedbat_jax import machine
-from fedbat_jax.config import RESUMABLE_FIELDS, RUNTIME_FIELDS, SETTINGS
+from fedbat_jax.config import RESUMABLE_FIELDS, RUNTIME_FIELDS, SETTINGS, resolved
 from fedbat_jax.errors import ConfigError, WorkdirError
 
 CONFIG_FILE = "config.json"
@@ -164,8 +164,11 @@ def result_changes(old: dict, new: dict) -> dict[str, tuple[Any, Any]]:
     config.json lacks counts as its default: the behaviour before the field existed)."""
     defaults = {name: default for name, default, _ in SETTINGS}
     old = {name: RENAMED_VALUES.get((name, value), value) for name, value in old.items()}
-    return {name: (old.get(name, defaults[name]), new[name]) for name in defaults
-            if name not in RUNTIME_FIELDS and old.get(name, defaults[name]) != new[name]}
+    old = {name: old.get(name, default) for name, default in defaults.items()}
+    new = {name: new[name] for name in defaults}
+    old_resolved, new_resolved = resolved(old), resolved(new)  # (partition=auto is iid on mnist, ...)
+    return {name: (old[name], new[name]) for name in defaults
+            if name not in RUNTIME_FIELDS and old_resolved[name] != new_resolved[name]}
 
 
 # fedbat_jax.launch holds a job's workdir lock from before its processes start and hands the open lock file

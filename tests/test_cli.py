@@ -68,7 +68,9 @@ def test_tiny_run_writes_metrics(tmp_path, capsys):
     ("--config.algorithm=fedavg --config.compressor=topk --config.topk_fraction=2", "topk_fraction must be in (0, 1]"),
     ("--config.algorithm=fedprox --config.prox_mu=-1", "prox_mu must be >= 0"),
     ("--config.execution=nope", "unknown execution 'nope'; choose one of: auto, debug, fused, host, padded"),
-    ("--config.dataset=fashon_mnist", "cifar100, fashion_mnist, mnist, mnist5k, svhn; did you mean 'fashion_mnist'?"),
+    ("--config.dataset=fashon_mnist",
+     "cifar100, cifar100_fed, fashion_mnist, femnist, mnist, mnist5k, shakespeare, svhn; did you mean "
+     "'fashion_mnist'?"),
     ("--config.prox_mu=fast", "--config.prox_mu: could not convert 'fast' to float"),
     ("--config.server_optimizer=sgdm", "unknown server_optimizer 'sgdm'"),
     ("--config.alpha_rule=min", "unknown alpha_rule 'min'"),

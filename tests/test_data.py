@@ -205,7 +205,8 @@ def test_corrupt_file_in_folder_fails_checksum(monkeypatch, tmp_path):
 
 
 def test_unknown_dataset():
-    assert set(DATASETS) == {"mnist5k", "fashion_mnist", "mnist", "svhn", "cifar10", "cifar100"}
+    assert set(DATASETS) == {"mnist5k", "fashion_mnist", "mnist", "svhn", "cifar10", "cifar100", "shakespeare",
+                             "femnist", "cifar100_fed"}
     with pytest.raises(ConfigError) as e:
         load_dataset("cifar7")
     msg = _one_line(e)

@@ -36,8 +36,8 @@ def test_reduced_cifar10_round_is_reproducible(shared_data):
     moved = [not bool(jnp.array_equal(x, y))
              for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(exp.server.params))]
     assert all(moved)
-    loss, acc = exp.evaluate(a)
-    assert np.isfinite(loss) and 0.0 <= acc <= 1.0
+    scores = exp.evaluate(a)
+    assert np.isfinite(scores["test_loss"]) and 0.0 <= scores["test_accuracy"] <= 1.0
 
 
 @pytest.mark.slow

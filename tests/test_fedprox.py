@@ -57,7 +57,7 @@ def test_a_local_step_against_numpy():
     w, b = w0.copy(), b0.copy()
     for t in range(2):
         idx, valid = (np.asarray(a) for a in batch_at(client.orders, inp.size, t, learner.local.batch_size))
-        x = (np.asarray(data.images)[idx].astype(np.float64) / 255.0 - mean) / std
+        x = (np.asarray(data.inputs)[idx].astype(np.float64) / 255.0 - mean) / std
         x = x.reshape(len(idx), -1) / np.sqrt(x[0].size)
         gw, gb = _softmax_grad(w, b, x, np.asarray(data.labels)[idx], valid.astype(np.float64), 10)
         w, b = w - lr * (gw + mu * (w - w0)), b - lr * (gb + mu * (b - b0))

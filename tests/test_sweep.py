@@ -63,7 +63,7 @@ def test_sweep_over_four_devices_is_the_runs_one_by_one(xla_cache_env):
         return next(s for name, s in params.items() if name.startswith(prefix))
 
     assert shape("keys").startswith("u32[2,2]") and shape("hparams").startswith("f32[2]")  # 2 runs of 8 a device
-    assert shape("data[0].images").startswith("u8[4000,")  # the data: an argument, whole on every device
+    assert shape("data[0].inputs").startswith("u8[4000,")  # the data: an argument, whole on every device
     lrs = [0.01, 0.02, 0.05, 0.1]
     metrics = ["test_accuracy", "test_loss", "train_loss", "uplink_bits"]
     assert out["records"] == ([[s, {"lr": v}, metrics] for s in (0, 1) for v in lrs]

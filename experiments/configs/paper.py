@@ -20,6 +20,7 @@ PAPER_SETTINGS = {
     "cifar100": dict(model="resnet10", rounds=200, dirichlet_beta=0.1, labels_per_client=10),
 }
 PARTITIONS = ("iid", "dirichlet", "label_count")
+FEDERATION = dict(num_clients=100, clients_per_round=10)  # the paper's: 100 clients, 10 a round
 # The reduced variant keeps the dataset, model family, partition and local-training rule but shrinks the
 # federation so that a run takes minutes on a 2-core CPU: 20 clients, 5 per round, 2 local epochs,
 # 20 rounds, and ResNet-10 at width 16 (1/16 of the paper's multiply-adds).
@@ -40,7 +41,7 @@ def get_config(arg: str = ""):
                           f"PARTITION one of: {', '.join(PARTITIONS)} (got {rest!r})")
     c = default_config()
     c.dataset = dataset
-    c.update(PAPER_SETTINGS[dataset])
+    c.update(FEDERATION, **PAPER_SETTINGS[dataset])
     c.partition = words[0] if words else "iid"
     if reduced:
         c.update(REDUCED)

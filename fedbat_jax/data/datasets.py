@@ -36,10 +36,16 @@ IDX_FILES = (
 
 
 class Dataset(NamedTuple):
-    """Images uint8 [N,H,W,C], labels int32 [N], and per-channel normalisation constants.
+    """Images uint8 [N,H,W,C], labels int32 [N], and per-channel normalisation constants; or token sequences
+    int32 [N,T] with next-token targets int32 [N,T] (``fedbat_jax.objective`` tells them apart by dtype).
 
     ``augment`` is the dataset's default training augmentation ("crop_flip" for CIFAR, "" for none);
     ``note`` is a provenance caveat for logs and results ("" when the data is the complete official split).
+
+    A *natural federation* (``is_natural``) also says whose each example is: ``train_clients`` (int32 [N]) index
+    ``client_ids``, and ``partition=natural`` makes those the clients; ``test_clients`` index ``test_client_ids``
+    (the same clients for Shakespeare and FEMNIST, other ones for TFF's CIFAR-100), for per-client evaluation.
+    ``pad_ids`` are target ids that count in neither loss nor accuracy, ``unscored_ids`` in the loss only.
     """
 
     name: str
@@ -52,11 +58,26 @@ class Dataset(NamedTuple):
     std: tuple[float, ...]
     augment: str = ""
     note: str = ""
+    train_clients: np.ndarray | None = None
+    test_clients: np.ndarray | None = None
+    client_ids: tuple[str, ...] = ()
+    test_client_ids: tuple[str, ...] = ()
+    pad_ids: tuple[int, ...] = ()
+    unscored_ids: tuple[int, ...] = ()
 
     @property
-    def input_shape(self) -> tuple[int, int, int]:
-        """(H, W, C) of one image."""
-        return tuple(self.x_train.shape[1:])  # type: ignore[return-value]
+    def input_shape(self) -> tuple[int, ...]:
+        """(H, W, C) of one image, or (T,) of one sequence."""
+        return tuple(self.x_train.shape[1:])
+
+    @property
+    def is_natural(self) -> bool:
+        """Whether the dataset says which client each example belongs to."""
+        return self.train_clients is not None
+
+    def sample_input(self) -> np.ndarray:
+        """A batch of one zero input of the model's dtype (float32 images, int32 tokens): what ``init`` traces."""
+        return np.zeros((1,) + self.input_shape, np.float32 if self.x_train.dtype == np.uint8 else np.int32)
 
 
 Loader = Callable[[str | Path | None], Dataset]
@@ -398,7 +419,16 @@ DATASETS = Registry("dataset", {
     "svhn": load_svhn,
     "cifar10": load_cifar10,
     "cifar100": load_cifar100,
+    # natural federations (fedbat_jax.data.federations): each example belongs to a client
+    "shakespeare": "fedbat_jax.data.federations:load_shakespeare",
+    "femnist": "fedbat_jax.data.federations:load_femnist",
+    "cifar100_fed": "fedbat_jax.data.federations:load_cifar100_fed",
 })
+
+
+def is_natural(name: str) -> bool:
+    """Whether the registered dataset ``name`` carries its clients (its loader's ``natural`` attribute)."""
+    return name in DATASETS and bool(getattr(DATASETS[name], "natural", False))
 
 
 def load_dataset(name: str, data_dir: str | Path | None = None) -> Dataset:

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import flax.linen as nn
 
+from fedbat_jax.models.char_lstm import CharLSTM
+from fedbat_jax.models.char_transformer import CharTransformer
 from fedbat_jax.models.cnn4 import CNN4
+from fedbat_jax.models.emnist_cnn import EmnistCNN
 from fedbat_jax.errors import ConfigError
 from fedbat_jax.models.logreg import LogReg
 from fedbat_jax.models.mobilenet import MobileNet
@@ -24,6 +27,9 @@ MODELS = Registry("model", {
     "logreg": LogReg,  # convex: convergence-rate studies
     "vit": ViT,  # a small vision transformer (patch 4, width 64, 4 blocks of 4 heads)
     "mobilenet": MobileNet,  # depthwise-separable convolutions with BatchNorm
+    "char_lstm": CharLSTM,  # Shakespeare next character: embed 8, 2 LSTM layers of 256 (TFF, FedJAX)
+    "char_transformer": CharTransformer,  # Shakespeare next character: a causal transformer of the LSTM's size
+    "emnist_cnn": EmnistCNN,  # EMNIST-62: TFF's / FedJAX's conv-dropout CNN
 })
 
 
