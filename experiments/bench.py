@@ -10,6 +10,13 @@ warm-up round (compilation excluded); the figure is training samples per second 
 
 ``--config`` times the rounds of that config instead of the built-in CNN4 federation (each of
 ``--algorithms`` in turn); ``--config.FIELD=VALUE`` overrides a setting of those rounds (the CLI's syntax).
+Every row reports CPU-seconds per sample (all of this process's threads) beside samples/s.
+
+``--natural FEDERATION`` times cohorts of ``--cohorts`` clients drawn from a natural federation instead
+(``shakespeare``, ``femnist``, or ``femnist_3400``: 3,400 writers with the real FEMNIST sample's size
+distribution and random pixels), with peak host and device memory and the largest-to-smallest cohort throughput:
+
+    python experiments/bench.py --natural femnist_3400 --data-dir ../shared/data --rounds 1 --out cohorts.json
 """
 from __future__ import annotations
 
@@ -42,20 +49,21 @@ def make_config(algorithm: str, epochs: int, execution: str = "auto", threads: i
 
 def build(config, data: Dataset | None = None):
     exp = fb.build(config) if data is None else fb.build_from_data(config, data)
-    _, server, _ = timed_round(exp, exp.server, 1)  # warm-up: compiles
-    return exp, server
+    return exp, timed_round(exp, exp.server, 1).server  # warm-up: compiles
 
 
 def bench(configs: list, rounds: int, data: Dataset | None = None) -> list[dict]:
     """Rounds of the configs alternate (A B A B ...), so machine drift hits both alike."""
     built = [list(build(c, data)) for c in configs]
-    times = [[] for _ in configs]
+    times, cpu = [[] for _ in configs], [[] for _ in configs]
     for r in range(2, rounds + 2):
         for i, (exp, server) in enumerate(built):
-            seconds, built[i][1], _ = timed_round(exp, server, r)
-            times[i].append(seconds)
+            t = timed_round(exp, server, r)
+            built[i][1] = t.server
+            times[i].append(t.seconds)
+            cpu[i].append(t.cpu_seconds)
     results = []
-    for (exp, _), ts in zip(built, times):
+    for (exp, _), ts, cs in zip(built, times, cpu):
         c, execution = exp.config, exp.execution
         samples = samples_per_round(exp)
         med = float(np.median(ts))
@@ -63,7 +71,8 @@ def bench(configs: list, rounds: int, data: Dataset | None = None) -> list[dict]
         results.append({"algorithm": c.algorithm, "model": c.model, "input": shape,
                         "execution": execution.name, "loop": execution.loop, "client_threads": c.client_threads,
                         "samples_per_round": samples, "round_seconds_median": round(med, 3),
-                        "round_seconds_all": [round(t, 3) for t in ts], "samples_per_second": round(samples / med, 1)})
+                        "round_seconds_all": [round(t, 3) for t in ts], "samples_per_second": round(samples / med, 1),
+                        "cpu_seconds_per_sample": round(float(np.median(cs)) / samples, 7)})
     return results
 
 
@@ -78,10 +87,82 @@ def resnet_bench(algorithms: list[str], rounds: int, clients: int, samples: int,
     return bench(configs, rounds, random_pixels(clients * samples))
 
 
+def natural_federation(name: str, data_dir: str) -> Dataset:
+    """A natural federation for the cohort benchmark: ``shakespeare`` or ``femnist`` (the real files), or
+    ``femnist_3400``: 3,400 writers whose sizes are drawn (seeded) from the real FEMNIST sample's writer sizes,
+    holding uniformly random 28x28 pixels and labels (speed does not depend on their values; the name says so)."""
+    from fedbat_jax.data import load_dataset
+
+    if name != "femnist_3400":
+        return load_dataset(name, data_dir or None)
+    real = np.bincount(load_dataset("femnist", data_dir or None).train_clients)
+    sizes = np.random.default_rng(0).choice(real, 3400)
+    rng = np.random.default_rng(1)
+    owner = np.repeat(np.arange(3400), sizes).astype(np.int32)
+    x = rng.integers(0, 256, (len(owner), 28, 28, 1), dtype=np.uint8)
+    test_owner = np.repeat(np.arange(3400), 2).astype(np.int32)
+    ids = tuple(f"w{k}" for k in range(3400))
+    return Dataset("femnist_3400 (random pixels, FEMNIST sample's writer sizes; timing only)", x,
+                   rng.integers(0, 62, len(owner)).astype(np.int32), x[: len(test_owner)],
+                   rng.integers(0, 62, len(test_owner)).astype(np.int32), 62, (0.0,), (1.0,),
+                   train_clients=owner, test_clients=test_owner, client_ids=ids, test_client_ids=ids)
+
+
+NATURAL_MODELS = {"shakespeare": ("char_lstm", 4), "femnist": ("emnist_cnn", 20), "femnist_3400": ("emnist_cnn", 20)}
+
+
+def cohort_bench(federation: str, cohorts: list[int], algorithms: list[str], rounds: int, data_dir: str,
+                 overrides: list[str]) -> list[dict]:
+    """Samples/s and CPU-seconds per sample of rounds whose cohorts of K clients are drawn from a natural federation
+    (the benchmark's model and batch: ``NATURAL_MODELS``), after a warm-up round, with the peak host memory (RSS)
+    and device memory where the backend reports it; every examples count is the cohort's own (ragged)."""
+    import resource
+
+    from fedbat_jax.timing import cohort_examples
+
+    ds = natural_federation(federation, data_dir)
+    model, batch = NATURAL_MODELS[federation]
+    out = []
+    for k in cohorts:
+        if k > len(ds.client_ids):
+            print(f"{federation}: cohort {k} skipped, the federation has {len(ds.client_ids)} clients")
+            continue
+        for a in algorithms:
+            c = default_config()
+            c.update(algorithm=a, model=model, batch_size=batch, num_clients=0, clients_per_round=k, local_epochs=1,
+                     rounds=rounds + 1)
+            cli.apply_overrides(c, overrides)
+            exp = fb.build_from_data(c, ds)
+            server = timed_round(exp, exp.server, 1).server
+            wall = cpu = examples = 0.0
+            for r in range(2, rounds + 2):
+                t = timed_round(exp, server, r)
+                server, wall, cpu = t.server, wall + t.seconds, cpu + t.cpu_seconds
+                examples += cohort_examples(exp, r)
+            stats = jax.devices()[0].memory_stats() or {}
+            row = {"federation": federation, "clients": len(ds.client_ids), "cohort": k, "algorithm": a,
+                   "model": c.model, "model_width": c.model_width, "execution": exp.execution.name,
+                   "examples": int(examples), "seconds": round(wall, 3),
+                   "samples_per_second": round(examples / wall, 1), "cpu_seconds_per_sample": round(cpu / examples, 7),
+                   "host_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                   "device_peak_mb": round(stats["peak_bytes_in_use"] / 2**20, 1) if "peak_bytes_in_use" in stats
+                   else None}
+            print(f"{federation} cohort {k:5d} {a:7s} {row['samples_per_second']:9.1f} samples/s  "
+                  f"{1e3 * row['cpu_seconds_per_sample']:.3f} CPU-ms/sample  ({row['examples']} examples in "
+                  f"{row['seconds']:.1f} s; host peak {row['host_peak_rss_mb']:.0f} MB)")
+            out.append(row)
+    for a in algorithms:
+        rows = [r for r in out if r["algorithm"] == a]
+        if len(rows) > 1:
+            ratio = rows[-1]["samples_per_second"] / rows[0]["samples_per_second"]
+            print(f"{federation} {a}: cohort {rows[-1]['cohort']} / cohort {rows[0]['cohort']} throughput {ratio:.3f}")
+    return out
+
+
 def report_line(r: dict) -> str:
     return (f"{r['algorithm']:7s} {r['model']:8s} {r['input']:7s} {r['execution']:5s} ({r['loop']} loop) "
-            f"{r['samples_per_second']:8.1f} samples/s  (round {r['round_seconds_median']:.2f} s, "
-            f"{r['samples_per_round']} samples)")
+            f"{r['samples_per_second']:8.1f} samples/s  {1e3 * r['cpu_seconds_per_sample']:.3f} CPU-ms/sample  "
+            f"(round {r['round_seconds_median']:.2f} s, {r['samples_per_round']} samples)")
 
 
 def compressor_costs(algorithms: list[str], rounds: int, epochs: int, dataset: str) -> list[dict]:
@@ -110,7 +191,7 @@ def compressor_costs(algorithms: list[str], rounds: int, epochs: int, dataset: s
         jax.block_until_ready(upload_of(server))
         round_s, finish_s = [], []
         for r in range(2, rounds + 2):
-            seconds, server, _ = timed_round(exp, server, r)
+            seconds, _, server, _ = timed_round(exp, server, r)
             round_s.append(seconds)
             t0 = time.perf_counter()
             jax.block_until_ready(upload_of(server))
@@ -132,6 +213,15 @@ def main(args, overrides: list[str]) -> int:
             c = make_config(a, args.epochs, args.execution, args.threads, args.dataset, args.paper, args.data_dir)
             cli.apply_overrides(c, overrides)
         configs.append(c)
+    if args.natural:
+        rows = cohort_bench(args.natural, args.cohorts, args.algorithms.split(","), args.rounds, args.data_dir,
+                            overrides)
+        report = {"backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
+                  "machine": machine.cpu_model(), "cpu_threads": machine.cpu_threads(), "jax": jax.__version__,
+                  "natural_cohorts": rows}
+        with open(args.out, "w") as f:
+            json.dump(report, f, indent=2)
+        return 0
     results = bench(configs, args.rounds) if configs else []
     resnet = (resnet_bench(args.resnet_algorithms.split(","), max(2, args.rounds // 2), args.resnet_clients,
                            args.resnet_samples, args.resnet_width, args.execution)
@@ -172,6 +262,9 @@ def parser() -> cli.ArgumentParser:
     ap.add_argument("--resnet-clients", type=int, default=4)
     ap.add_argument("--resnet-samples", type=int, default=128, help="samples per client (1 local epoch)")
     ap.add_argument("--resnet-width", type=int, default=64, help="64: the paper's ResNet-10")
+    ap.add_argument("--natural", default="", choices=["", *NATURAL_MODELS],
+                    help="instead: cohorts drawn from this natural federation (needs --data-dir)")
+    ap.add_argument("--cohorts", type=cli.int_list, default=[10, 50, 200, 1000], help="with --natural")
     return ap
 
 

@@ -17,6 +17,16 @@ import numpy as np
 from fedbat_jax.data import Dataset
 
 
+class Timed(NamedTuple):
+    """One timed round: its wall seconds, the CPU seconds of this process's threads (XLA's included) meanwhile,
+    the new server state and the round's metrics."""
+
+    seconds: float
+    cpu_seconds: float
+    server: Any
+    metrics: dict
+
+
 class RoundTimes(NamedTuple):
     first: float  # seconds of round 1 (compilation included)
     times: list  # seconds of each timed round after it
@@ -33,23 +43,35 @@ class RoundTimes(NamedTuple):
         return max(0.0, self.first - self.median)
 
 
-def timed_round(exp, server, r: int) -> tuple[float, Any, Any]:
-    """Seconds of round ``r`` (waiting for its result), the new server state and the round's metrics."""
-    t0 = time.perf_counter()
+def timed_round(exp, server, r: int) -> Timed:
+    """Round ``r``, timed (waiting for its result): wall and process CPU seconds, the new server state, metrics."""
+    t0, c0 = time.perf_counter(), time.process_time()
     server, m = exp.run_round(server, r)
     jax.block_until_ready((server, m["train_loss"]))
-    return time.perf_counter() - t0, server, m
+    return Timed(time.perf_counter() - t0, time.process_time() - c0, server, m)
 
 
 def time_rounds(exp, rounds: int, server=None, first_round: int = 1) -> RoundTimes:
     """Run round ``first_round`` (compiles) and then ``rounds`` more, timing each."""
     server = exp.server if server is None else server
-    first, server, m = timed_round(exp, server, first_round)
+    first, _, server, m = timed_round(exp, server, first_round)
     times = []
     for r in range(first_round + 1, first_round + 1 + rounds):
-        seconds, server, m = timed_round(exp, server, r)
+        seconds, _, server, m = timed_round(exp, server, r)
         times.append(seconds)
     return RoundTimes(first, times, server, float(m["train_loss"]))
+
+
+def cohort_examples(exp, r: int) -> int:
+    """Training examples round ``r`` of ``exp`` processes: over its cohort, every full pass over a client's round
+    examples (``m_k``) and the batches of a last partial pass (``local_steps``)."""
+    from fedbat_jax.rounds import cohort
+
+    roster, c = exp.federation.roster, exp.config
+    k = cohort(c.seed, r, len(roster.sizes), c.clients_per_round)
+    used = roster.sizes if roster.used is None else roster.used
+    full, rest = np.divmod(roster.num_steps[k], roster.per_epoch[k])
+    return int(np.sum(full * used[k] + rest * roster.batch))
 
 
 def samples_per_round(exp) -> int:
