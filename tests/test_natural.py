@@ -18,7 +18,8 @@ from fedbat_jax.config import default_config, resolved
 from fedbat_jax.data import load_dataset, text
 from fedbat_jax.data.clients import choose_clients, client_sizes, keep_clients, natural_parts
 from fedbat_jax.data.datasets import DataNotFoundError
-from fedbat_jax.data.federations import femnist_dataset, load_femnist, load_shakespeare, shakespeare_dataset
+from fedbat_jax.data.federations import (cifar100_fed_dataset, femnist_dataset, load_femnist, load_shakespeare,
+                                        shakespeare_dataset)
 from fedbat_jax.data.natural import ClientArrays, decode_snippets, read_leaf_json, read_tff_h5
 from fedbat_jax.errors import ConfigError, DataError
 from fedbat_jax.evaluation import client_summary, pooled
@@ -180,6 +181,41 @@ def test_shakespeare_dataset_from_client_arrays():
     assert ds.x_train.dtype == ds.y_train.dtype == np.int32 and ds.input_shape == (80,)
     assert (ds.pad_ids, ds.unscored_ids, ds.num_classes) == ((0,), (89,), 90)
     assert text.decode(ds.x_test[ds.test_clients == 0][0]) == "No, my lord"
+
+
+def _write_tff(path: Path, clients: dict) -> ClientArrays:
+    with h5py.File(path, "w") as f:
+        examples = f.create_group("examples")
+        for cid, fields in clients.items():
+            for name, values in fields.items():
+                examples.require_group(cid).create_dataset(name, data=values)
+    return read_tff_h5(path, list(next(iter(clients.values()))))
+
+
+def test_tff_emnist_and_cifar100_layouts(tmp_path):
+    rng = np.random.default_rng(0)
+
+    def emnist(n):
+        return {"pixels": rng.integers(0, 256, (n, 28, 28)).astype(np.float32) / 255, "label": rng.integers(0, 62, n)}
+
+    train = _write_tff(tmp_path / "fed_emnist_train.h5", {"f0001_00": emnist(5), "f0002_11": emnist(3)})
+    test = _write_tff(tmp_path / "fed_emnist_test.h5", {"f0002_11": emnist(2), "f0001_00": emnist(1)})
+    ds = femnist_dataset(train, test)
+    assert ds.client_ids == ("f0001_00", "f0002_11") and client_sizes(ds, "test").tolist() == [1, 2]
+    np.testing.assert_array_equal(ds.x_train[:5, ..., 0] / np.float32(255), train.arrays["pixels"][0])
+
+    def cifar(n):
+        return {"image": rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), "label": rng.integers(0, 100, n),
+                "coarse_label": rng.integers(0, 20, n)}
+
+    train = _write_tff(tmp_path / "fed_cifar100_train.h5", {"0": cifar(4), "1": cifar(6)})
+    test = _write_tff(tmp_path / "fed_cifar100_test.h5", {"7": cifar(3)})  # TFF's test clients are other ones
+    ds = cifar100_fed_dataset(train, test)
+    assert ds.client_ids == ("0", "1") and ds.test_client_ids == ("7",) and ds.augment == "crop_flip"
+    np.testing.assert_array_equal(ds.y_train, np.concatenate(train.arrays["label"]))
+    assert keep_clients(ds, np.array([1])).test_client_ids == ("7",)  # a test-only client stays
+    with pytest.raises(DataError, match="TFF's documented 500 clients / 50,000"):
+        load_dataset("cifar100_fed", tmp_path)
 
 
 def test_loaders_check_tffs_documented_sizes(tmp_path):
