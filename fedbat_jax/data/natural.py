@@ -22,6 +22,7 @@ character). Every problem is a one-line DataError naming the file, what is wrong
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from pathlib import Path
@@ -91,19 +92,26 @@ def _open_tff(path: Path):
         f = h5py.File(path, "r")
     except OSError as e:
         raise DataError(f"{path} is not a readable HDF5 file ({one_line(e)}); {fix}") from e
-    try:
+    with _closed_on_error(f, f"{path} is not a readable HDF5 file", fix):
         examples = f.get("examples")
         if not isinstance(examples, h5py.Group):
             top = ", ".join(list(f)[:5]) or "nothing"
             raise DataError(f"{path} has no /examples group (top level holds {top}), so it is not a TFF federated "
                             f"dataset file; {fix}")
+    return f, examples
+
+
+@contextlib.contextmanager
+def _closed_on_error(f, what: str, fix: str):
+    """Close ``f`` if the block fails; h5py's own errors (a truncated or corrupt file) become one DataError line."""
+    try:
+        yield
     except DataError:
         f.close()
         raise
     except (OSError, RuntimeError, KeyError, ValueError) as e:
         f.close()
-        raise DataError(f"{path} is not a readable HDF5 file (truncated or corrupt: {one_line(e)}); {fix}") from e
-    return f, examples
+        raise DataError(f"{what} (truncated or corrupt: {one_line(e)}); {fix}") from e
 
 
 def _as_fields(fields: str | Sequence[str]) -> tuple[str, ...]:
@@ -168,7 +176,7 @@ def iter_tff_clients(
     fields = _as_fields(fields)
     fix = _tff_fix(path)
     f, examples = _open_tff(path)
-    try:
+    with _closed_on_error(f, f"{path}: cannot list the clients", fix):
         if clients is None:
             order = list(examples)
         else:
@@ -178,12 +186,6 @@ def iter_tff_clients(
                 shown = ", ".join(map(repr, absent[:5])) + (f" and {len(absent) - 5} more" if len(absent) > 5 else "")
                 raise DataError(f"{path} has no client {shown} ({len(examples)} clients in the file; "
                                 "tff_client_ids lists them)")
-    except DataError:
-        f.close()
-        raise
-    except (OSError, RuntimeError, KeyError, ValueError) as e:
-        f.close()
-        raise DataError(f"{path}: cannot list the clients (truncated or corrupt: {one_line(e)}); {fix}") from e
     return _stream(f, examples, path, order, fields, fix)
 
 
