@@ -4,6 +4,7 @@ evaluation, the shakespeare / femnist datasets on the real files and on files wr
 through the host and fused executions and make_train."""
 from __future__ import annotations
 
+import runpy
 from pathlib import Path
 
 import h5py
@@ -28,6 +29,7 @@ from fedbat_jax.local import batch_at, epoch_orders
 from fedbat_jax.objective import scores
 from fedbat_jax.workdir import result_changes
 
+ROOT = Path(__file__).resolve().parents[1]
 SHAKESPEARE = SHARED_DATA / "shakespeare"
 FEMNIST = SHARED_DATA / "femnist_leaf"
 
@@ -334,6 +336,12 @@ def test_shakespeare_rounds_with_a_small_lstm(shakespeare, tmp_path):
     records = fb.run(c, tmp_path / "run")
     assert [r["round"] for r in records] == [1, 2] and records[-1]["test_clients"] <= 12
     assert records[-1]["train_loss"] < np.log(90)
+    # experiments/evaluate.py reads the final checkpoint back: the run's own numbers, and Reddi et al.'s metric
+    evaluate_workdir = runpy.run_path(str(ROOT / "experiments" / "evaluate.py"))["evaluate_workdir"]
+    again = evaluate_workdir(tmp_path / "run", str(SHARED_DATA), {"shakespeare": shakespeare})
+    assert again["round"] == 2 and again["test_accuracy"] == records[-1]["test_accuracy"]
+    assert again["client_accuracy_p10"] == records[-1]["client_accuracy_p10"]
+    assert 0.0 < again["test_accuracy_all_targets"] < 1.0
     host = fb.build_from_data(c, shakespeare)
     fused = fb.build_from_data(_with(c, execution="fused", lanes=2), shakespeare)
     a, _ = host.run_round(host.server, 1)
