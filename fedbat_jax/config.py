@@ -61,9 +61,10 @@ _CORE: tuple[Setting, ...] = tuple(Setting(*s) for s in (
     ("data_dir", "", "folder with the dataset's files, or a root with one subfolder per dataset"),
     ("model", "cnn4", f"{_names(MODELS)} (logreg: multinomial logistic regression; convex)"),
     ("model_width", 0, "channels of the model's first stage (0 = the paper's: cnn4 32, resnet10 64; vit: the "
-                       "tokens' dimension, 64; mobilenet: the stem's, 32)"),
-    ("model_depth", 0, "vit: transformer blocks (0 = 4)"),
-    ("model_heads", 0, "vit: attention heads, dividing the width (0 = 4)"),
+                       "tokens' dimension, 64; mobilenet: the stem's, 32; char_lstm: units, 256; char_transformer: "
+                       "128; emnist_cnn: the first conv's, 32)"),
+    ("model_depth", 0, "vit, char_transformer: transformer blocks (0 = 4); char_lstm: LSTM layers (0 = 2)"),
+    ("model_heads", 0, "vit, char_transformer: attention heads, dividing the width (0 = 4)"),
     ("model_patch", 0, "vit: patch size, dividing the image size (0 = 4)"),
     ("augment", "auto", f"auto (the dataset's: crop_flip for CIFAR, none otherwise) | {_names(AUGMENTATIONS)}"),
     ("num_clients", 0, "clients in the federation (N); 0 = all of a natural federation's, or "
