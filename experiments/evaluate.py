@@ -18,27 +18,14 @@ import jax
 
 import fedbat_jax as fb
 from fedbat_jax import cli
-from fedbat_jax.config import default_config
-from fedbat_jax.data import load_dataset
 from fedbat_jax.errors import ConfigError
 from fedbat_jax.evaluation import dataset_evaluate, pooled, test_set
-from fedbat_jax.workdir import CHECKPOINT_FILE, CONFIG_FILE, read_checkpoint, restore_tree
 
 
-def evaluate_workdir(path: Path, data_dir: str, datasets: dict) -> dict:
-    """The checkpoint's round and metrics (``datasets`` caches loaded datasets by name)."""
-    try:
-        values = json.loads((path / CONFIG_FILE).read_text())
-        r, arrays = read_checkpoint(path / CHECKPOINT_FILE)
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"{path}: no readable {CONFIG_FILE} and {CHECKPOINT_FILE} ({e})") from None
-    config = default_config()
-    config.update(**{k: v for k, v in values.items() if k in config})
-    config.data_dir = data_dir or config.data_dir
-    if config.dataset not in datasets:
-        datasets[config.dataset] = load_dataset(config.dataset, config.data_dir or None)
-    exp = fb.build_from_data(config, datasets[config.dataset])
-    server = restore_tree(arrays, exp.server, f"{path / CHECKPOINT_FILE}")
+def evaluate_workdir(path: Path, data_dir: str = "", dataset=None) -> dict:
+    """The newest checkpoint's round and metrics (``dataset``: the run's, already loaded)."""
+    exp, server, r = fb.load_run(path, data_dir, dataset)
+    config = exp.config
     row = {"workdir": str(path), "algorithm": config.algorithm, "compressor": config.compressor, "seed": config.seed,
            "round": r, **exp.evaluate(server)}
     ds = exp.dataset
@@ -52,8 +39,7 @@ def evaluate_workdir(path: Path, data_dir: str, datasets: dict) -> dict:
 def main(args, overrides: list[str]) -> int:
     if overrides:
         raise ConfigError(f"unrecognized arguments: {' '.join(overrides)}")
-    datasets: dict = {}
-    rows = [evaluate_workdir(Path(p), args.data_dir, datasets) for p in args.workdirs]
+    rows = [evaluate_workdir(Path(p), args.data_dir) for p in args.workdirs]
     for row in rows:
         extra = (f", every target but padding {row['test_accuracy_all_targets']:.4f}"
                  if "test_accuracy_all_targets" in row else "")

@@ -21,6 +21,7 @@ _EXPORTS = {
     "build": "fedbat_jax.runner",
     "build_from_data": "fedbat_jax.runner",
     "run": "fedbat_jax.runner",
+    "load_run": "fedbat_jax.runner",  # a workdir's run as it stands: (experiment, newest checkpoint's state, round)
     "make_train": "fedbat_jax.whole_run",
     "sweep": "fedbat_jax.sweeps",  # make_train over seeds x a grid, sharded over every device
     # registries: every choice a setting names (fedbat_jax.registry)

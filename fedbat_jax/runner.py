@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import sys
 import time
@@ -21,16 +22,17 @@ import ml_collections
 
 from fedbat_jax import distributed, stopping
 from fedbat_jax.backends import Execution, make_execution
-from fedbat_jax.config import partition_method, validate
+from fedbat_jax.config import default_config, partition_method, validate
+from fedbat_jax.data.checks import one_line
 from fedbat_jax.data import Dataset, format_histograms, label_histograms, load_dataset, size_summary
-from fedbat_jax.errors import ConfigError, DivergenceError, Terminated
+from fedbat_jax.errors import ConfigError, DivergenceError, Terminated, WorkdirError
 from fedbat_jax.evaluation import host_evaluator
 from fedbat_jax.federated import ServerState
 from fedbat_jax.federation import Federation, build_federation
 from fedbat_jax.rounds import host_table, host_zeros, make_round, wire_sizes
-from fedbat_jax.workdir import Workdir
+from fedbat_jax.workdir import CHECKPOINT_FILE, CONFIG_FILE, Workdir, read_checkpoint, restore_tree
 
-__all__ = ["Experiment", "build", "build_from_data", "run"]
+__all__ = ["Experiment", "build", "build_from_data", "load_run", "run"]
 
 
 class Experiment(NamedTuple):
@@ -91,6 +93,25 @@ def _build(config: ml_collections.ConfigDict, ds: Dataset) -> Experiment:
     server = learner.server_init(params, batch_stats, config.num_clients, zeros=host_zeros)  # the table on the host
     evaluate = host_evaluator(federation.model, federation.dataset, config.eval_client_threshold)
     return Experiment(config, federation, execution, run_round, server, evaluate, wire)
+
+
+def load_run(workdir: str | Path, data_dir: str = "", dataset: Dataset | None = None,
+             ) -> tuple[Experiment, ServerState, int]:
+    """A workdir's run as it stands, read only (its lock is not taken): the experiment its ``config.json`` builds
+    (``data_dir`` replaces the stored one when given; ``dataset``: already loaded), the server state of its newest
+    checkpoint and that checkpoint's round. For looking at a finished or running run again."""
+    path = Path(workdir)
+    try:
+        values = json.loads((path / CONFIG_FILE).read_text())
+        r, arrays = read_checkpoint(path / CHECKPOINT_FILE)
+    except (OSError, ValueError) as e:
+        raise WorkdirError(f"{path} holds no readable {CONFIG_FILE} and {CHECKPOINT_FILE} ({one_line(e)})") from None
+    config = default_config()
+    config.update(**{k: v for k, v in values.items() if k in config})
+    config.data_dir = data_dir or config.data_dir
+    exp = build_from_data(config, dataset if dataset is not None else
+                          load_dataset(config.dataset, config.data_dir or None))
+    return exp, restore_tree(arrays, exp.server, str(path / CHECKPOINT_FILE)), r
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | Path | None = None, progress: bool = False,

@@ -338,7 +338,7 @@ def test_shakespeare_rounds_with_a_small_lstm(shakespeare, tmp_path):
     assert records[-1]["train_loss"] < np.log(90)
     # experiments/evaluate.py reads the final checkpoint back: the run's own numbers, and Reddi et al.'s metric
     evaluate_workdir = runpy.run_path(str(ROOT / "experiments" / "evaluate.py"))["evaluate_workdir"]
-    again = evaluate_workdir(tmp_path / "run", str(SHARED_DATA), {"shakespeare": shakespeare})
+    again = evaluate_workdir(tmp_path / "run", str(SHARED_DATA), shakespeare)
     assert again["round"] == 2 and again["test_accuracy"] == records[-1]["test_accuracy"]
     assert again["client_accuracy_p10"] == records[-1]["client_accuracy_p10"]
     assert 0.0 < again["test_accuracy_all_targets"] < 1.0
