@@ -8,7 +8,8 @@ import jax.numpy as jnp
 
 import fedbat_jax as fb
 
-PUBLIC = {"binarize", "quantize", "default_config", "validate", "build", "build_from_data", "run", "make_train",
+PUBLIC = {"binarize", "quantize", "default_config", "validate", "build", "build_from_data", "run", "load_run",
+          "make_train",
           "ALGORITHMS", "COMPRESSORS", "BACKENDS", "MODELS", "DATASETS", "Registry", "Setting", "Algorithm", "Learner",
           "CompressorSpec", "Compressor", "full_precision", "stochastic_levels", "scaled_sign",
           "with_error_feedback", "partition", "sweep", "load_dataset",

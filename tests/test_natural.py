@@ -369,3 +369,8 @@ def test_dropout_model_trains_deterministically():
 def test_unknown_paths_stay_errors(tmp_path):
     with pytest.raises(DataError, match="does not exist or is not a folder"):
         load_shakespeare(Path(tmp_path) / "nowhere")
+
+
+def test_load_run_of_a_folder_without_a_run_is_one_line(tmp_path):
+    with pytest.raises(fb.WorkdirError, match="holds no readable config.json and checkpoint.npz"):
+        fb.load_run(tmp_path)
