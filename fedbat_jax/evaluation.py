@@ -90,6 +90,12 @@ def pooled(table) -> tuple[float, float]:
     return float(total[LOSS] / max(total[COUNTED], 1.0)), float(total[CORRECT] / max(total[SCORED], 1.0))
 
 
+def pooled_traced(table: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``pooled`` inside a traced program (``make_train``): the same ratios, in float32 on the device."""
+    total = table.sum(axis=0)
+    return total[LOSS] / jnp.maximum(total[COUNTED], 1.0), total[CORRECT] / jnp.maximum(total[SCORED], 1.0)
+
+
 def client_summary(table, threshold: float) -> dict:
     """The distribution of the test clients' accuracies (clients with a scored target only): ``test_clients``,
     their unweighted and example-weighted means, the 10th percentile (linear interpolation), the fraction below

@@ -30,7 +30,8 @@ from fedbat_jax.evaluation import host_evaluator
 from fedbat_jax.federated import ServerState
 from fedbat_jax.federation import Federation, build_federation
 from fedbat_jax.rounds import host_table, host_zeros, make_round, wire_sizes
-from fedbat_jax.workdir import CHECKPOINT_FILE, CONFIG_FILE, Workdir, read_checkpoint, restore_tree
+from fedbat_jax.workdir import (CHECKPOINT_FILE, CONFIG_FILE, RENAMED_VALUES, Workdir, read_checkpoint,
+                                restore_tree)
 
 __all__ = ["Experiment", "build", "build_from_data", "load_run", "run"]
 
@@ -104,10 +105,12 @@ def load_run(workdir: str | Path, data_dir: str = "", dataset: Dataset | None = 
     try:
         values = json.loads((path / CONFIG_FILE).read_text())
         r, arrays = read_checkpoint(path / CHECKPOINT_FILE)
+        if not isinstance(values, dict):
+            raise ValueError(f"{CONFIG_FILE} holds a JSON {type(values).__name__}")
     except (OSError, ValueError) as e:
         raise WorkdirError(f"{path} holds no readable {CONFIG_FILE} and {CHECKPOINT_FILE} ({one_line(e)})") from None
     config = default_config()
-    config.update(**{k: v for k, v in values.items() if k in config})
+    config.update(**{k: RENAMED_VALUES.get((k, v), v) for k, v in values.items() if k in config})
     config.data_dir = data_dir or config.data_dir
     exp = build_from_data(config, dataset if dataset is not None else
                           load_dataset(config.dataset, config.data_dir or None))

@@ -30,7 +30,7 @@ from fedbat_jax.backends import BACKENDS, Execution
 from fedbat_jax.config import validate
 from fedbat_jax.data import Dataset, load_dataset
 from fedbat_jax.errors import ConfigError
-from fedbat_jax.evaluation import COUNTED, CORRECT, LOSS, SCORED, dataset_evaluate, test_set
+from fedbat_jax.evaluation import dataset_evaluate, pooled_traced, test_set
 from fedbat_jax.federated import Learner
 from fedbat_jax.federation import build_federation
 from fedbat_jax.rounds import make_round, wire_sizes
@@ -84,7 +84,7 @@ def build_train(config: ml_collections.ConfigDict, dataset: Dataset | None = Non
             server, train_loss = one_round(server, clients, key, r)
             nan = jnp.float32(jnp.nan)
             loss, acc = jax.lax.cond((r % every == 0) | (r == rounds),
-                                     lambda s: pooled_on_device(evaluate(s.params, s.batch_stats, test)),
+                                     lambda s: pooled_traced(evaluate(s.params, s.batch_stats, test)),
                                      lambda s: (nan, nan), server)
             extra = metrics_fn(server, clients) if metrics_fn is not None else {}
             return server, {"test_accuracy": acc, "test_loss": loss, "train_loss": train_loss,
@@ -94,12 +94,6 @@ def build_train(config: ml_collections.ConfigDict, dataset: Dataset | None = Non
 
     train.data = (federation.data, test_set(ds))
     return train
-
-
-def pooled_on_device(table: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """``(test_loss, test_accuracy)`` from ``make_evaluate``'s per-client sums, traced (``evaluation.pooled``'s)."""
-    total = table.sum(axis=0)
-    return total[LOSS] / jnp.maximum(total[COUNTED], 1.0), total[CORRECT] / jnp.maximum(total[SCORED], 1.0)
 
 
 def traced_backend(config: ml_collections.ConfigDict, learner: Learner, longest: int) -> Execution:

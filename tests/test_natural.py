@@ -374,3 +374,14 @@ def test_unknown_paths_stay_errors(tmp_path):
 def test_load_run_of_a_folder_without_a_run_is_one_line(tmp_path):
     with pytest.raises(fb.WorkdirError, match="holds no readable config.json and checkpoint.npz"):
         fb.load_run(tmp_path)
+
+
+def test_a_client_without_training_examples_is_left_out_with_its_test_data():
+    def writer(n):
+        return {"x": np.full((n, 784), 0.5, np.float32), "y": np.arange(n) % 62}
+
+    train = ClientArrays(["w0", "w1", "w2"], {k: [writer(n)[k] for n in (3, 0, 2)] for k in ("x", "y")})
+    test = ClientArrays(["w0", "w1", "w2"], {k: [writer(n)[k] for n in (1, 4, 2)] for k in ("x", "y")})
+    ds = femnist_dataset(train, test)
+    assert ds.client_ids == ds.test_client_ids == ("w0", "w2")
+    assert client_sizes(ds).tolist() == [3, 2] and client_sizes(ds, "test").tolist() == [1, 2]

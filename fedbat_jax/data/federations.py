@@ -22,6 +22,7 @@ import numpy as np
 
 from fedbat_jax.data import text
 from fedbat_jax.data.checks import check_split
+from fedbat_jax.data.clients import keep_clients
 from fedbat_jax.data.datasets import DATA_DIR_ENV, Dataset, DataNotFoundError, _candidate_dirs, _looked_extra
 from fedbat_jax.data.natural import (LEAF_FEMNIST_COMMAND, LEAF_REPO, TFF_SIZES, TFF_URLS, ClientArrays,
                                      decode_snippets, join_splits, leaf_files, read_leaf_json, read_tff_h5)
@@ -43,24 +44,10 @@ def from_clients(name: str, train: ClientArrays, test: ClientArrays, to_xy: Call
 
     x_tr, y_tr, c_tr = stack(train)
     x_te, y_te, c_te = stack(test)
-    sizes = np.bincount(c_tr, minlength=len(train.ids))
-    ids, test_ids = list(train.ids), list(test.ids)
-    if (sizes == 0).any():  # (e.g. a role whose only snippet is empty would still give one sequence: none here)
-        keep = np.flatnonzero(sizes > 0)
-        remap = np.full(len(ids), -1, np.int64)
-        remap[keep] = np.arange(len(keep))
-        c_tr = remap[c_tr].astype(np.int32)
-        empty = {ids[i] for i in np.flatnonzero(sizes == 0)}
-        ids = [ids[i] for i in keep]
-        t_keep = [i for i, cid in enumerate(test_ids) if cid not in empty]
-        t_remap = np.full(len(test_ids), -1, np.int64)
-        t_remap[t_keep] = np.arange(len(t_keep))
-        te = t_remap[c_te] >= 0
-        x_te, y_te, c_te = x_te[te], y_te[te], t_remap[c_te[te]].astype(np.int32)
-        test_ids = [test_ids[i] for i in t_keep]
-    return Dataset(name, x_tr, y_tr.astype(np.int32), x_te, y_te.astype(np.int32), num_classes, mean, std,
-                   train_clients=c_tr, test_clients=c_te, client_ids=tuple(ids), test_client_ids=tuple(test_ids),
-                   **fields)
+    ds = Dataset(name, x_tr, y_tr.astype(np.int32), x_te, y_te.astype(np.int32), num_classes, mean, std,
+                 train_clients=c_tr, test_clients=c_te, client_ids=tuple(train.ids), test_client_ids=tuple(test.ids),
+                 **fields)
+    return keep_clients(ds, np.flatnonzero(np.bincount(c_tr, minlength=len(train.ids))))
 
 
 def _find(name: str, folders: Sequence[str], data_dir, probes: list[tuple[str, Callable[[Path], bool]]], hint: str):
