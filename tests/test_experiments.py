@@ -71,6 +71,15 @@ def _script(name):
     return module
 
 
+def test_bench_second_thread_ratios_pair_rows_by_algorithm():
+    """``bench.py --threads 1,2``: the second thread's CPU per sample and speed, 2-thread row over 1-thread row."""
+    row = lambda a, t, cpu, sps: {"algorithm": a, "client_threads": t, "cpu_seconds_per_sample": cpu,
+                                  "samples_per_second": sps}
+    rows = [row("fedavg", 1, 2e-3, 500.0), row("fedavg", 2, 2.2e-3, 900.0), row("fedbat", 2, 1e-3, 10.0)]
+    assert _script("bench").second_thread(rows) == [  # fedbat has no 1-thread row: no ratio
+        {"algorithm": "fedavg", "cpu_per_sample_2_over_1": 1.1, "samples_per_second_2_over_1": 1.8}]
+
+
 def test_study_methods_name_a_compressor_or_a_variant():
     study = _script("study")
     assert study.algorithm_fields("eden", 4) == ({"algorithm": "fedavg", "error_feedback": "none",
@@ -213,6 +222,7 @@ def test_convergence_slope_fit_and_optimum():
     ("compare.py", ["--config=CONFIG:raise"], "get_config() raised RuntimeError"),
     ("bench.py", ["--config.lr=fast"], "could not convert 'fast' to float"),
     ("bench.py", ["--rounds=many"], "invalid int value"),
+    ("bench.py", ["--threads=1,two"], "expected comma-separated integers"),
     ("study.py", ["--config=experiments/configs/convergence.py", "--seeds=a,b"], "expected comma-separated integers"),
     ("study.py", ["--datasets=mnist5k"], "--datasets takes the paper's datasets: fashion_mnist, svhn, cifar10, "
                                          "cifar100 (got 'mnist5k'); for another, give --config=FILE"),
