@@ -102,10 +102,19 @@ class Client(NamedTuple):
     context: Any  # Algorithm.context(server state, its row): what its local steps read (() if nothing)
 
 
+class Sums(NamedTuple):
+    """What an algorithm's ``server_step`` receives (``update(pseudo_gradient, state, params, sums=...)``): the
+    round's decoded updates summed two ways, exactly, and the cohort they came from."""
+
+    cohort: Params  # sum_k p_k s_k decode_k: weights p_k normalised over the cohort (the mean of the sampled clients)
+    federation: Params  # sum_k w_k s_k decode_k: shares w_k of the whole federation (sum_k w_k < 1 when K < N)
+    inputs: ClientInput  # the cohort's inputs, stacked: p_k (weight), w_k (share), S_k (num_steps), n_k (size), ...
+
+
 class Aggregate(NamedTuple):
     """What the server has received so far this round: weighted sums, so it needs no per-client storage."""
 
-    update: Params  # sum_k p_k decode(payload_k)
+    update: Params  # sum_k p_k s_k decode(payload_k) (s_k: the algorithm's update_scale, 1 by default)
     batch_stats: Any  # sum_k p_k batch_stats_k (uploaded in float32, averaged like the parameters)
     loss_sum: jax.Array  # sum of the clients' per-example training losses
     seen: jax.Array  # examples trained on
@@ -196,21 +205,26 @@ class Learner(NamedTuple):
         payload, compressor_row = self.compressor.encode(update, scales, row.compressor,
                                                          jax.random.fold_in(inp.key, UPLOAD))
         algorithm_row, message = row.algorithm, ()
-        if self.algorithm.client_final is not None:
-            algorithm_row, message = self.algorithm.client_final(update, row.algorithm, client.context, s.lr_sum,
-                                                                 self.settings)
+        if self.algorithm.message is not None:
+            algorithm_row, message = self.algorithm.message(update, row.algorithm, client.context, s.lr_sum,
+                                                            self.settings)
         contribution = Aggregate(self._weighted(self.compressor.decode(payload), inp),
                                  _scaled(inp.weight, s.batch_stats), s.loss_sum, s.seen, _scaled(inp.share, message))
         return contribution, ClientRow(compressor_row, algorithm_row)
 
     def _weighted(self, update: Params, inp: ClientInput) -> Params:
-        """A decoded update weighted by p_k; the leaves the compressor's server keeps an estimate of by w_k."""
-        if self.compressor.server is None:
-            return _scaled(inp.weight, update)
-        estimated = self.compressor.estimated
-        if estimated is None:
-            estimated = jax.tree.map(lambda _: True, update)
-        return jax.tree.map(lambda x, b: (inp.share if b else inp.weight) * x, update, estimated)
+        """A decoded update weighted by p_k; the leaves the compressor's server keeps an estimate of by w_k; times
+        the algorithm's ``update_scale`` s_k, if it has one."""
+        if self.algorithm.update_scale is not None:
+            update = _scaled(self.algorithm.update_scale(inp, self.settings), update)
+        return jax.tree.map(lambda x, b: (inp.share if b else inp.weight) * x, update, self._estimated(update))
+
+    def _estimated(self, tree: Params) -> Params:
+        """Per leaf: whether the compressor's server keeps an estimate of it (EF21), so it is summed by w_k."""
+        estimated = self.compressor.estimated if self.compressor.server is not None else False
+        if estimated is None or isinstance(estimated, bool):
+            return jax.tree.map(lambda _: bool(estimated), tree)
+        return estimated
 
     # ---- the server -------------------------------------------------------------------------------
     def broadcast(self, server: ServerState) -> Broadcast:
@@ -238,10 +252,11 @@ class Learner(NamedTuple):
 
     def server_transform(self) -> optax.GradientTransformation:
         """What turns the received sum into the server's step: the compressor's server side (EF21's running
-        estimate), if any, then the server optimizer."""
-        if self.compressor.server is None:
-            return self.server_optimizer
-        return optax.chain(self.compressor.server, self.server_optimizer)
+        estimate), the algorithm's ``server_step`` (FedDyn's), each if any, then the server optimizer."""
+        chain = [self.compressor.server] if self.compressor.server is not None else []
+        if self.algorithm.server_step is not None:
+            chain.append(self.algorithm.server_step(self.settings))
+        return optax.chain(*chain, self.server_optimizer) if chain else self.server_optimizer
 
     def server_init(self, params: Params, batch_stats: Any, num_clients: int, zeros=jnp.zeros) -> ServerState:
         """The server before round 1: the initial model, every client's fresh row, the optimizer's and the
@@ -249,36 +264,50 @@ class Learner(NamedTuple):
         one = jax.eval_shape(self.fresh_row, params)
         table = jax.tree.map(lambda x: zeros((num_clients,) + x.shape, x.dtype), one)
         return ServerState(params, batch_stats, table, self.server_transform().init(params),
-                           self.algorithm.server_init(params, self.settings))
+                           self.algorithm.state_init(params, self.settings))
 
     def fresh_row(self, params: Params) -> ClientRow:
         """A client's row before it is first sampled."""
-        return ClientRow(self.compressor.init(params), self.algorithm.client_init(params, self.settings))
+        return ClientRow(self.compressor.init(params), self.algorithm.row_init(params, self.settings))
 
-    def server_update(self, server: ServerState, agg: Aggregate) -> tuple[ServerState, jax.Array]:
+    def server_update(self, server: ServerState, agg: Aggregate, cohort: ClientInput,
+                      ) -> tuple[ServerState, jax.Array]:
         """The new global model: the server optimizer's step on the pseudo-gradient ``-sum_k p_k
-        decode(payload_k)`` (plain averaging: ``w + sum_k p_k decode(payload_k)``); BatchNorm statistics averaged;
-        the algorithm's state updated from its messages. Returns it (its client table as given) with the round's
+        decode(payload_k)`` (plain averaging: ``w + sum_k p_k decode(payload_k)``), through the algorithm's
+        ``server_step`` if it has one; BatchNorm statistics averaged; the broadcast state updated from the messages.
+        ``cohort``: the round's inputs, stacked. Returns the state (its client table as given) with the round's
         mean training loss."""
         pseudo_gradient = jax.tree.map(jnp.negative, agg.update)
-        updates, opt_state = self.server_transform().update(pseudo_gradient, server.opt_state, server.params)
+        extra = {}
+        if self.algorithm.server_step is not None:
+            extra["sums"] = self.sums(agg, cohort)
+        updates, opt_state = self.server_transform().update(pseudo_gradient, server.opt_state, server.params,
+                                                            **extra)
         params = optax.apply_updates(server.params, updates)
         state = server.algorithm_state
-        if self.algorithm.server_update is not None:
-            state = self.algorithm.server_update(state, agg.messages, self.settings)
+        if self.algorithm.state_update is not None:
+            state = self.algorithm.state_update(state, agg.messages, self.settings)
         return (server._replace(params=params, batch_stats=agg.batch_stats, opt_state=opt_state,
                                 algorithm_state=state), agg.loss_sum / jnp.maximum(agg.seen, 1.0))
+
+    def sums(self, agg: Aggregate, cohort: ClientInput) -> Sums:
+        """The round's decoded updates summed by p_k and by w_k. ``w_k = p_k sum_j w_j`` over the cohort, so
+        either sum is the other times or over ``sum_j w_j``, exactly (the leaves EF21 estimates arrive by w_k)."""
+        covered = jnp.sum(cohort.share)
+        fed = jax.tree.map(lambda x, b: x if b else covered * x, agg.update, self._estimated(agg.update))
+        mean = jax.tree.map(lambda x, b: x / covered if b else x, agg.update, self._estimated(agg.update))
+        return Sums(mean, fed, cohort)
 
     # ---- shapes -----------------------------------------------------------------------------------
     def message_shape(self, params: Params) -> Any:
         """The shapes of a client's message to the server (``()`` without one)."""
-        if self.algorithm.client_final is None:
+        if self.algorithm.message is None:
             return ()
         spec = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, jnp.float32), params)
-        row = jax.eval_shape(lambda p: self.algorithm.client_init(p, self.settings), spec)
-        state = jax.eval_shape(lambda p: self.algorithm.server_init(p, self.settings), spec)
+        row = jax.eval_shape(lambda p: self.algorithm.row_init(p, self.settings), spec)
+        state = jax.eval_shape(lambda p: self.algorithm.state_init(p, self.settings), spec)
         context = jax.eval_shape(lambda st, r: self.algorithm.context(st, r, self.settings), state, row)
-        out = jax.eval_shape(lambda u, r, c: self.algorithm.client_final(u, r, c, jnp.float32(1), self.settings),
+        out = jax.eval_shape(lambda u, r, c: self.algorithm.message(u, r, c, jnp.float32(1), self.settings),
                              spec, row, context)
         return out[1]
 
@@ -286,7 +315,8 @@ class Learner(NamedTuple):
         correct = self.algorithm.correct
         if correct is None:
             return None
-        return lambda grad, weights, params, context: correct(grad, weights, params, context, self.settings)
+        return lambda grad, weights, params, context: correct(grad, local=weights, broadcast=params, context=context,
+                                                              config=self.settings)
 
 
 def _scaled(p: jax.Array, tree: Any) -> Any:

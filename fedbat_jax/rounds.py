@@ -49,7 +49,7 @@ def make_round(learner: Learner, roster: Roster, clients_per_round: int, executi
             inputs = plan(root, r, index=data.index)                                         # 1. the cohort
             rows = gather(server.client_table, inputs.client)                                # 2. its rows
             agg, rows = execution.run(learner.broadcast(server), data, inputs, rows)         # 3. clients train
-            new, train_loss = update(server._replace(client_table=()), agg)                  # 4. server step
+            new, train_loss = update(server._replace(client_table=()), agg, inputs)          # 4. server step
             return new._replace(client_table=scatter(server.client_table, inputs.client, rows)), train_loss  # 5.
 
     return one_round
@@ -106,7 +106,7 @@ def wire_sizes(learner: Learner, params: Params, batch_stats: Any, k: int) -> di
     state = jax.eval_shape(learner.compressor.init, params)
     scales = jax.tree.map(lambda x: jax.ShapeDtypeStruct((), jnp.float32), params)
     payload, _ = jax.eval_shape(learner.compressor.encode, params, scales, state, jax.random.PRNGKey(0))
-    algorithm_state = jax.eval_shape(lambda p: learner.algorithm.server_init(p, learner.settings), params)
+    algorithm_state = jax.eval_shape(lambda p: learner.algorithm.state_init(p, learner.settings), params)
     stats = payload_bits(batch_stats)  # BatchNorm statistics travel as float32
     up = payload_bits(payload) + payload_bits(learner.message_shape(params)) + stats
     down = payload_bits(params) + payload_bits(algorithm_state) + stats

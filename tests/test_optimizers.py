@@ -80,7 +80,7 @@ def _server_step(name, deltas, lr=0.5, b1=0.9, b2=0.99, eps=1e-3):
     server = ServerState(params, {}, (), learner.server_optimizer.init(params))
     for d in deltas:
         agg = Aggregate({"w": jnp.asarray(d)}, {}, jnp.float32(0), jnp.float32(1), ())
-        server, _ = jax.jit(learner.server_update)(server, agg)
+        server, _ = jax.jit(learner.server_update)(server, agg, None)  # no server_step: no cohort read
     return np.asarray(server.params["w"])
 
 

@@ -27,8 +27,8 @@ def test_hooks_on_a_quadratic_against_hand_numbers():
     alg, lr, steps = SCAFFOLD, 0.25, 2
     b = {0: 1.0, 1: -3.0}
     x = {"w": jnp.float32(0.0)}
-    c = alg.server_init(x, None)
-    rows = {i: alg.client_init(x, None) for i in b}
+    c = alg.state_init(x, None)
+    rows = {i: alg.row_init(x, None) for i in b}
     seen = []
     for _ in range(2):
         changes, updates = [], []
@@ -37,13 +37,13 @@ def test_hooks_on_a_quadratic_against_hand_numbers():
             y = x
             for _ in range(steps):
                 g = {"w": y["w"] - b[i]}
-                d = alg.correct(g, y, x, ctx, None)
+                d = alg.correct(g, local=y, broadcast=x, context=ctx, config=None)
                 y = {"w": y["w"] - lr * d["w"]}
             update = {"w": y["w"] - x["w"]}
-            rows[i], change = alg.client_final(update, rows[i], ctx, jnp.float32(steps * lr), None)
+            rows[i], change = alg.message(update, rows[i], ctx, jnp.float32(steps * lr), None)
             changes.append(change["w"])
             updates.append(update["w"])
-        c = alg.server_update(c, {"w": 0.5 * changes[0] + 0.5 * changes[1]}, None)
+        c = alg.state_update(c, {"w": 0.5 * changes[0] + 0.5 * changes[1]}, None)
         x = {"w": x["w"] + 0.5 * (updates[0] + updates[1])}
         seen.append((float(x["w"]), float(c["w"]), float(rows[0]["w"]), float(rows[1]["w"])))
     # Round 1 (c = c_i = 0): client 0: y = 0 -> 0.25 -> 0.4375, update 0.4375, c_0 = -0.4375 / 0.5 = -0.875;

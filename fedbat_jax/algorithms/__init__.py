@@ -1,28 +1,39 @@
 """Federated algorithms: what a method adds to the round of ``fedbat_jax.federated`` (local SGD from the broadcast
 model, each client's update through the compressor, the server's step on their weighted average).
 
-An ``Algorithm`` is a record of pure functions, every one optional (the defaults are FedAvg):
+An ``Algorithm`` is a record of pure functions, every one optional (the defaults are FedAvg). On a client:
 
-* ``client_init(params, config) -> row``: the algorithm's state of one client, a row of the N-client table
+* ``row_init(params, config) -> row``: the algorithm's state of one client, a row of the N-client table
   (gathered for the cohort before the round and scattered back after, like an error-feedback residual);
-* ``server_init(params, config) -> state``: its server state, sent to the sampled clients with the model
-  (and counted in ``downlink_bits``);
-* ``context(state, row, config) -> context``: what a client's local steps read, formed when it starts;
-* ``correct(grad, weights, params, context, config) -> grad``: the local step's direction from the gradient
-  of the trainable leaves (``weights``: the client's full-precision weights, ``params``: the broadcast model);
-  a loss term ``h(w)`` added to local training is its gradient added here;
-* ``client_final(update, row, context, lr_sum, config) -> (row, message)``: after local training, the
-  client's new row and a float32 message to the server (sent beside the compressed update, counted in
-  ``uplink_bits``; ``lr_sum``: the sum of its local steps' learning rates);
-* ``server_update(state, messages, config) -> state``: ``messages`` is ``sum_k w_k message_k``, each client
-  weighted by its share ``w_k`` of the whole federation.
+* ``context(state, row, config) -> context``: what a client's local steps read, formed when it starts
+  (``state``: the broadcast state below);
+* ``correct(grad, *, local, broadcast, context, config) -> grad``: the local step's direction from the gradient
+  of the trainable leaves (``local``: the client's full-precision weights, ``broadcast``: the model it started
+  from); a loss term ``h(w)`` added to local training is its gradient added here;
+* ``message(update, row, context, lr_sum, config) -> (row, message)``: after local training, the client's new
+  row and a float32 message to the server (sent beside the compressed update, counted in ``uplink_bits``;
+  ``lr_sum``: the sum of its local steps' learning rates).
+
+On the server:
+
+* ``state_init(params, config) -> state`` and ``state_update(state, messages, config) -> state``: state the server
+  *broadcasts* with the model (counted in ``downlink_bits``; SCAFFOLD's ``c``); ``messages`` is
+  ``sum_k w_k message_k``, each client weighted by its share ``w_k`` of the whole federation;
+* ``update_scale(cohort, config) -> [K]``: a factor on each sampled client's decoded update before it is summed
+  (``cohort``: the round's ``ClientInput``s, stacked; FedNova's ``1 / a_k``);
+* ``server_step(config) -> optax.GradientTransformationExtraArgs``: the algorithm's own server step. It sits in
+  the chain after the compressor's server side and before the server optimizer, so it transforms the
+  pseudo-gradient ``-sum_k p_k decode_k`` and may change the model in any way (FedDyn's ``- h / alpha``). Its
+  ``update(pseudo_gradient, state, params, *, sums)`` receives ``sums``, a ``fedbat_jax.federated.Sums``: the
+  cohort-weighted and federation-weighted sums of the decoded updates and the cohort's inputs. Its state stays on
+  the server (never broadcast, not counted on the wire) and is checkpointed with the server optimizer's.
 
 ``compressor`` is what the ``compressor=auto`` setting means for it (``fedbat_jax.compressors.COMPRESSORS``).
 Several names here are FedAvg under a compressor's name (``alias=True``): ``fedbat`` is FedAvg with the
 ``fedbat`` compressor (whose kernels train binarized), ``signsgd`` with ``scaled_sign``, and so on; the other
 algorithms compose with every compressor. A new algorithm is one file defining its ``Algorithm`` plus one line in
-``ALGORITHMS`` (``fedprox.py`` and ``scaffold.py`` show it); its settings come with it (``settings``,
-``check``).
+``ALGORITHMS`` (``fedprox.py``, ``scaffold.py``, ``feddyn.py`` and ``fednova.py`` show it); its settings come with it
+(``settings``, ``check``).
 """
 from __future__ import annotations
 
@@ -50,12 +61,16 @@ class Algorithm(NamedTuple):
     alias: bool = False  # FedAvg under a compressor's name: the compressor setting must stay auto
     settings: tuple[Setting, ...] = ()  # settings this algorithm brings (e.g. prox_mu)
     check: Callable[[Any], None] | None = None  # check(config): its settings' ranges, one-line ConfigError
-    client_init: Callable[[Params, Any], Any] = _nothing
-    server_init: Callable[[Params, Any], Any] = _nothing
+    # a client
+    row_init: Callable[[Params, Any], Any] = _nothing
     context: Callable[[Any, Any, Any], Any] = _no_context
     correct: Callable | None = None  # None: the gradient as it is
-    client_final: Callable | None = None  # None: the row unchanged, no message
-    server_update: Callable | None = None  # None: the state unchanged
+    message: Callable | None = None  # None: the row unchanged, no message
+    # the server
+    state_init: Callable[[Params, Any], Any] = _nothing
+    state_update: Callable | None = None  # None: the broadcast state unchanged
+    update_scale: Callable | None = None  # None: each decoded update as it is
+    server_step: Callable | None = None  # None: the pseudo-gradient goes to the server optimizer as it is
 
 
 ALGORITHMS = Registry("algorithm", {

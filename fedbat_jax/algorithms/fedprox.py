@@ -15,9 +15,9 @@ from fedbat_jax.errors import ConfigError
 from fedbat_jax.registry import Setting
 
 
-def correct(grad, weights, params, context, config):
+def correct(grad, *, local, broadcast, context, config):
     """``g + mu (w - w_global)``: the gradient of the loss plus the proximal term's."""
-    return jax.tree.map(lambda g, w, w0: g + config.prox_mu * (w - w0), grad, weights, params)
+    return jax.tree.map(lambda g, w, w0: g + config.prox_mu * (w - w0), grad, local, broadcast)
 
 
 def check(config) -> None:

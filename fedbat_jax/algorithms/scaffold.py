@@ -37,22 +37,23 @@ def context(c, c_i, config):
     return jax.tree.map(jnp.subtract, c, c_i)
 
 
-def correct(grad, weights, params, c_minus_ci, config):
-    return jax.tree.map(jnp.add, grad, c_minus_ci)
+def correct(grad, *, local, broadcast, context, config):
+    """``g + (c - c_i)``."""
+    return jax.tree.map(jnp.add, grad, context)
 
 
-def client_final(update, c_i, c_minus_ci, lr_sum, config):
+def message(update, c_i, c_minus_ci, lr_sum, config):
     """Option II: ``c_i+ = (c_i - c) - update / sum_t eta_t`` (``update = y_i - x``, ``c_i - c`` the negated
     context); the message is ``c_i+ - c_i``."""
     new = jax.tree.map(lambda d, m: -d - m.astype(jnp.float32) / lr_sum, c_minus_ci, update)
     return new, jax.tree.map(jnp.subtract, new, c_i)
 
 
-def server_update(c, weighted_changes, config):
+def state_update(c, weighted_changes, config):
     return jax.tree.map(jnp.add, c, weighted_changes)
 
 
 SCAFFOLD = Algorithm("SCAFFOLD (option II): control variates correct every local step (any compressor; the "
                      "control-variate change travels as float32)",
-                     client_init=zeros, server_init=zeros, context=context, correct=correct,
-                     client_final=client_final, server_update=server_update)
+                     row_init=zeros, state_init=zeros, context=context, correct=correct, message=message,
+                     state_update=state_update)
