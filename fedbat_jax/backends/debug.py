@@ -23,6 +23,7 @@ def debug(learner: Learner) -> Execution:
 
     def run(sent: Broadcast, data: FederatedData, inputs: ClientInput, rows):
         with jax.disable_jit():
+            rows = jax.tree.map(jnp.asarray, rows)  # the cohort's rows of a host table arrive as numpy arrays
             acc = learner.empty_aggregate(sent)
             for i in range(int(inputs.client.shape[0])):
                 inp = one_client(inputs, i)
