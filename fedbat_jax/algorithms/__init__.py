@@ -86,4 +86,5 @@ ALGORITHMS = Registry("algorithm", {
                       alias=True),
     "fedprox": "fedbat_jax.algorithms.fedprox:FEDPROX",
     "scaffold": "fedbat_jax.algorithms.scaffold:SCAFFOLD",
+    "feddyn": "fedbat_jax.algorithms.feddyn:FEDDYN",
 })
