@@ -87,4 +87,5 @@ ALGORITHMS = Registry("algorithm", {
     "fedprox": "fedbat_jax.algorithms.fedprox:FEDPROX",
     "scaffold": "fedbat_jax.algorithms.scaffold:SCAFFOLD",
     "feddyn": "fedbat_jax.algorithms.feddyn:FEDDYN",
+    "fednova": "fedbat_jax.algorithms.fednova:FEDNOVA",
 })
