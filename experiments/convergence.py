@@ -39,6 +39,15 @@ from fedbat_jax.sweeps import compile_sweep
 FULL_BATCH, FULL_BATCH_PP = dict(batch_size=402, local_epochs=20), dict(batch_size=102, local_epochs=20)
 ROWS = {  # table row -> settings on top of the problem's config
     "fedavg": dict(algorithm="fedavg"),
+    # Normalised averaging: on clients of unequal sizes (one local epoch: local work in proportion to size),
+    # FedAvg optimises a surrogate that weights client k by p_k a_k; FedNova the weighted objective itself.
+    "fednova": dict(algorithm="fednova"),
+    "feddyn": dict(algorithm="feddyn"),
+    # ... and at constant learning rates eta_0 and eta_0 / 10 (lr_factor), where the surrogate stays: FedAvg's gap
+    # should not shrink with the rate, while what FedNova keeps (drift and SGD noise) should.
+    **{f"{a}_const_sgd{tag}": dict(algorithm=a, lr_schedule="constant", lr_factor=f)
+       for a in ("fednova", "feddyn") for tag, f in (("", 1.0), ("_lr10", 0.1))},
+    "fedavg_const_sgd_lr10": dict(algorithm="fedavg", lr_schedule="constant", lr_factor=0.1),
     "fedbat": dict(algorithm="fedbat"),
     "fedbat_alpha_max": dict(algorithm="fedbat", alpha_rule="max_abs"),
     "stoch_binary": dict(algorithm="stoch_binary"),
@@ -103,7 +112,7 @@ ROWS = {  # table row -> settings on top of the problem's config
     "fedavg_const_sgd_pp": dict(algorithm="fedavg", lr_schedule="constant", num_clients=40, clients_per_round=10),
     "scaffold_const_sgd_pp": dict(algorithm="scaffold", lr_schedule="constant", num_clients=40, clients_per_round=10),
 }
-DEFAULT_ROWS = [name for name in ROWS if name not in ("fedbat_floor_div100", "fedbat_bounds_lr")
+DEFAULT_ROWS = [name for name in ROWS if name not in ("fedbat_floor_div100", "fedbat_bounds_lr", "fednova", "feddyn")
                 and "_const" not in name]  # (the constant-learning-rate rows: --rows, their own table)
 DEFAULT_CONFIG = str(Path(__file__).parent / "configs" / "convergence.py")
 
@@ -134,25 +143,43 @@ def design(ds) -> tuple[np.ndarray, np.ndarray]:
     return np.hstack([x, np.ones((len(x), 1))]), np.asarray(ds.y_train)
 
 
-def objective64(theta: np.ndarray, X: np.ndarray, y: np.ndarray, lam: float, k: int):
+def objective64(theta: np.ndarray, X: np.ndarray, y: np.ndarray, lam: float, k: int, v: np.ndarray | None = None):
+    """The L2-regularised softmax loss and its gradient, float64; ``v``: example weights (default: the mean)."""
     W = theta.reshape(X.shape[1], k)
     z = X @ W
     z -= z.max(axis=1, keepdims=True)
     p = np.exp(z)
     p /= p.sum(axis=1, keepdims=True)
     n = len(y)
-    f = -np.mean(np.log(p[np.arange(n), y])) + 0.5 * lam * np.sum(W * W)
+    v = np.full(n, 1.0 / n) if v is None else v / v.sum()
+    f = -np.sum(v * np.log(p[np.arange(n), y])) + 0.5 * lam * np.sum(W * W)
     p[np.arange(n), y] -= 1.0
-    return f, (X.T @ p / n + lam * W).ravel()
+    return f, (X.T @ (v[:, None] * p) + lam * W).ravel()
 
 
-def optimum(X, y, lam, k) -> tuple[float, float, np.ndarray]:
+def surrogate_gap(config, X, y, lam, k, f_star) -> float:
+    """``F(w~) - F*``, where ``w~`` minimises the objective FedAvg converges to as its learning rate vanishes with
+    unequal local work (Wang et al. 2020, FedNova): clients weighted by ``p_k a_k``, here ``n_k S_k`` (one example of
+    client k by its local steps ``S_k``). 0 when every client takes the same number of steps."""
+    import fedbat_jax as fb
+
+    exp = fb.build(config)
+    roster, index = exp.federation.roster, np.asarray(exp.federation.data.index)
+    v = np.zeros(len(y))
+    for client, (n, steps) in enumerate(zip(roster.sizes, roster.num_steps)):
+        v[index[client, :n]] = steps
+    if len(set(roster.num_steps.tolist())) == 1:
+        return 0.0
+    return float(objective64(optimum(X, y, lam, k, v)[2].ravel(), X, y, lam, k)[0] - f_star)
+
+
+def optimum(X, y, lam, k, v: np.ndarray | None = None) -> tuple[float, float, np.ndarray]:
     """``F*``, the gradient norm there and the minimiser ``[d + 1, k]``, by L-BFGS in float64."""
     from scipy.optimize import minimize
 
-    res = minimize(objective64, np.zeros(X.shape[1] * k), args=(X, y, lam, k), jac=True, method="L-BFGS-B",
+    res = minimize(objective64, np.zeros(X.shape[1] * k), args=(X, y, lam, k, v), jac=True, method="L-BFGS-B",
                    options=dict(maxiter=20000, gtol=1e-12, ftol=1e-16, maxcor=30))
-    return float(res.fun), float(np.linalg.norm(objective64(res.x, X, y, lam, k)[1])), res.x.reshape(-1, k)
+    return float(res.fun), float(np.linalg.norm(objective64(res.x, X, y, lam, k, v)[1])), res.x.reshape(-1, k)
 
 
 def local_steps(config, n: int) -> int:
@@ -318,9 +345,11 @@ def main(args, overrides: list[str]) -> int:
     for partition in args.partitions:
         for name in args.rows:
             c = base.copy_and_resolve_references()
-            c.update(partition=partition, lr_beta=const["beta"], lr_gamma=const["gamma"], **ROWS[name])
+            row = dict(ROWS[name])
+            factor = row.pop("lr_factor", 1.0)
+            c.update(partition=partition, lr_beta=const["beta"], lr_gamma=const["gamma"], **row)
             if c.lr_schedule == "constant":
-                c.lr = const["lr0"]  # the schedule's first step, held
+                c.lr = const["lr0"] * factor  # the schedule's first step, held (times the row's lr_factor)
             subopt, compile_s, run_s = cached_cell(Path(args.cells or f"{args.out}_cells"), c, ds, seeds, metric)
             slope, lo, hi = slopes(subopt)
             bound, _, _ = slopes(1.0 / (const["gamma"] + local_steps(c, len(y)) * np.arange(1, c.rounds + 1))[None])
@@ -331,6 +360,7 @@ def main(args, overrides: list[str]) -> int:
                              **window(subopt, const["gamma"], local_steps(c, len(y))),
                              final_suboptimality=float(f"{subopt[:, -1].mean():.4e}"),
                              **at_round(subopt, 100), **at_round(subopt, c.rounds),
+                             surrogate_gap=float(f"{surrogate_gap(c, X, y, lam, ds.num_classes, f_star):.4e}"),
                              compile_s=round(compile_s, 1), run_s=round(run_s, 1)))
             print(json.dumps(rows[-1]), flush=True)
     bench = None
@@ -387,6 +417,12 @@ def write(prefix: Path, rows, curves, const, f_star, grad_norm, bench, base) -> 
               f"{r['w_slope']:.3f} [{r['w_slope_lo']:.3f}, {r['w_slope_hi']:.3f}] | {r['w_bound']:.3f} | "
               f"{r['growth']:.2f} [{r['growth_lo']:.2f}, {r['growth_hi']:.2f}] | {'yes' if r['converges'] else 'no'} | "
               f"{_cell(r, 100)} | {_cell(r, r['rounds'])} |" for r in rows]
+    gaps = {(r["partition"], r["clients"]): r["surrogate_gap"] for r in rows if r["surrogate_gap"] > 0}
+    if gaps:
+        lines += ["", "FedAvg's limit with unequal local work (clients of unequal sizes, one epoch each): as its learning "
+                  "rate vanishes it reaches the optimum of the objective that weights client k by p_k S_k (Wang et al. "
+                  "2020), whose F - F* is " + "; ".join(f"{g:.3e} ({p}, {c} clients)" for (p, c), g in gaps.items())
+                  + ". FedNova's limit is F* itself."]
     lines += ["", "Rows with `_const` run at the constant learning rate eta_0 instead of the schedule: `_const` itself "
               "with local full-batch gradient descent (each client's whole data every step, 20 local epochs of one "
               "step: E = 20 as above), `_const_sgd` with the problem's mini-batches of 20. `_pp` rows sample 10 of 40 "

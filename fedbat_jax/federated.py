@@ -109,6 +109,7 @@ class Sums(NamedTuple):
     cohort: Params  # sum_k p_k s_k decode_k: weights p_k normalised over the cohort (the mean of the sampled clients)
     federation: Params  # sum_k w_k s_k decode_k: shares w_k of the whole federation (sum_k w_k < 1 when K < N)
     inputs: ClientInput  # the cohort's inputs, stacked: p_k (weight), w_k (share), S_k (num_steps), n_k (size), ...
+    lr_sums: jax.Array  # [K] each client's sum of its local steps' learning rates (the schedule is the server's)
 
 
 class Aggregate(NamedTuple):
@@ -208,15 +209,15 @@ class Learner(NamedTuple):
         if self.algorithm.message is not None:
             algorithm_row, message = self.algorithm.message(update, row.algorithm, client.context, s.lr_sum,
                                                             self.settings)
-        contribution = Aggregate(self._weighted(self.compressor.decode(payload), inp),
+        contribution = Aggregate(self._weighted(self.compressor.decode(payload), inp, s.lr_sum),
                                  _scaled(inp.weight, s.batch_stats), s.loss_sum, s.seen, _scaled(inp.share, message))
         return contribution, ClientRow(compressor_row, algorithm_row)
 
-    def _weighted(self, update: Params, inp: ClientInput) -> Params:
+    def _weighted(self, update: Params, inp: ClientInput, lr_sum: jax.Array) -> Params:
         """A decoded update weighted by p_k; the leaves the compressor's server keeps an estimate of by w_k; times
         the algorithm's ``update_scale`` s_k, if it has one."""
         if self.algorithm.update_scale is not None:
-            update = _scaled(self.algorithm.update_scale(inp, self.settings), update)
+            update = _scaled(self.algorithm.update_scale(inp, lr_sum, self.settings), update)
         return jax.tree.map(lambda x, b: (inp.share if b else inp.weight) * x, update, self._estimated(update))
 
     def _estimated(self, tree: Params) -> Params:
@@ -296,7 +297,16 @@ class Learner(NamedTuple):
         covered = jnp.sum(cohort.share)
         fed = jax.tree.map(lambda x, b: x if b else covered * x, agg.update, self._estimated(agg.update))
         mean = jax.tree.map(lambda x, b: x / covered if b else x, agg.update, self._estimated(agg.update))
-        return Sums(mean, fed, cohort)
+        return Sums(mean, fed, cohort, self.lr_sums(cohort))
+
+    def lr_sums(self, cohort: ClientInput) -> jax.Array:
+        """``[K]``: each client's sum of its round's learning rates, from the plan (what its ``lr_sum`` adds up)."""
+
+        def one(first, steps):
+            return jax.lax.fori_loop(0, steps, lambda t, acc: acc + self.local.lr_at(first + t, steps),
+                                     jnp.float32(0))
+
+        return jax.vmap(one)(cohort.first_step, cohort.num_steps)
 
     # ---- shapes -----------------------------------------------------------------------------------
     def message_shape(self, params: Params) -> Any:

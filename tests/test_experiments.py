@@ -212,6 +212,29 @@ def test_convergence_slope_fit_and_optimum():
     assert grad < 1e-6
     for _ in range(20):
         assert conv.objective64(rng.standard_normal(12) * 0.1, X, y, 0.1, 3)[0] >= f_star
+    # example weights: equal ones are the mean; doubling half the examples is that half counted twice
+    theta = rng.standard_normal(12) * 0.1
+    np.testing.assert_allclose(conv.objective64(theta, X, y, 0.1, 3, np.full(50, 7.0))[0],
+                               conv.objective64(theta, X, y, 0.1, 3)[0])
+    twice = np.r_[np.full(25, 2.0), np.ones(25)]
+    for got, want in zip(conv.objective64(theta, X, y, 0.1, 3, twice),
+                         conv.objective64(theta, np.vstack([X, X[:25]]), np.r_[y, y[:25]], 0.1, 3)):
+        np.testing.assert_allclose(got, want, rtol=1e-12)
+
+
+@pytest.mark.slow
+def test_fedavg_surrogate_gap_needs_unequal_local_work():
+    """The FedNova study's mechanism check: FedAvg's limiting objective weights client k by n_k S_k; with equal
+    steps (IID: 400 digits each) there is no gap, with Dirichlet sizes (6 to 29 steps) there is one."""
+    from fedbat_jax.data import load_dataset
+
+    conv = _script("convergence")
+    ds = load_dataset("mnist5k")
+    X, y = conv.design(ds)
+    f_star = conv.optimum(X, y, 0.01, 10)[0]
+    gaps = [conv.surrogate_gap(load_config(f"{ROOT / 'experiments' / 'configs' / 'convergence.py'}:{p}"), X, y,
+                               0.01, 10, f_star) for p in ("iid", "dirichlet")]
+    assert gaps[0] == 0.0 and 1e-4 < gaps[1] < 1e-1
 
 
 @pytest.mark.parametrize("script,args,needle", [

@@ -35,8 +35,9 @@ def _cohort(steps, weight, share):
 def _server_round(learner, server, updates, cohort):
     """The server's side of a round, from the clients' raw updates: each weighted as ``Learner.client_final``
     weights it (p_k times the algorithm's update_scale), summed, then ``Learner.server_update``."""
+    lr_sums = np.asarray(learner.lr_sums(cohort))
     scale = [1.0] * len(updates) if learner.algorithm.update_scale is None else [
-        float(learner.algorithm.update_scale(jax.tree.map(lambda x: x[i], cohort), learner.settings))
+        float(learner.algorithm.update_scale(jax.tree.map(lambda x: x[i], cohort), lr_sums[i], learner.settings))
         for i in range(len(updates))]
     total = sum(float(cohort.weight[i]) * scale[i] * u for i, u in enumerate(updates))
     agg = Aggregate({"w": jnp.float32(total)}, {}, jnp.float32(0), jnp.float32(1), ())
@@ -82,9 +83,10 @@ def test_feddyn_on_a_quadratic_against_hand_numbers():
 
 
 def test_fednova_normalises_by_local_work_against_hand_numbers():
-    """Clients with 2 and 6 local steps, p = (1/4, 3/4), updates 1 and -3: FedNova moves by
-    tau_eff sum_k p_k u_k / a_k = (0.25 * 2 + 0.75 * 6) * (0.25 * 1 / 2 - 0.75 * 3 / 6) = 5 * -0.25 = -1.25, where
-    FedAvg moves by 0.25 - 2.25 = -2; with momentum 0.5, a = (S - 0.5 (1 - 0.5^S) / 0.5) / 0.5: 2.5 and 10.03125."""
+    """Clients with 2 and 6 local steps of lr 0.1, p = (1/4, 3/4), updates 1 and -3: a = (0.2, 0.6), and FedNova
+    moves by tau_eff sum_k p_k u_k / a_k = (0.25 * 0.2 + 0.75 * 0.6) * (0.25 * 1 / 0.2 - 0.75 * 3 / 0.6)
+    = 0.5 * -2.5 = -1.25, where FedAvg moves by 0.25 - 2.25 = -2; with momentum 0.5,
+    a = lr (S - 0.5 (1 - 0.5^S) / 0.5) / 0.5: 0.25 and 1.003125."""
     learner = Learner(None, None, full_precision(), LocalConfig(0.1, 4), 1, optax.sgd(1.0), FEDNOVA, Settings)
     x = {"w": jnp.float32(0.0)}
     server = ServerState(x, {}, (), learner.server_transform().init(x))
@@ -94,7 +96,8 @@ def test_fednova_normalises_by_local_work_against_hand_numbers():
     class Momentum(Settings):
         momentum = 0.5
 
-    np.testing.assert_allclose(np.asarray(local_work(jnp.array([2, 6]), Momentum)), [2.5, 10.03125])
+    np.testing.assert_allclose(np.asarray(local_work(jnp.array([0.2, 0.6]), jnp.array([2, 6]), Momentum)),
+                               [0.25, 1.003125], rtol=1e-6)
     # the heavy ball's total step after S constant gradients g: g (1 + (1 + rho) + ... ) = a g
     v, total = 0.0, 0.0
     for _ in range(6):
@@ -158,3 +161,17 @@ def test_resume_is_exact(tmp_path, algorithm):
     fb.run(tiny(algorithm, model="logreg", rounds=2), tmp_path)
     resumed = fb.run(tiny(algorithm, model="logreg", rounds=4), tmp_path, allow_change=["rounds"])
     assert [r["train_loss"] for r in resumed] == [r["train_loss"] for r in whole]
+
+
+def test_server_lr_sums_are_what_the_clients_add_up():
+    """``Learner.lr_sums`` (the server's, from the plan) equals each sampled client's sum of its steps' rates
+    under a decaying schedule, where FedNova's a_k is not proportional to S_k."""
+    from fedbat_jax.federated import plan_round
+
+    exp = fb.build(tiny("fednova", model="logreg", lr_schedule="inverse_time", lr_beta=20.0, lr_gamma=50.0))
+    learner, roster = exp.federation.learner, exp.federation.roster
+    cohort = plan_round(jax.random.PRNGKey(0), 3, roster, exp.federation.data.index, 3)
+    want = [sum(float(learner.local.lr_at(int(f) + t, int(s))) for t in range(int(s)))
+            for f, s in zip(cohort.first_step, cohort.num_steps)]
+    np.testing.assert_allclose(np.asarray(learner.lr_sums(cohort)), want, rtol=1e-5)
+    assert len(set(np.round(np.asarray(want) / np.asarray(cohort.num_steps), 6))) > 1  # unequal mean rates

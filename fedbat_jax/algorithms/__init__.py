@@ -19,13 +19,15 @@ On the server:
 * ``state_init(params, config) -> state`` and ``state_update(state, messages, config) -> state``: state the server
   *broadcasts* with the model (counted in ``downlink_bits``; SCAFFOLD's ``c``); ``messages`` is
   ``sum_k w_k message_k``, each client weighted by its share ``w_k`` of the whole federation;
-* ``update_scale(cohort, config) -> [K]``: a factor on each sampled client's decoded update before it is summed
-  (``cohort``: the round's ``ClientInput``s, stacked; FedNova's ``1 / a_k``);
+* ``update_scale(client, lr_sum, config) -> factor``: a factor on a sampled client's decoded update before it is
+  summed (``client``: its ``ClientInput``; ``lr_sum``: the sum of its local steps' learning rates; FedNova's
+  ``1 / a_k``);
 * ``server_step(config) -> optax.GradientTransformationExtraArgs``: the algorithm's own server step. It sits in
   the chain after the compressor's server side and before the server optimizer, so it transforms the
   pseudo-gradient ``-sum_k p_k decode_k`` and may change the model in any way (FedDyn's ``- h / alpha``). Its
   ``update(pseudo_gradient, state, params, *, sums)`` receives ``sums``, a ``fedbat_jax.federated.Sums``: the
-  cohort-weighted and federation-weighted sums of the decoded updates and the cohort's inputs. Its state stays on
+  cohort-weighted and federation-weighted sums of the decoded updates, the cohort's inputs and each client's sum
+  of learning rates. Its state stays on
   the server (never broadcast, not counted on the wire) and is checkpointed with the server optimizer's.
 
 ``compressor`` is what the ``compressor=auto`` setting means for it (``fedbat_jax.compressors.COMPRESSORS``).
