@@ -142,17 +142,28 @@ _CORE: tuple[Setting, ...] = tuple(Setting(*s) for s in (
 
 
 
-def _plugin_settings() -> tuple[Setting, ...]:
-    """The settings the registered algorithms and compressors bring, in registration order."""
-    out: dict[str, Setting] = {}
-    for _, entry in ALGORITHMS.entries() + COMPRESSORS.entries():
-        for setting in entry.settings:
-            out.setdefault(setting.name, setting)
-    return tuple(out.values())
+def plugin_settings(registries=None, core: tuple[Setting, ...] = _CORE) -> tuple[Setting, ...]:
+    """The settings the registered algorithms and compressors bring, in registration order. Entries may share one
+    setting (the same ``Setting``: eden's and drive's ``rotation_blocks``); a name declared differently by two
+    entries, or one that shadows a core setting, is a ConfigError naming both owners (never silently one of them)."""
+    out: dict[str, tuple[Setting, str]] = {}
+    core_names = {s.name for s in core}
+    for registry in registries or (ALGORITHMS, COMPRESSORS):
+        for name, entry in registry.entries():
+            for setting in entry.settings:
+                owner = f"{registry.kind} {name!r}"
+                if setting.name in core_names:
+                    raise ConfigError(f"setting {setting.name!r} of {owner} shadows the core setting of that name; "
+                                      "rename it")
+                if setting.name in out and out[setting.name][0] != setting:
+                    raise ConfigError(f"setting {setting.name!r} of {owner} is declared differently by "
+                                      f"{out[setting.name][1]}; rename one of them or share one Setting")
+                out.setdefault(setting.name, (setting, owner))
+    return tuple(s for s, _ in out.values())
 
 
 _AT = [s.name for s in _CORE].index("bits") + 1
-SETTINGS: tuple[Setting, ...] = _CORE[:_AT] + _plugin_settings() + _CORE[_AT:]
+SETTINGS: tuple[Setting, ...] = _CORE[:_AT] + plugin_settings() + _CORE[_AT:]
 # Settings that do not change a run's numbers: a resume may change them freely. ``client_threads`` only
 # changes which thread trains a client (absorption stays in cohort order, so not one bit changes).
 # ``coordinator_address`` and ``process_id`` say where a process finds its job (the launcher picks a new port

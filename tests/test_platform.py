@@ -140,3 +140,23 @@ def test_a_compressor_spec_says_which_leaves_and_whether_they_train_binarized():
         fb.validate(tiny("signsgd", compressor="qsgd"))
     with pytest.raises(fb.ConfigError, match="does not apply to fedavg with compressor=none"):
         fb.validate(tiny("fedavg", error_feedback="ef"))
+
+
+def test_plugin_settings_collide_loudly_naming_both_owners():
+    """A plugin setting that shadows a core one, or a name two entries declare differently, is refused naming both
+    owners; the same Setting shared by two entries (eden and drive's rotation_blocks) is one setting."""
+    from fedbat_jax.algorithms import Algorithm
+    from fedbat_jax.config import plugin_settings
+    from fedbat_jax.registry import Registry, Setting
+
+    mu = Setting("prox_mu", 0.01, "fedprox's")
+    shared = Registry("algorithm", {"a": Algorithm("a", settings=(mu,)), "b": Algorithm("b", settings=(mu,))})
+    assert [s.name for s in plugin_settings([shared])] == ["prox_mu"]
+    two = Registry("algorithm", {"fedprox": Algorithm("p", settings=(mu,)),
+                                 "mine": Algorithm("m", settings=(Setting("prox_mu", 0.1, "mine"),))})
+    with pytest.raises(fb.ConfigError, match="setting 'prox_mu' of algorithm 'mine' is declared differently by "
+                                             "algorithm 'fedprox'"):
+        plugin_settings([two])
+    core = Registry("algorithm", {"mine": Algorithm("m", settings=(Setting("lr", 1.0, "mine"),))})
+    with pytest.raises(fb.ConfigError, match="setting 'lr' of algorithm 'mine' shadows the core setting"):
+        plugin_settings([core])
