@@ -36,7 +36,12 @@ _KINDS: list[type] = []
 
 
 def payload_kind(cls: type) -> type:
-    """Register a NamedTuple as a kind of payload (so trees of payloads stop at it)."""
+    """Register a NamedTuple as a kind of payload (so trees of payloads stop at it). Its ``shared`` fields (not
+    counted on the wire) must be fields of it: a misspelt one would silently be counted."""
+    unknown = [f for f in getattr(cls, "shared", ()) if f not in getattr(cls, "_fields", ())]
+    if unknown:
+        raise PayloadError(f"payload kind {cls.__name__}: shared names {', '.join(map(repr, unknown))}, not one of "
+                           f"its fields ({', '.join(getattr(cls, '_fields', ())) or 'none'})")
     _KINDS.append(cls)
     return cls
 

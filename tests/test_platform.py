@@ -160,3 +160,14 @@ def test_plugin_settings_collide_loudly_naming_both_owners():
     core = Registry("algorithm", {"mine": Algorithm("m", settings=(Setting("lr", 1.0, "mine"),))})
     with pytest.raises(fb.ConfigError, match="setting 'lr' of algorithm 'mine' shadows the core setting"):
         plugin_settings([core])
+
+
+def test_a_payload_kind_sharing_a_field_it_does_not_have_is_refused():
+    """``shared`` fields are left off the wire; a misspelt one would silently count the field it meant."""
+    with pytest.raises(PayloadError, match=r"payload kind Keyed: shared names 'kee', not one of its fields "
+                                           r"\(values, key\)"):
+        @payload_kind
+        class Keyed(NamedTuple):
+            values: jax.Array
+            key: jax.Array
+            shared = ("kee",)

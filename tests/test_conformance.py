@@ -1,0 +1,116 @@
+"""The conformance suite: every registry entry through the same checks, so ``pytest -k NAME`` is a new entry's
+whole test loop (``make test-fast`` runs it).
+
+* every algorithm on every backend: ``fused``, ``padded`` and ``debug`` equal ``host`` on a tiny logreg
+  federation (train losses to rtol 1e-4: the same sums in another order), and ``make_train`` too;
+* every compressor: ``encode`` then ``decode`` gives the update's shapes and finite values, the same jitted and
+  unjitted; every leaf of the payload is a registered payload kind; ``payload_bits`` of the payload is the
+  run's ``uplink_bits`` per client (with the BatchNorm statistics, float32);
+* every model: init on its input, apply (inference, and training with an example mask, its BatchNorm statistics
+  mutable and dropout keyed) gives finite logits of the right shape; the masked-out examples change nothing.
+"""
+from __future__ import annotations
+
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import fedbat_jax as fb
+from conftest import tiny
+from fedbat_jax.algorithms import ALGORITHMS
+from fedbat_jax.backends import BACKENDS
+from fedbat_jax.compressors import COMPRESSORS
+from fedbat_jax.models import MODELS, make_model
+from fedbat_jax.payloads import is_payload, payload_bits
+
+TINY = dict(model="logreg", num_clients=6, clients_per_round=2, rounds=2, max_client_examples=96)  # 3 steps a client
+
+
+def _config(algorithm, **extra):
+    c = tiny(algorithm, **{**TINY, **extra})
+    if c.algorithm == "qsgd" or c.compressor == "qsgd":
+        c.bits = 2
+    return c
+
+
+@functools.lru_cache(maxsize=None)
+def _host_losses(algorithm: str) -> tuple[float, ...]:
+    return tuple(r["train_loss"] for r in fb.run(_config(algorithm, execution="host")))
+
+
+@pytest.mark.parametrize("backend", sorted(set(BACKENDS) - {"host"}))
+@pytest.mark.parametrize("algorithm", sorted(ALGORITHMS))
+def test_algorithm_on_backend_equals_host(algorithm, backend):
+    losses = [r["train_loss"] for r in fb.run(_config(algorithm, execution=backend))]
+    np.testing.assert_allclose(losses, _host_losses(algorithm), rtol=1e-4)
+
+
+@pytest.mark.parametrize("algorithm", sorted(ALGORITHMS))
+def test_algorithm_in_make_train_equals_host(algorithm):
+    _, metrics = jax.jit(fb.make_train(_config(algorithm)))(jax.random.PRNGKey(0))
+    np.testing.assert_allclose(np.asarray(metrics["train_loss"]), _host_losses(algorithm), rtol=1e-4)
+
+
+@pytest.mark.parametrize("compressor", sorted(COMPRESSORS))
+def test_compressor_round_trip_and_payload_bits(compressor):
+    model = "cnn4" if compressor == "fedbat" else "logreg"  # fedbat binarizes conv kernels too
+    c = _config("fedavg", compressor=compressor, model=model, model_width=4 if model == "cnn4" else 0)
+    exp = fb.build(c)
+    learner, params = exp.federation.learner, exp.server.params
+    comp = learner.compressor
+    key = jax.random.PRNGKey(1)
+    update = jax.tree.map(lambda x: 0.01 * jax.random.normal(jax.random.fold_in(key, x.size), x.shape), params)
+    scales = jax.tree.map(lambda x: jnp.float32(0.01), params)
+    state = comp.init(params)
+
+    def round_trip(u, s, st, k):
+        payload, new_state = comp.encode(u, s, st, k)
+        return payload, comp.decode(payload)
+
+    payload, decoded = round_trip(update, scales, state, key)
+    jpayload, jdecoded = jax.jit(round_trip)(update, scales, state, key)
+    chex.assert_trees_all_equal_shapes_and_dtypes(decoded, jax.tree.map(lambda x: x.astype(jnp.float32), update))
+    chex.assert_trees_all_close(decoded, jdecoded, rtol=1e-6, atol=1e-7)
+    assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(decoded))
+    kinds = jax.tree.leaves(payload, is_leaf=is_payload)
+    assert kinds and all(is_payload(p) for p in kinds), [type(p).__name__ for p in kinds]
+    stats = payload_bits(exp.server.batch_stats)  # BatchNorm statistics travel as float32 beside the payload
+    assert exp.wire["uplink_bits"] == c.clients_per_round * (payload_bits(payload) + stats)
+    if compressor == "none":
+        chex.assert_trees_all_close(decoded, update)
+
+
+def _model_input(name: str, batch: int):
+    if name.startswith("char_"):  # the text models read int tokens [batch, time]
+        return jnp.arange(batch * 12, dtype=jnp.int32).reshape(batch, 12) % 10
+    return jax.random.uniform(jax.random.PRNGKey(0), (batch, 32, 32, 3))
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_model_init_and_apply_with_a_mask(name):
+    small = {"resnet10": 8, "mobilenet": 8, "vit": 16, "char_lstm": 16, "char_transformer": 16, "cnn4": 8,
+             "emnist_cnn": 8}
+    model = make_model(name, 10, width=small.get(name, 0))
+    x = _model_input(name, 4)
+    variables = jax.jit(model.init)(jax.random.PRNGKey(0), x)
+    params, stats = variables["params"], variables.get("batch_stats", {})
+    logits = model.apply({"params": params, "batch_stats": stats}, x, train=False)
+    assert logits.shape[0] == 4 and logits.shape[-1] == 10 and bool(jnp.all(jnp.isfinite(logits)))
+
+    def train(x, mask):
+        out, new = model.apply({"params": params, "batch_stats": stats}, x, train=True, mask=mask,
+                               mutable=["batch_stats"], rngs={"dropout": jax.random.PRNGKey(3)})
+        return out, new.get("batch_stats", {})
+
+    mask = jnp.array([True, True, True, False])
+    out, new_stats = jax.jit(train)(x, mask)
+    assert out.shape == logits.shape and bool(jnp.all(jnp.isfinite(out)))
+    # what a masked-out (padding) example holds changes neither the statistics nor the real examples' logits
+    other = x.at[3].set(x[0] + 1 if x.dtype != jnp.int32 else (x[0] + 1) % 10)
+    out2, new_stats2 = jax.jit(train)(other, mask)
+    chex.assert_trees_all_close(new_stats, new_stats2, rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(out[:3], out2[:3], rtol=1e-4, atol=1e-5)
