@@ -19,10 +19,10 @@ $(INSTALLED): requirements.txt pyproject.toml
 lint: $(INSTALLED)  ## ruff over the package, experiments, tests and the notebook (the rules are in pyproject.toml)
 	$(PYTHON) -m ruff check .
 
-test-fast: $(INSTALLED)  ## the edit-test loop: every test not marked slow (under 2 minutes on a 2-core CPU)
+test-fast: $(INSTALLED)  ## the edit-test loop: every test not marked slow
 	$(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow" tests
 
-test: $(INSTALLED)  ## the whole test suite on TEST_WORKERS workers (12-15 minutes on a 2-core EPYC VM with the XLA cache cold, less warm)
+test: $(INSTALLED)  ## the whole test suite on TEST_WORKERS workers (timings: docs/benchmarks.md)
 	$(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15 tests
 
 run: $(INSTALLED)  ## FedBAT vs FedAvg on the bundled mnist5k digits, offline: table + runs/compare/compare.png
