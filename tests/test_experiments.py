@@ -73,8 +73,9 @@ def _script(name):
 
 def test_bench_second_thread_ratios_pair_rows_by_algorithm():
     """``bench.py --threads 1,2``: the second thread's CPU per sample and speed, 2-thread row over 1-thread row."""
-    row = lambda a, t, cpu, sps: {"algorithm": a, "client_threads": t, "cpu_seconds_per_sample": cpu,
-                                  "samples_per_second": sps}
+    def row(a, t, cpu, sps):
+        return {"algorithm": a, "client_threads": t, "cpu_seconds_per_sample": cpu, "samples_per_second": sps}
+
     rows = [row("fedavg", 1, 2e-3, 500.0), row("fedavg", 2, 2.2e-3, 900.0), row("fedbat", 2, 1e-3, 10.0)]
     assert _script("bench").second_thread(rows) == [  # fedbat has no 1-thread row: no ratio
         {"algorithm": "fedavg", "cpu_per_sample_2_over_1": 1.1, "samples_per_second_2_over_1": 1.8}]

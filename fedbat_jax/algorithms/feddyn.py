@@ -58,7 +58,8 @@ class ServerH(NamedTuple):
 
 
 def server_step(config) -> optax.GradientTransformationExtraArgs:
-    """``h <- h - alpha * sums.federation``; the pseudo-gradient ``-sums.cohort`` becomes ``-sums.cohort + h / alpha``."""
+    """``h <- h - alpha * sums.federation``; the pseudo-gradient ``-sums.cohort`` becomes
+    ``-sums.cohort + h / alpha``."""
     alpha = config.feddyn_alpha
 
     def init(params):
