@@ -421,7 +421,8 @@ def write(prefix: Path, rows, curves, const, f_star, grad_norm, bench, base) -> 
     if gaps:
         lines += ["", "FedAvg's limit with unequal local work (clients of unequal sizes, one epoch each): as its "
                   "learning rate vanishes it reaches the optimum of the objective that weights client k by p_k S_k "
-                  "(Wang et al. 2020), whose F - F* is " + "; ".join(f"{g:.3e} ({p}, {c} clients)" for (p, c), g in gaps.items())
+                  "(Wang et al. 2020), whose F - F* is "
+                  + "; ".join(f"{g:.3e} ({p}, {c} clients)" for (p, c), g in gaps.items())
                   + ". FedNova's limit is F* itself."]
     lines += ["", "Rows with `_const` run at the constant learning rate eta_0 instead of the schedule: `_const` itself "
               "with local full-batch gradient descent (each client's whole data every step, 20 local epochs of one "
