@@ -7,7 +7,9 @@ whole test loop (``make test-fast`` runs it).
   unjitted; every leaf of the payload is a registered payload kind; ``payload_bits`` of the payload is the
   run's ``uplink_bits`` per client (with the BatchNorm statistics, float32);
 * every model: init on its input, apply (inference, and training with an example mask, its BatchNorm statistics
-  mutable and dropout keyed) gives finite logits of the right shape; the masked-out examples change nothing.
+  mutable and dropout keyed) gives finite logits of the right shape; the masked-out examples change nothing;
+* every dataset: its loader on a tiny copy of its files (``FIXTURES``; a new dataset without one fails) gives
+  consistent arrays, labels in range and, for a natural federation, clients that cover its examples.
 """
 from __future__ import annotations
 
@@ -114,3 +116,110 @@ def test_model_init_and_apply_with_a_mask(name):
     out2, new_stats2 = jax.jit(train)(other, mask)
     chex.assert_trees_all_close(new_stats, new_stats2, rtol=1e-5, atol=1e-6)
     chex.assert_trees_all_close(out[:3], out2[:3], rtol=1e-4, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- datasets
+def _images(n: int, shape=(32, 32, 3), seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, *shape), dtype=np.uint8)
+
+
+def _tff(path, clients: dict) -> None:
+    from test_natural_readers import _write_tff
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_tff(path, clients)
+
+
+def _leaf(path, users: dict) -> None:
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"users": list(users), "num_samples": [len(y) for _, y in users.values()],
+                                "user_data": {u: {"x": x, "y": y} for u, (x, y) in users.items()}}))
+
+
+def _svhn(root):
+    import scipy.io
+
+    (root / "svhn").mkdir(parents=True)
+    for name, n in (("train_32x32.mat", 6), ("test_32x32.mat", 4)):
+        scipy.io.savemat(root / "svhn" / name, {"X": np.transpose(_images(n), (1, 2, 3, 0)),
+                                                "y": (np.arange(n) % 10 + 1).reshape(-1, 1)})
+
+
+def _cifar(name: str, classes: int):
+    def write(root):
+        (root / name).mkdir(parents=True)
+        np.savez(root / name / f"{name}_train.npz", x=_images(6), y=np.arange(6) % classes)
+        np.savez(root / name / f"{name}_test.npz", x=_images(4, seed=1), y=np.arange(4) % classes)
+    return write
+
+
+def _shakespeare(root):
+    for split, n in (("train", 3), ("test", 1)):
+        _tff(root / "shakespeare" / f"shakespeare_{split}.h5",
+             {f"role{i}": {"snippets": np.array([b"To be, or not to be" * (i + 1)] * n)} for i in range(3)})
+
+
+def _femnist(root):
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 4), ("test", 2)):
+        _leaf(root / "femnist" / split / "all_data_0.json",
+              {f"w{i}": ((rng.integers(0, 256, (n, 784)) / 255).tolist(), [int(v) for v in rng.integers(0, 62, n)])
+               for i in range(3)})
+
+
+def _cifar100_fed(root):
+    for split, clients in (("train", ("0", "1", "2")), ("test", ("0", "1"))):
+        _tff(root / "cifar100_fed" / f"fed_cifar100_{split}.h5",
+             {c: {"image": _images(3, seed=int(c)), "label": np.array([1, 2, 3], np.int64),
+                  "coarse_label": np.array([0, 1, 2], np.int64)} for c in clients})
+
+
+# A new dataset adds a writer of a tiny copy of its files here (None: bundled or checksummed files that the real
+# copy in ../shared/data serves, when it is there).
+FIXTURES = {"mnist5k": None, "fashion_mnist": None, "mnist": None, "svhn": _svhn, "cifar10": _cifar("cifar10", 10),
+            "cifar100": _cifar("cifar100", 100), "shakespeare": _shakespeare, "femnist": _femnist,
+            "cifar100_fed": _cifar100_fed}
+
+
+def test_every_dataset_has_a_fixture():
+    from fedbat_jax.data import DATASETS
+
+    assert set(DATASETS) == set(FIXTURES), "add the new dataset's tiny files to FIXTURES"
+
+
+@pytest.mark.parametrize("name", sorted(FIXTURES))
+def test_dataset_loads_from_its_fixture(name, tmp_path, monkeypatch):
+    """The loader on its files: consistent arrays, labels in range, uint8 or token inputs, and a natural
+    federation's clients cover its examples."""
+    from conftest import SHARED_DATA
+    from fedbat_jax.data import load_dataset
+    from fedbat_jax.data.datasets import is_natural
+
+    import hashlib
+
+    from fedbat_jax.data import svhn
+    from fedbat_jax.data.natural import TFF_SIZES
+
+    monkeypatch.delenv("FEDBAT_DATA_DIR", raising=False)
+    root = tmp_path
+    if FIXTURES[name] is not None:
+        FIXTURES[name](root)
+        # a fixture is not the published file: its documented sizes and digests do not apply
+        for key in ("shakespeare", "cifar100"):  # the TFF files the fixtures write
+            monkeypatch.setitem(TFF_SIZES, key, {})
+        for mat in root.glob("svhn/*.mat"):
+            monkeypatch.setitem(svhn.SVHN_MD5, mat.name, hashlib.md5(mat.read_bytes()).hexdigest())
+    elif name != "mnist5k":
+        if not (SHARED_DATA / name).is_dir():
+            pytest.skip(f"{name}: checksummed files, only the real copy (../shared/data) serves")
+        root = SHARED_DATA
+    ds = load_dataset(name, None if name == "mnist5k" else root)
+    for x, y in ((ds.x_train, ds.y_train), (ds.x_test, ds.y_test)):
+        assert len(x) == len(y) > 0 and y.dtype == np.int32
+        assert 0 <= y.min() and y.max() < ds.num_classes
+    assert ds.sample_input().shape[1:] == ds.x_train.shape[1:]
+    if is_natural(name):
+        assert len(ds.train_clients) == len(ds.y_train) and len(ds.test_clients) == len(ds.y_test)
+        assert set(np.unique(ds.train_clients)) == set(range(len(ds.client_ids)))
