@@ -308,7 +308,9 @@ def _check_algorithm(c) -> None:
         for field, default in (("ef21_alpha", "absolute"), ("ef21_momentum", 0.0)):
             if c[field] != default:
                 raise ConfigError(f"{field}={c[field]!r} needs error_feedback=ef21 (got {error_feedback_name(c)})")
-    for entry in (algorithm, COMPRESSORS[compressor_name(c)]):
+    # every entry's own check, whether or not it is the active one: a value out of range is refused even where it
+    # does not apply yet (prox_mu=-1 with algorithm=fedavg), so a config never carries a setting that would fail later
+    for _, entry in ALGORITHMS.entries() + COMPRESSORS.entries():
         if entry.check is not None:
             entry.check(c)
 

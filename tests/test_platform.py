@@ -171,3 +171,13 @@ def test_a_payload_kind_sharing_a_field_it_does_not_have_is_refused():
             values: jax.Array
             key: jax.Array
             shared = ("kee",)
+
+
+@pytest.mark.parametrize("field, value, needle", [("prox_mu", -1.0, "prox_mu must be >= 0"),
+                                                  ("feddyn_alpha", 0.0, "feddyn_alpha must be > 0"),
+                                                  ("topk_fraction", 2.0, "topk_fraction must be in (0, 1]")])
+def test_every_entrys_check_runs_when_it_is_not_the_active_one(field, value, needle):
+    c = fb.default_config()
+    c.update(algorithm="fedavg", **{field: value})  # none of these settings' entries is active
+    with pytest.raises(fb.ConfigError, match=needle.replace("(", r"\(").replace("]", r"\]")):
+        fb.validate(c)
