@@ -24,7 +24,7 @@ the failed process's status (128 + the signal when it was killed); 1 when a proc
 for bad launcher or run arguments, or a busy workdir.
 
 On a cluster, skip the launcher: start one ``python -m fedbat_jax.main ... --config.coordinator_address=auto``
-per host (``srun``, ``mpirun``), as the README shows.
+per host (``srun``, ``mpirun``), as docs/scale.md shows.
 """
 from __future__ import annotations
 
@@ -194,7 +194,7 @@ def launch(processes: int, devices: int, heartbeat_s: float, main_args: list[str
 
 
 def _remove_if_empty(workdir: Path) -> None:
-    """A job that failed before its first round was written leaves no trace of itself (the README's promise)."""
+    """A job that failed before its first round was written leaves no trace of itself (docs/guarantees.md's promise)."""
     from fedbat_jax.workdir import LOCK_FILE
 
     names = {p.name for p in workdir.iterdir()}

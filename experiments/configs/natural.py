@@ -9,7 +9,7 @@ EMNIST-62 ("EMNIST CR"): 1 local epoch, batch 20, client lr 0.1 (10^-1), server 
 Clients are the dataset's own (``partition=auto`` is ``natural`` for these) and every one takes part
 (``num_clients=0``). Everything else is ``default_config()``'s: FedBAT's own settings are the paper's.
 Evaluation every 20 rounds (the pooled test set and its per-client distribution). These need the files
-(``--config.data_dir=DIR`` or ``FEDBAT_DATA_DIR``; the README says where to get them).
+(``--config.data_dir=DIR`` or ``FEDBAT_DATA_DIR``; docs/data.md says where to get them).
 """
 from fedbat_jax.config import default_config, did_you_mean
 from fedbat_jax.errors import ConfigError

@@ -8,7 +8,7 @@
 DATASET is fashion_mnist, svhn (CNN4, 100 rounds), cifar10 or cifar100 (ResNet-10 with crop+flip, 200
 rounds); PARTITION is iid (default), dirichlet or label_count. Everything not listed here is
 ``fedbat_jax.config.default_config()``'s value, which is the reference's. These datasets need their files:
-``--config.data_dir=DIR`` or ``FEDBAT_DATA_DIR`` (see the README).
+``--config.data_dir=DIR`` or ``FEDBAT_DATA_DIR`` (see docs/data.md).
 """
 from fedbat_jax.config import default_config, did_you_mean
 from fedbat_jax.errors import ConfigError

@@ -57,7 +57,7 @@ def _no_context(state, row, config):
 class Algorithm(NamedTuple):
     """An entry of ``ALGORITHMS``: what the method adds to FedAvg's round (every hook optional)."""
 
-    summary: str  # one line, for the README and --help
+    summary: str  # one line, for docs/methods.md and --help
     compressor: str = "none"  # what compressor=auto means for it
     error_feedback: str | None = None  # error feedback it always uses (ef_signsgd); None: the setting's
     alias: bool = False  # FedAvg under a compressor's name: the compressor setting must stay auto

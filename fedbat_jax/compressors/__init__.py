@@ -49,7 +49,7 @@ class Compressor(NamedTuple):
 class CompressorSpec(NamedTuple):
     """An entry of ``COMPRESSORS``: how to build the compressor, and what it asks of local training."""
 
-    summary: str  # one line, for the README and --help
+    summary: str  # one line, for docs/methods.md and --help
     make: Callable[[Params, Params, Any], Compressor]  # (mask, template, config) -> Compressor
     compresses: Callable | None = default_binarize_predicate  # leaves sent compressed (None: none)
     learned_scale: bool = False  # the compressed leaves train binarized and their step size is learned (FedBAT)

@@ -62,7 +62,7 @@ def load_tfds(name: str, data_dir: str | Path | None = None) -> tuple[np.ndarray
             raise DataError(
                 f"tensorflow-datasets could not load {tfds_name} split {split} into {where or '~/tensorflow_datasets'} "
                 f"({type(e).__name__}: {one_line(e)}); check network access, or put the {name} files in a data "
-                "folder (see README, Data)"
+                "folder (see docs/data.md)"
             ) from e
         out += [np.asarray(x), np.asarray(y)]
     print(f"fedbat: {name} loaded through tensorflow-datasets ({tfds_name}, {where or '~/tensorflow_datasets'})",
