@@ -221,11 +221,13 @@ class Learner(NamedTuple):
         return jax.tree.map(lambda x, b: (inp.share if b else inp.weight) * x, update, self._estimated(update))
 
     def _estimated(self, tree: Params) -> Params:
-        """Per leaf: whether the compressor's server keeps an estimate of it (EF21), so it is summed by w_k."""
-        estimated = self.compressor.estimated if self.compressor.server is not None else False
-        if estimated is None or isinstance(estimated, bool):
-            return jax.tree.map(lambda _: bool(estimated), tree)
-        return estimated
+        """Per leaf: whether the compressor's server keeps an estimate of it (EF21), so it is summed by w_k
+        (``Compressor.estimated``; ``None`` with a server: every leaf)."""
+        if self.compressor.server is None:
+            return jax.tree.map(lambda _: False, tree)
+        if self.compressor.estimated is None:
+            return jax.tree.map(lambda _: True, tree)
+        return self.compressor.estimated
 
     # ---- the server -------------------------------------------------------------------------------
     def broadcast(self, server: ServerState) -> Broadcast:
@@ -295,8 +297,9 @@ class Learner(NamedTuple):
         """The round's decoded updates summed by p_k and by w_k. ``w_k = p_k sum_j w_j`` over the cohort, so
         either sum is the other times or over ``sum_j w_j``, exactly (the leaves EF21 estimates arrive by w_k)."""
         covered = jnp.sum(cohort.share)
-        fed = jax.tree.map(lambda x, b: x if b else covered * x, agg.update, self._estimated(agg.update))
-        mean = jax.tree.map(lambda x, b: x / covered if b else x, agg.update, self._estimated(agg.update))
+        estimated = self._estimated(agg.update)
+        fed = jax.tree.map(lambda x, b: x if b else covered * x, agg.update, estimated)
+        mean = jax.tree.map(lambda x, b: x / covered if b else x, agg.update, estimated)
         return Sums(mean, fed, cohort, self.lr_sums(cohort))
 
     def lr_sums(self, cohort: ClientInput) -> jax.Array:

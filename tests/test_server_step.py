@@ -175,3 +175,18 @@ def test_server_lr_sums_are_what_the_clients_add_up():
             for f, s in zip(cohort.first_step, cohort.num_steps)]
     np.testing.assert_allclose(np.asarray(learner.lr_sums(cohort)), want, rtol=1e-5)
     assert len(set(np.round(np.asarray(want) / np.asarray(cohort.num_steps), 6))) > 1  # unequal mean rates
+
+
+def test_a_server_side_compressor_without_estimated_leaves_sums_every_leaf_by_share():
+    """``Compressor.estimated=None`` with a ``server`` means every leaf is estimated (EF21's contract): each decoded
+    update arrives weighted by the federation share w_k, not the cohort weight p_k, and ``sums`` divides back."""
+    base = full_precision()
+    comp = base._replace(server=optax.identity(), estimated=None)
+    learner = Learner(None, None, comp, LocalConfig(0.1, 4), 1, optax.sgd(1.0), FEDDYN, Settings)
+    cohort = _cohort([2, 2], [0.25, 0.75], [0.125, 0.375])
+    one = jax.tree.map(lambda x: x[0], cohort)
+    update = {"a": jnp.float32(2.0), "b": jnp.float32(4.0)}
+    assert learner._weighted(update, one, jnp.float32(1.0)) == {"a": 0.25, "b": 0.5}  # w_0 = 0.125
+    agg = Aggregate({"a": jnp.float32(1.0), "b": jnp.float32(1.0)}, {}, jnp.float32(0), jnp.float32(1), ())
+    sums = learner.sums(agg, cohort)
+    assert float(sums.federation["a"]) == 1.0 and float(sums.cohort["b"]) == pytest.approx(2.0)  # 1 / sum w = 2
