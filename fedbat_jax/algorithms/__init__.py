@@ -41,6 +41,9 @@ from __future__ import annotations
 
 from typing import Any, Callable, NamedTuple
 
+import jax
+import jax.numpy as jnp
+
 from fedbat_jax.registry import Registry, Setting
 
 Params = Any
@@ -52,6 +55,12 @@ def _nothing(params, config):
 
 def _no_context(state, row, config):
     return ()
+
+
+def float32_zeros(params, config):
+    """A float32 tree of zeros shaped like the parameters: a fresh row or state (SCAFFOLD's ``c_i`` and ``c``,
+    FedDyn's ``g_k`` and ``h``)."""
+    return jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), params)
 
 
 class Algorithm(NamedTuple):

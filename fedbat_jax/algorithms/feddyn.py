@@ -29,14 +29,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fedbat_jax.algorithms import Algorithm
+from fedbat_jax.algorithms import Algorithm, float32_zeros
 from fedbat_jax.errors import ConfigError
 from fedbat_jax.registry import Setting
-
-
-def zeros(params, config):
-    """``g_k`` before the client is first sampled."""
-    return jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), params)
 
 
 def context(state, g_k, config):
@@ -63,7 +58,7 @@ def server_step(config) -> optax.GradientTransformationExtraArgs:
     alpha = config.feddyn_alpha
 
     def init(params):
-        return ServerH(zeros(params, config))
+        return ServerH(float32_zeros(params, config))
 
     def update(pseudo_gradient, state, params=None, *, sums, **extra):
         h = jax.tree.map(lambda h, d: h - alpha * d, state.h, sums.federation)
@@ -80,5 +75,5 @@ def check(config) -> None:
 FEDDYN = Algorithm("FedDyn: dynamic regularisation, per-client gradient state and the server's h (any compressor)",
                    settings=(Setting("feddyn_alpha", 0.01, "feddyn: weight alpha of the dynamic regulariser "
                                                            "(local) and of h (server)"),),
-                   check=check, row_init=zeros, context=context, correct=correct, message=message,
+                   check=check, row_init=float32_zeros, context=context, correct=correct, message=message,
                    server_step=server_step)

@@ -24,12 +24,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from fedbat_jax.algorithms import Algorithm
-
-
-def zeros(params, config):
-    """A control variate of zeros (float32, the parameters' shapes)."""
-    return jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), params)
+from fedbat_jax.algorithms import Algorithm, float32_zeros
 
 
 def context(c, c_i, config):
@@ -55,5 +50,5 @@ def state_update(c, weighted_changes, config):
 
 SCAFFOLD = Algorithm("SCAFFOLD (option II): control variates correct every local step (any compressor; the "
                      "control-variate change travels as float32)",
-                     row_init=zeros, state_init=zeros, context=context, correct=correct, message=message,
-                     state_update=state_update)
+                     row_init=float32_zeros, state_init=float32_zeros, context=context, correct=correct,
+                     message=message, state_update=state_update)
