@@ -28,6 +28,8 @@ from fedbat_jax.backends import BACKENDS
 from fedbat_jax.compressors import COMPRESSORS
 from fedbat_jax.models import MODELS, make_model
 from fedbat_jax.payloads import is_payload, payload_bits
+from test_data_readers import _images, _npz, _write_svhn  # the readers' tests' file writers
+from test_natural_readers import _leaf_shard, _write_tff
 
 TINY = dict(model="logreg", num_clients=6, clients_per_round=2, rounds=2, max_client_examples=96)  # 3 steps a client
 
@@ -119,39 +121,20 @@ def test_model_init_and_apply_with_a_mask(name):
 
 
 # --------------------------------------------------------------------------- datasets
-def _images(n: int, shape=(32, 32, 3), seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (n, *shape), dtype=np.uint8)
-
-
 def _tff(path, clients: dict) -> None:
-    from test_natural_readers import _write_tff
-
     path.parent.mkdir(parents=True, exist_ok=True)
     _write_tff(path, clients)
 
 
-def _leaf(path, users: dict) -> None:
-    import json
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"users": list(users), "num_samples": [len(y) for _, y in users.values()],
-                                "user_data": {u: {"x": x, "y": y} for u, (x, y) in users.items()}}))
-
-
 def _svhn(root):
-    import scipy.io
-
-    (root / "svhn").mkdir(parents=True)
     for name, n in (("train_32x32.mat", 6), ("test_32x32.mat", 4)):
-        scipy.io.savemat(root / "svhn" / name, {"X": np.transpose(_images(n), (1, 2, 3, 0)),
-                                                "y": (np.arange(n) % 10 + 1).reshape(-1, 1)})
+        _write_svhn(root / "svhn", _images(n), np.arange(n) % 10 + 1, name)
 
 
 def _cifar(name: str, classes: int):
     def write(root):
-        (root / name).mkdir(parents=True)
-        np.savez(root / name / f"{name}_train.npz", x=_images(6), y=np.arange(6) % classes)
-        np.savez(root / name / f"{name}_test.npz", x=_images(4, seed=1), y=np.arange(4) % classes)
+        _npz(root / name / f"{name}_train.npz", _images(6), np.arange(6) % classes)
+        _npz(root / name / f"{name}_test.npz", _images(4, seed=1), np.arange(4) % classes)
     return write
 
 
@@ -164,15 +147,15 @@ def _shakespeare(root):
 def _femnist(root):
     rng = np.random.default_rng(0)
     for split, n in (("train", 4), ("test", 2)):
-        _leaf(root / "femnist" / split / "all_data_0.json",
-              {f"w{i}": ((rng.integers(0, 256, (n, 784)) / 255).tolist(), [int(v) for v in rng.integers(0, 62, n)])
-               for i in range(3)})
+        _leaf_shard(root / "femnist" / split / "all_data_0.json",
+                    {f"w{i}": ((rng.integers(0, 256, (n, 784)) / 255).tolist(),
+                               [int(v) for v in rng.integers(0, 62, n)]) for i in range(3)})
 
 
 def _cifar100_fed(root):
     for split, clients in (("train", ("0", "1", "2")), ("test", ("0", "1"))):
         _tff(root / "cifar100_fed" / f"fed_cifar100_{split}.h5",
-             {c: {"image": _images(3, seed=int(c)), "label": np.array([1, 2, 3], np.int64),
+             {c: {"image": _images(3, int(c)), "label": np.array([1, 2, 3], np.int64),
                   "coarse_label": np.array([0, 1, 2], np.int64)} for c in clients})
 
 
