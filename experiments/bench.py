@@ -5,7 +5,7 @@ CIFAR's crop+flip; 4 clients x 128 samples by default), on the current backend. 
 warm-up round (compilation excluded); the figure is training samples per second of the whole round
 (local steps of every client + upload + aggregation). Results go to a JSON file.
 
-    python experiments/bench.py --out bench_results.json [--rounds 3] [--epochs 2] [--execution host]
+    python experiments/bench.py --out bench_results.json [--rounds 3] [--epochs 2] [--backend host]
                                 [--threads 1,2] [--config=FILE[:ARG]] [--config.FIELD=VALUE ...]
 
 ``--config`` times the rounds of that config instead of the built-in CNN4 federation (each of
@@ -37,11 +37,11 @@ from fedbat_jax.data import Dataset
 from fedbat_jax.timing import random_pixels, samples_per_round, timed_round
 
 
-def make_config(algorithm: str, epochs: int, execution: str = "auto", threads: int = 0, dataset: str = "mnist5k",
+def make_config(algorithm: str, epochs: int, backend: str = "auto", threads: int = 0, dataset: str = "mnist5k",
                 paper: bool = False, data_dir: str = ""):
     c = default_config()
     c.update(algorithm=algorithm, dataset=dataset, num_clients=10, clients_per_round=10, local_epochs=epochs,
-             batch_size=64, partition="iid", execution=execution, client_threads=threads, data_dir=data_dir)
+             batch_size=64, partition="iid", backend=backend, client_threads=threads, data_dir=data_dir)
     if algorithm == "qsgd":
         c.bits = 4
     if paper:  # the paper's Fashion-MNIST round: 10 of 100 IID clients (600 samples each), 10 epochs
@@ -66,24 +66,24 @@ def bench(configs: list, rounds: int, data: Dataset | None = None) -> list[dict]
             cpu[i].append(t.cpu_seconds)
     results = []
     for (exp, _), ts, cs in zip(built, times, cpu):
-        c, execution = exp.config, exp.execution
+        c, backend = exp.config, exp.backend
         samples = samples_per_round(exp)
         med = float(np.median(ts))
         shape = "x".join(map(str, exp.dataset.input_shape))
         results.append({"algorithm": c.algorithm, "model": c.model, "input": shape,
-                        "execution": execution.name, "loop": execution.loop, "client_threads": c.client_threads,
+                        "backend": backend.name, "loop": backend.loop, "client_threads": c.client_threads,
                         "samples_per_round": samples, "round_seconds_median": round(med, 3),
                         "round_seconds_all": [round(t, 3) for t in ts], "samples_per_second": round(samples / med, 1),
                         "cpu_seconds_per_sample": round(float(np.median(cs)) / samples, 7)})
     return results
 
 
-def resnet_bench(algorithms: list[str], rounds: int, clients: int, samples: int, width: int, execution: str,
+def resnet_bench(algorithms: list[str], rounds: int, clients: int, samples: int, width: int, backend: str,
                  ) -> list[dict]:
     """ResNet-10 rounds on 32x32x3 inputs with CIFAR's crop+flip: ``clients`` clients x ``samples`` each, 1 epoch."""
     configs = []
     for a in algorithms:
-        c = make_config(a, 1, execution)
+        c = make_config(a, 1, backend)
         c.update(model="resnet10", model_width=width, num_clients=clients, clients_per_round=clients)
         configs.append(c)
     return bench(configs, rounds, random_pixels(clients * samples))
@@ -143,7 +143,7 @@ def cohort_bench(federation: str, cohorts: list[int], algorithms: list[str], rou
                 examples += cohort_examples(exp, r)
             stats = jax.devices()[0].memory_stats() or {}
             row = {"federation": federation, "clients": len(ds.client_ids), "cohort": k, "algorithm": a,
-                   "model": c.model, "model_width": c.model_width, "execution": exp.execution.name,
+                   "model": c.model, "model_width": c.model_width, "backend": exp.backend.name,
                    "examples": int(examples), "seconds": round(wall, 3),
                    "samples_per_second": round(examples / wall, 1), "cpu_seconds_per_sample": round(cpu / examples, 7),
                    "host_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
@@ -162,7 +162,7 @@ def cohort_bench(federation: str, cohorts: list[int], algorithms: list[str], rou
 
 
 def report_line(r: dict) -> str:
-    return (f"{r['algorithm']:7s} {r['model']:8s} {r['input']:7s} {r['execution']:5s} ({r['loop']} loop, "
+    return (f"{r['algorithm']:7s} {r['model']:8s} {r['input']:7s} {r['backend']:5s} ({r['loop']} loop, "
             f"{r['client_threads'] or 'default'} threads) "
             f"{r['samples_per_second']:8.1f} samples/s  {1e3 * r['cpu_seconds_per_sample']:.3f} CPU-ms/sample  "
             f"(round {r['round_seconds_median']:.2f} s, {r['samples_per_round']} samples)")
@@ -230,13 +230,13 @@ def main(args, overrides: list[str]) -> int:
                 c = cli.make_config(args.config, overrides, algorithm=a)
                 c.client_threads = threads or c.client_threads
             else:
-                c = make_config(a, args.epochs, args.execution, threads, args.dataset, args.paper, args.data_dir)
+                c = make_config(a, args.epochs, args.backend, threads, args.dataset, args.paper, args.data_dir)
                 cli.apply_overrides(c, overrides)
             configs.append(c)
     if args.natural:
         rows = cohort_bench(args.natural, args.cohorts, args.algorithms.split(","), args.rounds, args.data_dir,
                             overrides)
-        report = {"backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
+        report = {"platform": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
                   "machine": machine.cpu_model(), "cpu_threads": machine.cpu_threads(), "jax": jax.__version__,
                   "natural_cohorts": rows}
         with open(args.out, "w") as f:
@@ -244,9 +244,9 @@ def main(args, overrides: list[str]) -> int:
         return 0
     results = bench(configs, args.rounds) if configs else []
     resnet = (resnet_bench(args.resnet_algorithms.split(","), max(2, args.rounds // 2), args.resnet_clients,
-                           args.resnet_samples, args.resnet_width, args.execution)
+                           args.resnet_samples, args.resnet_width, args.backend)
               if args.resnet_algorithms else [])
-    report = {"backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
+    report = {"platform": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
               "machine": machine.cpu_model(), "cpu_threads": machine.cpu_threads(), "jax": jax.__version__,
               "results": results, "resnet10": resnet}
     for name, rows in (("", results), ("resnet10_", resnet)):
@@ -271,7 +271,7 @@ def parser() -> cli.ArgumentParser:
     ap.add_argument("--out", default="bench_results.json")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--epochs", type=int, default=2)
-    ap.add_argument("--execution", default="auto", choices=["auto", "host", "fused"])
+    ap.add_argument("--backend", default="auto", choices=["auto", "host", "fused"])
     ap.add_argument("--threads", type=cli.int_list, default=[0],
                     help="client threads of the host rounds (0 = the default); a list (1,2) times each in turn")
     ap.add_argument("--dataset", default="mnist5k")

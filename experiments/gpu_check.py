@@ -1,7 +1,7 @@
 """The accelerator numbers in one run (``experiments/gpu_check.sh`` calls this): one JSON file.
 
 * ``paper_fmnist_round_s``: the paper's Fashion-MNIST round (10 of 100 IID clients x 10 epochs x 600
-  samples, CNN4), FedBAT and FedAvg, fused execution, median of 5 rounds after the compiling one;
+  samples, CNN4), FedBAT and FedAvg, fused backend, median of 5 rounds after the compiling one;
 * ``scale``: ``experiments/scale.py`` records (fused, cohorts of 10, 100 and 1,000 clients of 60 samples);
 * ``clients``: ``scale.py`` records of per-client state (ef_signsgd, CNN4 width 8, cohorts of 10 from
   federations of 100 and 10,000 clients of 6 samples: round time and peak memory as the table grows);
@@ -35,17 +35,17 @@ def timed(config, rounds: int, data=None) -> dict:
     t = time_rounds(exp, rounds)
     return {"round_s": round(t.median, 4), "all_s": [round(x, 4) for x in t.times],
             "samples_per_s": round(samples_per_round(exp) / t.median, 1), "compile_s": round(t.compile_s, 2),
-            "execution": exp.execution.name, "train_loss": t.train_loss}
+            "backend": exp.backend.name, "train_loss": t.train_loss}
 
 
 def main(args, overrides: list[str]) -> int:
     t_start = time.perf_counter()
-    report = {"device": jax.devices()[0].device_kind, "backend": jax.default_backend(),
+    report = {"device": jax.devices()[0].device_kind, "platform": jax.default_backend(),
               "device_count": jax.device_count(), "jax_version": jax.__version__}
     rounds = 1 if args.tiny else 5
     paper = {}
     for algorithm in ("fedbat", "fedavg"):
-        fields = dict(algorithm=algorithm, data_dir=args.data_dir, execution="fused")
+        fields = dict(algorithm=algorithm, data_dir=args.data_dir, backend="fused")
         if args.tiny:
             fields.update(dataset="mnist5k", num_clients=10, clients_per_round=2, local_epochs=1, model_width=4)
         paper[algorithm] = timed(cli.make_config(f"{PAPER}:fashion_mnist:iid", overrides, **fields), rounds)
@@ -56,7 +56,7 @@ def main(args, overrides: list[str]) -> int:
     clients, samples, width = (2, 16, 4) if args.tiny else (10, 500, 64)
     c = cli.make_config(cli.DEFAULT_CONFIG_FILE, overrides, algorithm="fedbat", model="resnet10", model_width=width,
                         num_clients=clients, clients_per_round=clients, local_epochs=1, partition="iid",
-                        execution="fused")
+                        backend="fused")
     report["resnet10_round"] = dict(timed(c, 1 if args.tiny else 3, random_pixels(clients * samples)),
                                     clients=clients, samples_per_client=samples, width=width,
                                     data="uniform random pixels (timing only)")
@@ -79,9 +79,9 @@ def main(args, overrides: list[str]) -> int:
 
 
 def scale(args, extra: list[str]) -> list[dict]:
-    """``experiments/scale.py`` records (fused execution) for the arguments ``extra``."""
+    """``experiments/scale.py`` records (fused backend) for the arguments ``extra``."""
     out = Path(args.out).with_suffix(".scale.json")
-    cmd = [sys.executable, str(ROOT / "experiments" / "scale.py"), "--executions", "fused", "--out", str(out),
+    cmd = [sys.executable, str(ROOT / "experiments" / "scale.py"), "--backends", "fused", "--out", str(out),
            "--data-dir", args.data_dir] + extra
     done = subprocess.run(cmd, text=True, capture_output=True)
     print(done.stdout, done.stderr, flush=True)

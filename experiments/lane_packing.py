@@ -1,4 +1,4 @@
-"""How much work the fused execution wastes on padding, with and without lane packing.
+"""How much work the fused backend wastes on padding, with and without lane packing.
 
 For many sampled cohorts of a partition, compares the step-cells a fused round computes when every
 client of the cohort is padded to the longest one (K lanes x max_k S_k) with the packed lanes

@@ -1,10 +1,10 @@
-"""Scale benchmark: round time, samples/s, peak memory and compile seconds per execution, cohort size,
+"""Scale benchmark: round time, samples/s, peak memory and compile seconds per backend, cohort size,
 federation size and device layout.
 
 CNN4 on Fashion-MNIST split IID, 1 local epoch. Two uses:
 
 * cohorts (the default): 1,000 clients of 60 samples, cohorts of 10, 100 and 1,000 clients a round, the
-  fused execution with a fixed number of lanes;
+  fused backend with a fixed number of lanes;
 * federations (``--num-clients 100,1000,10000 --samples-per-client 6``): the same cohort of 10 from ever
   larger federations, each client holding 6 samples (the first 6N of the training set), so the clients' work
   is equal and only the N-row table of per-client state (``--algorithm ef_signsgd``: an EF residual each)
@@ -16,11 +16,11 @@ bytes in use), the process's peak RSS on CPU (reported with the RSS before the f
 
     python experiments/scale.py --data-dir ../shared/data --out runs/scale.json [--md runs/scale.md]
     python experiments/scale.py --quick ...   # CPU sizes: 2 timed rounds, 1 lane (vmap is slow on XLA:CPU)
-    python experiments/scale.py --data-dir ../shared/data --algorithm ef_signsgd --model-width 8 --execution fused \
+    python experiments/scale.py --data-dir ../shared/data --algorithm ef_signsgd --model-width 8 --backend fused \
         --clients 10 --num-clients 100,1000,10000 --samples-per-client 6 --batch-size 6 --layouts 1x1,1x2 \
         --config.min_client_size=4
 
-Writes a JSON list of records (``execution, clients, num_clients, processes, devices, round_s,
+Writes a JSON list of records (``backend, clients, num_clients, processes, devices, round_s,
 samples_per_s, peak_memory_bytes, table_bytes, compile_s``, ...) and prints a Markdown table.
 """
 from __future__ import annotations
@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def one(args, overrides: list[str]) -> dict:
-    """Measure one (execution, cohort) in this process."""
+    """Measure one (backend, cohort) in this process."""
     import jax
 
     import fedbat_jax as fb
@@ -49,7 +49,7 @@ def one(args, overrides: list[str]) -> dict:
     c = fb.default_config()
     c.update(algorithm=args.algorithm, dataset=args.dataset, data_dir=args.data_dir, model="cnn4",
              model_width=args.model_width, num_clients=args.num_clients, clients_per_round=args.clients,
-             local_epochs=1, batch_size=args.batch_size, partition="iid", execution=args.execution,
+             local_epochs=1, batch_size=args.batch_size, partition="iid", backend=args.backend,
              lanes=args.lanes, rounds=args.rounds + 1)
     apply_overrides(c, overrides)
     ds = fb.load_dataset(c.dataset, c.data_dir or None)
@@ -64,15 +64,15 @@ def one(args, overrides: list[str]) -> dict:
     samples = samples_per_round(exp)
     stats = jax.devices()[0].memory_stats() if jax.default_backend() != "cpu" else None
     peak = int(stats["peak_bytes_in_use"]) if stats and "peak_bytes_in_use" in stats else _rss()
-    execution = exp.execution
-    return {"execution": execution.name, "clients": args.clients, "num_clients": c.num_clients,
-            "processes": jax.process_count(), "devices": execution.devices, "table_bytes": table,
-            "lanes": args.lanes, "lane_loop": execution.loop,
+    backend = exp.backend
+    return {"backend": backend.name, "clients": args.clients, "num_clients": c.num_clients,
+            "processes": jax.process_count(), "devices": backend.devices, "table_bytes": table,
+            "lanes": args.lanes, "lane_loop": backend.loop,
             "algorithm": c.algorithm, "model_width": args.model_width or 32, "dataset": args.dataset,
             "samples_per_round": samples, "round_s": round(t.median, 4), "samples_per_s": round(samples / t.median, 1),
             "compile_s": round(t.compile_s, 2), "peak_memory_bytes": peak,
             "memory_kind": "device peak_bytes_in_use" if stats else "process peak RSS", "base_rss_bytes": base,
-            "backend": jax.default_backend(), "device": str(jax.devices()[0].device_kind),
+            "platform": jax.default_backend(), "device": str(jax.devices()[0].device_kind),
             "train_loss": t.train_loss}
 
 
@@ -81,17 +81,17 @@ def _rss() -> int:
 
 
 def table(records: list[dict]) -> str:
-    """One row per cell; ``vs first`` compares it with the first cell of the same execution and layout."""
-    lines = ["| execution | processes x devices | loop | clients (K) | federation (N) | client table (MB) | "
+    """One row per cell; ``vs first`` compares it with the first cell of the same backend and layout."""
+    lines = ["| backend | processes x devices | loop | clients (K) | federation (N) | client table (MB) | "
              "round (s) | vs first | samples/s | peak memory (MB) | compile (s) |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def key(x):
-        return (x["execution"], x.get("processes", 1), x.get("devices", 1))
+        return (x["backend"], x.get("processes", 1), x.get("devices", 1))
 
     for r in records:
         base = next(b for b in records if key(b) == key(r))
-        lines.append(f"| {r['execution']} | {r.get('processes', 1)} x {r.get('devices', 1) // r.get('processes', 1)} | "
+        lines.append(f"| {r['backend']} | {r.get('processes', 1)} x {r.get('devices', 1) // r.get('processes', 1)} | "
                      f"{r['lane_loop']} | {r['clients']} | {r.get('num_clients', '')} | "
                      f"{r.get('table_bytes', 0) / 2**20:.0f} | {r['round_s']:.3f} | "
                      f"{r['round_s'] / base['round_s']:.2f}x | "
@@ -101,7 +101,7 @@ def table(records: list[dict]) -> str:
 
 def parser():
     ap = cli.ArgumentParser(prog="scale", description=__doc__.splitlines()[0])
-    ap.add_argument("--executions", default="host,fused")
+    ap.add_argument("--backends", default="host,fused")
     ap.add_argument("--clients", type=cli.int_list, default="10,100,1000", help="cohort sizes")
     ap.add_argument("--num-clients", type=cli.int_list, default="1000", help="federation sizes")
     ap.add_argument("--samples-per-client", type=int, default=0,
@@ -109,7 +109,7 @@ def parser():
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--layouts", type=cli.names, default="1x1",
                     help="PROCESSESxDEVICES-per-process cells, e.g. 1x1,1x2,2x2 (forced host devices on a CPU)")
-    ap.add_argument("--lanes", type=int, default=10, help="fused execution: fixed lanes")
+    ap.add_argument("--lanes", type=int, default=10, help="fused backend: fixed lanes")
     ap.add_argument("--rounds", type=int, default=3, help="timed rounds after the compiling one (median)")
     ap.add_argument("--dataset", default="fashion_mnist")
     ap.add_argument("--data-dir", default="")
@@ -118,7 +118,7 @@ def parser():
     ap.add_argument("--quick", action="store_true", help="CPU sizes: 2 timed rounds, --lanes 1")
     ap.add_argument("--out", default="runs/scale.json")
     ap.add_argument("--md", default="", help="also write the table here")
-    ap.add_argument("--one", nargs=3, metavar=("EXECUTION", "CLIENTS", "NUM_CLIENTS"), help=argparse.SUPPRESS)
+    ap.add_argument("--one", nargs=3, metavar=("BACKEND", "CLIENTS", "NUM_CLIENTS"), help=argparse.SUPPRESS)
     return ap
 
 
@@ -126,7 +126,7 @@ def main(args, overrides: list[str]) -> int:
     if args.quick:
         args.rounds, args.lanes = min(args.rounds, 2), 1
     if args.one:
-        args.execution, args.clients, args.num_clients = args.one[0], int(args.one[1]), int(args.one[2])
+        args.backend, args.clients, args.num_clients = args.one[0], int(args.one[1]), int(args.one[2])
         record = one(args, overrides)
         import jax
 
@@ -139,18 +139,18 @@ def main(args, overrides: list[str]) -> int:
                    "--data-dir", args.data_dir, "--algorithm", args.algorithm, "--model-width", str(args.model_width),
                    "--samples-per-client", str(args.samples_per_client), "--batch-size", str(args.batch_size),
                    *overrides]
-    for execution in args.executions.split(","):
+    for backend in args.backends.split(","):
         for processes, devices in layouts:
             for n in args.num_clients:
                 for k in args.clients:
-                    cell = [sys.executable, __file__, "--one", execution, str(k), str(n)] + passthrough
+                    cell = [sys.executable, __file__, "--one", backend, str(k), str(n)] + passthrough
                     rec, err = _measure(cell, processes, devices)
                     if rec is None:
-                        print(err or f"scale: error: {execution} {processes}x{devices} N={n} K={k} failed",
+                        print(err or f"scale: error: {backend} {processes}x{devices} N={n} K={k} failed",
                               file=sys.stderr)
                         return 2
                     records.append(rec)
-                    print(f"{execution:6s} {processes}x{devices} N={n:6d} K={k:5d}: round {rec['round_s']:.3f} s, "
+                    print(f"{backend:6s} {processes}x{devices} N={n:6d} K={k:5d}: round {rec['round_s']:.3f} s, "
                           f"{rec['samples_per_s']:8.0f} samples/s, peak {rec['peak_memory_bytes'] / 2**20:7.0f} MB, "
                           f"compile {rec['compile_s']:.1f} s", flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

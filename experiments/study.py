@@ -71,7 +71,7 @@ def vmapped_runs(config, seeds: list[int]) -> dict[int, list[dict]]:
 
     t0 = time.perf_counter()
     traced = config.copy_and_resolve_references()
-    traced.execution = "auto"  # one traced program runs the padded backend, whatever the run loop's execution
+    traced.backend = "auto"  # one traced program runs the padded backend, whatever the run loop's backend
     runs = fedbat_jax.sweep(traced, seeds)
     seconds = (time.perf_counter() - t0) / len(seeds) / config.rounds
 

@@ -1,5 +1,5 @@
 """Multi-process runs on JAX's own runtime (``jax.distributed``): one process per host or GPU group, each
-running the same program on the same data; the fused execution's mesh spans every device of every process.
+running the same program on the same data; the fused backend's mesh spans every device of every process.
 
 The settings ``coordinator_address`` ("" one process; ``auto`` JAX's cluster detection, as on SLURM, Open
 MPI or TPU pods; ``HOST:PORT`` process 0's coordinator), ``num_processes`` and ``process_id`` start it;
@@ -26,7 +26,7 @@ from typing import NoReturn
 import jax
 import numpy as np
 
-from fedbat_jax.backends import resolve_execution
+from fedbat_jax.backends import resolve_backend
 from fedbat_jax import stopping
 from fedbat_jax.errors import ConfigError, JobError
 
@@ -40,9 +40,9 @@ def start(config) -> None:
                           f"{jax.default_backend()} devices")
     if config.lane_loop == "python" and (config.num_devices or jax.device_count()) > 1:
         raise ConfigError("lane_loop=python runs on one device; use lane_loop=scan or num_devices=1")
-    if jax.process_count() > 1 and resolve_execution(config.execution) != "fused":
-        raise ConfigError(f"execution={config.execution} runs on one process; a multi-process run uses "
-                          "execution=fused")
+    if jax.process_count() > 1 and resolve_backend(config.backend) != "fused":
+        raise ConfigError(f"backend={config.backend} runs on one process; a multi-process run uses "
+                          "backend=fused")
 
 
 def initialize(config) -> None:

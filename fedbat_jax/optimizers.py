@@ -16,7 +16,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import optax
 
-from fedbat_jax.registry import Registry
+from fedbat_jax.registry import ABOVE_ZERO, UNIT, Registry, Setting, declares
 
 
 def client_direction(momentum: float, weight_decay: float) -> optax.GradientTransformation:
@@ -33,6 +33,8 @@ def _constant(lr, beta, gamma, t, total):
     return lr
 
 
+@declares(Setting("lr_beta", 1.0, "inverse_time schedule: numerator beta", ABOVE_ZERO),
+          Setting("lr_gamma", 1.0, "inverse_time schedule: offset gamma", ABOVE_ZERO))
 def _inverse_time(lr, beta, gamma, t, total):  # the convergence theorem's eta_t = beta / (gamma + t)
     return beta / (gamma + t)
 
@@ -54,14 +56,23 @@ def _sgd(c) -> optax.GradientTransformation:
     return optax.sgd(c.server_lr)
 
 
+# The server optimizers' own settings (``server_lr`` is every one's, a core setting).
+B1 = Setting("server_b1", 0.9, "server optimizer: momentum (FedAvgM) or first-moment decay (adam, yogi)", UNIT)
+B2 = Setting("server_b2", 0.99, "server optimizer: second-moment decay (adam, yogi)", UNIT)
+EPS = Setting("server_eps", 1e-3, "server optimizer: adaptivity tau (adam, yogi)", ABOVE_ZERO)
+
+
+@declares(B1)
 def _momentum(c) -> optax.GradientTransformation:
     return optax.sgd(c.server_lr, momentum=c.server_b1)
 
 
+@declares(B1, B2, EPS)
 def _adam(c) -> optax.GradientTransformation:
     return optax.adam(c.server_lr, b1=c.server_b1, b2=c.server_b2, eps=c.server_eps)
 
 
+@declares(B1, B2, EPS)
 def _yogi(c) -> optax.GradientTransformation:
     return optax.yogi(c.server_lr, b1=c.server_b1, b2=c.server_b2, eps=c.server_eps)
 

@@ -1,6 +1,6 @@
 """One federated round, top to bottom (REFERENCE.md section 1): the run loop and ``make_train`` both call it.
 
-    one_round = make_round(learner, roster, clients_per_round, execution)
+    one_round = make_round(learner, roster, clients_per_round, backend)
     server, train_loss = one_round(server, data, jax.random.PRNGKey(seed), r)
 
 1. ``plan_round``: K of N clients from ``(seed, r)`` and each one's ``ClientInput`` (data rows, size, steps,
@@ -24,14 +24,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fedbat_jax.backends import Execution
+from fedbat_jax.backends import Backend
 from fedbat_jax.federated import Learner, Roster, ServerState, plan_round, sample_cohort
 from fedbat_jax.payloads import payload_bits
 
 Params = Any
 
 
-def make_round(learner: Learner, roster: Roster, clients_per_round: int, execution: Execution, jit: bool = True,
+def make_round(learner: Learner, roster: Roster, clients_per_round: int, backend: Backend, jit: bool = True,
                ) -> Callable[..., tuple[ServerState, jax.Array]]:
     """``one_round(server, data, root, r) -> (server, train_loss)``. ``jit=False`` leaves the planning and the
     server step to be traced by the caller (``make_train``); an ``eager`` backend (``debug``) compiles nothing.
@@ -40,7 +40,7 @@ def make_round(learner: Learner, roster: Roster, clients_per_round: int, executi
     donated device buffer would be), so keep the returned state, not the one passed in."""
     plan = partial(plan_round, roster=roster, k=clients_per_round)
     update = learner.server_update
-    eager = execution.loop == "eager"
+    eager = backend.loop == "eager"
     if jit and not eager:
         plan, update = jax.jit(plan), jax.jit(update)
 
@@ -48,7 +48,7 @@ def make_round(learner: Learner, roster: Roster, clients_per_round: int, executi
         with jax.disable_jit() if eager else contextlib.nullcontext():
             inputs = plan(root, r, index=data.index)                                         # 1. the cohort
             rows = gather(server.client_table, inputs.client)                                # 2. its rows
-            agg, rows = execution.run(learner.broadcast(server), data, inputs, rows)         # 3. clients train
+            agg, rows = backend.run(learner.broadcast(server), data, inputs, rows)         # 3. clients train
             new, train_loss = update(server._replace(client_table=()), agg, inputs)          # 4. server step
             return new._replace(client_table=scatter(server.client_table, inputs.client, rows)), train_loss  # 5.
 

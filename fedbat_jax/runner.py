@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from fedbat_jax import distributed, stopping
-from fedbat_jax.backends import Execution, make_execution
+from fedbat_jax.backends import Backend, make_backend
 from fedbat_jax.config import default_config, partition_method, validate
 from fedbat_jax.data.checks import one_line
 from fedbat_jax.data import Dataset, format_histograms, label_histograms, load_dataset, size_summary
@@ -41,7 +41,7 @@ class Experiment(NamedTuple):
 
     config: ml_collections.ConfigDict
     federation: Federation
-    execution: Execution
+    backend: Backend
     run_round: Callable[[ServerState, int], tuple[ServerState, dict]]  # (server, r) -> (server, metrics)
     server: ServerState  # the initial global model, its client table in host memory
     evaluate: Callable[[ServerState], dict]  # -> {test_loss, test_accuracy, and per test client when natural}
@@ -78,11 +78,11 @@ def _build(config: ml_collections.ConfigDict, ds: Dataset) -> Experiment:
     federation = build_federation(config, ds)
     learner, roster = federation.learner, federation.roster
     params, batch_stats = federation.variables["params"], federation.variables.get("batch_stats", {})
-    execution = make_execution(config, learner, int(roster.num_steps.max()))
-    if execution.traceable:
-        execution = execution._replace(run=jax.jit(execution.run))
-    one_round = make_round(learner, roster, config.clients_per_round, execution)
-    data = execution.place(federation.data)  # laid out once as the backend reads it (replicated over its devices)
+    backend = make_backend(config, learner, int(roster.num_steps.max()))
+    if backend.traceable:
+        backend = backend._replace(run=jax.jit(backend.run))
+    one_round = make_round(learner, roster, config.clients_per_round, backend)
+    data = backend.place(federation.data)  # laid out once as the backend reads it (replicated over its devices)
     root = jax.random.PRNGKey(config.seed)
     wire = wire_sizes(learner, params, batch_stats, config.clients_per_round)
 
@@ -93,7 +93,7 @@ def _build(config: ml_collections.ConfigDict, ds: Dataset) -> Experiment:
 
     server = learner.server_init(params, batch_stats, config.num_clients, zeros=host_zeros)  # the table on the host
     evaluate = host_evaluator(federation.model, federation.dataset, config.eval_client_threshold)
-    return Experiment(config, federation, execution, run_round, server, evaluate, wire)
+    return Experiment(config, federation, backend, run_round, server, evaluate, wire)
 
 
 def load_run(workdir: str | Path, data_dir: str = "", dataset: Dataset | None = None,
@@ -125,7 +125,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path | None = None, pr
     then go to stderr, and without a ``log`` they are Python warnings. With a workdir (``fedbat_jax.workdir``), a
     run resumes from its last checkpoint there and reproduces the same numbers; a start whose settings would change
     the numbers of the run the workdir holds raises ``WorkdirError`` unless each changed field is named in
-    ``allow_change`` (``rounds``, or an execution setting). A non-finite
+    ``allow_change`` (``rounds``, or an backend setting). A non-finite
     training loss or global model raises ``DivergenceError`` before that round is written or checkpointed.
     In a multi-process job (the settings ``coordinator_address``, ``num_processes``, ``process_id``; joined in
     ``validate``) every process holds the same replicated server state; process 0 writes the workdir (a folder
@@ -250,12 +250,12 @@ def _all_finite(tree: Any) -> jax.Array:
 
 
 def _log_start(exp: Experiment, log: Callable[[str], None]) -> None:
-    config, execution = exp.config, exp.execution
-    loop = f" ({execution.loop} loop of lanes)" if execution.name == "fused" else ""
+    config, backend = exp.config, exp.backend
+    loop = f" ({backend.loop} loop of lanes)" if backend.name == "fused" else ""
     partition = partition_method(config.partition, exp.dataset.is_natural)
     log(f"{config.algorithm} on {config.dataset} ({partition}): {size_summary(exp.parts)}; "
-        f"execution {execution.name}{loop} on {jax.default_backend()}, "
-        f"devices: {distributed.describe(execution.devices)}")
+        f"backend {backend.name}{loop} on {jax.default_backend()}, "
+        f"devices: {distributed.describe(backend.devices)}")
     if exp.dataset.note:
         log(f"note: {config.dataset} data is a {exp.dataset.note}")
     if config.print_histograms and exp.dataset.y_train.ndim == 1:  # (a sequence's targets have no label)

@@ -12,7 +12,7 @@ axis: ``test_accuracy`` and ``test_loss`` (NaN in rounds not evaluated), ``train
 ``key = jax.random.PRNGKey(seed)`` it trains the same run as the CLI with ``--config.seed=seed``: the same
 cohorts, batches and draws, equal up to the rounding of a differently compiled program.
 
-The round is ``fedbat_jax.rounds.make_round``'s, the run loop's own, with a traceable backend: ``execution=auto``
+The round is ``fedbat_jax.rounds.make_round``'s, the run loop's own, with a traceable backend: ``backend=auto``
 is ``padded`` here (the cohort runs in groups of ``config.padded_group`` clients, 0: all at once, and each group
 runs as many steps as its longest client, the shorter ones' extra steps discarded); a backend that cannot be traced
 (``host``, ``fused``, ``debug``) is refused in one line. The table of per-client state lives on the device.
@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from fedbat_jax import distributed
-from fedbat_jax.backends import BACKENDS, Execution
+from fedbat_jax.backends import BACKENDS, Backend
 from fedbat_jax.config import validate
 from fedbat_jax.data import Dataset, load_dataset
 from fedbat_jax.errors import ConfigError
@@ -96,11 +96,11 @@ def build_train(config: ml_collections.ConfigDict, dataset: Dataset | None = Non
     return train
 
 
-def traced_backend(config: ml_collections.ConfigDict, learner: Learner, longest: int) -> Execution:
-    """The backend ``make_train`` traces: ``execution=auto`` is ``padded``; one that cannot be traced is refused."""
-    name = "padded" if config.execution == "auto" else config.execution
-    execution = BACKENDS[name](learner, config, longest)
-    if not execution.traceable:
-        raise ConfigError(f"make_train traces the whole run as one program, and execution={name} cannot be traced; "
-                          "use execution=auto or padded (or fb.run for the run loop's backends)")
-    return execution
+def traced_backend(config: ml_collections.ConfigDict, learner: Learner, longest: int) -> Backend:
+    """The backend ``make_train`` traces: ``backend=auto`` is ``padded``; one that cannot be traced is refused."""
+    name = "padded" if config.backend == "auto" else config.backend
+    backend = BACKENDS[name](learner, config, longest)
+    if not backend.traceable:
+        raise ConfigError(f"make_train traces the whole run as one program, and backend={name} cannot be traced; "
+                          "use backend=auto or padded (or fb.run for the run loop's backends)")
+    return backend

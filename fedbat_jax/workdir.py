@@ -29,7 +29,7 @@ import ml_collections
 import numpy as np
 
 from fedbat_jax import machine
-from fedbat_jax.config import RESUMABLE_FIELDS, RUNTIME_FIELDS, SETTINGS, resolved
+from fedbat_jax.config import RENAMED_FIELDS, RESUMABLE_FIELDS, RUNTIME_FIELDS, SETTINGS, resolved
 from fedbat_jax.errors import ConfigError, WorkdirError
 
 CONFIG_FILE = "config.json"
@@ -162,7 +162,8 @@ def read_metrics(path: Path, warn: Callable[[str], None]) -> list[dict]:
 def result_changes(old: dict, new: dict) -> dict[str, tuple[Any, Any]]:
     """``{field: (old, new)}`` for the settings that change a run's numbers (a field that an older
     config.json lacks counts as its default: the behaviour before the field existed)."""
-    defaults = {name: default for name, default, _ in SETTINGS}
+    defaults = {s.name: s.default for s in SETTINGS}
+    old = {RENAMED_FIELDS.get(name, name): value for name, value in old.items()}
     old = {name: RENAMED_VALUES.get((name, value), value) for name, value in old.items()}
     old = {name: old.get(name, default) for name, default in defaults.items()}
     new = {name: new[name] for name in defaults}

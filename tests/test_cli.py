@@ -48,6 +48,7 @@ def test_tiny_run_writes_metrics(tmp_path, capsys):
     ("--config.bits=3", "bits must be one of 1, 2, 4, 8"),
     ("--config.lane_loop=vectorised", "unknown lane_loop"),
     ("--config.lane_loop=host", "lane_loop=host is now called lane_loop=python"),
+    ("--config.execution=fused", "config field 'execution' is now called 'backend'"),
     ("--config.padded_group=-1", "padded_group must be >= 0"),
     ("--config.error_feedback=ef3", "unknown error_feedback 'ef3'"),
     ("--config.num_devices=64", "num_devices (64) exceeds"),
@@ -67,7 +68,7 @@ def test_tiny_run_writes_metrics(tmp_path, capsys):
     ("--config.algorithm=signsgd --config.compressor=topk", "algorithm=signsgd is fedavg with compressor=scaled_sign"),
     ("--config.algorithm=fedavg --config.compressor=topk --config.topk_fraction=2", "topk_fraction must be in (0, 1]"),
     ("--config.algorithm=fedprox --config.prox_mu=-1", "prox_mu must be >= 0"),
-    ("--config.execution=nope", "unknown execution 'nope'; choose one of: auto, debug, fused, host, padded"),
+    ("--config.backend=nope", "unknown backend 'nope'; choose one of: auto, debug, fused, host, padded"),
     ("--config.dataset=fashon_mnist",
      "cifar100, cifar100_fed, fashion_mnist, femnist, mnist, mnist5k, shakespeare, svhn; did you mean "
      "'fashion_mnist'?"),
@@ -120,7 +121,7 @@ def test_help_lists_every_setting_with_its_default(capsys):
 
     code, out, _ = run_cli(capsys, "--help")
     assert code == 0 and "--workdir=DIR" in out and "--allow_change" in out
-    for name, default, _ in SETTINGS:
+    for name, default, *_ in SETTINGS:
         assert f"--config.{name}={default}" in out
 
 

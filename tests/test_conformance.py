@@ -9,7 +9,9 @@ whole test loop (``make test-fast`` runs it).
 * every model: init on its input, apply (inference, and training with an example mask, its BatchNorm statistics
   mutable and dropout keyed) gives finite logits of the right shape; the masked-out examples change nothing;
 * every dataset: its loader on a tiny copy of its files (``FIXTURES``; a new dataset without one fails) gives
-  consistent arrays, labels in range and, for a natural federation, clients that cover its examples.
+  consistent arrays, labels in range and, for a natural federation, clients that cover its examples;
+* every setting, core or an entry's: a value outside the ``values`` it declares is one line naming it, whichever
+  entry is active; every entry's setting declares its values, and its check runs while another entry is active.
 """
 from __future__ import annotations
 
@@ -26,6 +28,8 @@ from conftest import tiny
 from fedbat_jax.algorithms import ALGORITHMS
 from fedbat_jax.backends import BACKENDS
 from fedbat_jax.compressors import COMPRESSORS
+from fedbat_jax.config import SETTINGS, _CORE, default_config, validate
+from fedbat_jax.registry import Range
 from fedbat_jax.models import MODELS, make_model
 from fedbat_jax.payloads import is_payload, payload_bits
 from test_data_readers import _images, _npz, _write_svhn  # the readers' tests' file writers
@@ -43,13 +47,13 @@ def _config(algorithm, **extra):
 
 @functools.lru_cache(maxsize=None)
 def _host_losses(algorithm: str) -> tuple[float, ...]:
-    return tuple(r["train_loss"] for r in fb.run(_config(algorithm, execution="host")))
+    return tuple(r["train_loss"] for r in fb.run(_config(algorithm, backend="host")))
 
 
 @pytest.mark.parametrize("backend", sorted(set(BACKENDS) - {"host"}))
 @pytest.mark.parametrize("algorithm", sorted(ALGORITHMS))
 def test_algorithm_on_backend_equals_host(algorithm, backend):
-    losses = [r["train_loss"] for r in fb.run(_config(algorithm, execution=backend))]
+    losses = [r["train_loss"] for r in fb.run(_config(algorithm, backend=backend))]
     np.testing.assert_allclose(losses, _host_losses(algorithm), rtol=1e-4)
 
 
@@ -206,3 +210,39 @@ def test_dataset_loads_from_its_fixture(name, tmp_path, monkeypatch):
     if is_natural(name):
         assert len(ds.train_clients) == len(ds.y_train) and len(ds.test_clients) == len(ds.y_test)
         assert set(np.unique(ds.train_clients)) == set(range(len(ds.client_ids)))
+
+
+# ---- settings ----------------------------------------------------------------------------------------------
+def _outside(setting):
+    """A value of the setting's type that its ``values`` refuse."""
+    v = setting.values
+    if not isinstance(v, Range):
+        return "not_" + str(v[0]) if isinstance(setting.default, str) else max(v) + 1
+    bad = (v.low if v.low_open else v.low - 1) if v.low is not None else (v.high if v.high_open else v.high + 1)
+    return type(setting.default)(bad)
+
+
+@pytest.mark.parametrize("setting", [s for s in SETTINGS if s.values is not None], ids=lambda s: s.name)
+def test_a_value_outside_a_settings_range_is_one_line_whichever_entry_is_active(setting):
+    """The default config (fedbat, host, sgd, constant schedule) refuses every setting's bad value: an inactive
+    entry's (fedprox's prox_mu, adam's server_b2, the fused backend's lanes) as much as an active one's."""
+    c = default_config()
+    bad = _outside(setting)
+    c[setting.name] = bad
+    with pytest.raises(fb.ConfigError, match=f"{setting.name}"):
+        validate(c)
+
+
+def test_every_entrys_setting_declares_its_values():
+    """A new entry's settings are covered by the test above only if they say what they accept."""
+    core = {s.name for s in _CORE}
+    undeclared = [s.name for s in SETTINGS if s.name not in core and s.values is None
+                  and not isinstance(s.default, bool)]
+    assert undeclared == []
+
+
+def test_an_entrys_check_runs_while_another_entry_is_active():
+    """fedbat's check (alpha_min < alpha_max) refuses under fedavg; a valid value of an inactive entry passes."""
+    with pytest.raises(fb.ConfigError, match=r"alpha_min \(0.1\) must be < alpha_max"):
+        validate(tiny("fedavg", alpha_min=0.1, alpha_max=0.05))
+    validate(tiny("fedavg", prox_mu=0.5, ef21_momentum=0.5, lanes=3, server_b2=0.5, lr_gamma=2.0))

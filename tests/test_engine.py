@@ -1,4 +1,4 @@
-"""The engine: the aggregate against hand-computed numbers, executions against each other, make_train
+"""The engine: the aggregate against hand-computed numbers, backends against each other, make_train
 against the CLI run, seeds and a float setting vmapped, and the lanes sharded over 4 CPU devices."""
 from __future__ import annotations
 
@@ -97,7 +97,7 @@ def test_one_lane_and_three_lanes_compute_the_same_round():
     constant background; host against fused on CNN4: tests/test_round.py)."""
     runs = []
     for lanes in (1, 3):
-        exp = fb.build(tiny("fedavg", model="logreg", lr=0.02, batch_size=128, execution="fused", lanes=lanes))
+        exp = fb.build(tiny("fedavg", model="logreg", lr=0.02, batch_size=128, backend="fused", lanes=lanes))
         runs.append(exp.run_round(exp.server, 1))
     w0 = exp.server.params
 
@@ -130,22 +130,22 @@ def test_make_train_is_the_cli_run(pure_and_cli):
 
 
 @pytest.mark.slow
-def test_the_padded_execution_in_the_run_loop_is_make_trains_round(pure_and_cli):
+def test_the_padded_backend_in_the_run_loop_is_make_trains_round(pure_and_cli):
     c, metrics, _ = pure_and_cli
     padded = c.copy_and_resolve_references()
-    padded.execution = "padded"
+    padded.backend = "padded"
     records = fb.run(padded)
     np.testing.assert_allclose([r["train_loss"] for r in records], metrics["train_loss"], rtol=1e-4)
     np.testing.assert_allclose([r["test_accuracy"] for r in records], metrics["test_accuracy"], atol=2e-3)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("execution", ["host", "fused", "debug"])
-def test_make_train_refuses_an_execution_it_cannot_trace(execution):
-    """A whole-run program runs the padded execution (``auto``); it never ignores another one silently."""
-    with pytest.raises(ConfigError, match=f"^make_train traces the whole run as one program, and execution={execution} "
-                                          "cannot be traced; use execution=auto or padded"):
-        fb.make_train(tiny(execution=execution))
+@pytest.mark.parametrize("backend", ["host", "fused", "debug"])
+def test_make_train_refuses_a_backend_it_cannot_trace(backend):
+    """A whole-run program runs the padded backend (``auto``); it never ignores another one silently."""
+    with pytest.raises(ConfigError, match=f"^make_train traces the whole run as one program, and backend={backend} "
+                                          "cannot be traced; use backend=auto or padded"):
+        fb.make_train(tiny(backend=backend))
 
 
 def test_make_train_vmaps_seeds_and_a_float_setting():
@@ -169,7 +169,7 @@ MULTI_DEVICE = textwrap.dedent("""
     c = fb.default_config()
     c.update(algorithm="ef_signsgd", dataset="mnist5k", num_clients=8, clients_per_round=4, rounds=1,
              local_epochs=1, batch_size=128, partition="dirichlet", dirichlet_beta=0.5, model="logreg",
-             execution="fused", lanes=4, lr=0.02, lane_loop="scan")  # the same program, sharded or not
+             backend="fused", lanes=4, lr=0.02, lane_loop="scan")  # the same program, sharded or not
     out, servers = {"devices": jax.local_device_count()}, {}
     for n in (4, 1):
         c.num_devices = n

@@ -116,7 +116,7 @@ def test_study_vmapped_seeds_equal_the_runs_one_by_one(tmp_path, xla_cache_env):
     common = ["--config", "experiments/configs/mnist5k.py", "--partitions", "iid", "--algorithms", "fedbat",
               "--seeds", "0,1", "--rounds", "2", "--target", "0.5", "--workdir", str(tmp_path / "w"),
               "--config.model=logreg", "--config.num_clients=4", "--config.clients_per_round=2",
-              "--config.local_epochs=1", "--config.execution=fused"]
+              "--config.local_epochs=1", "--config.backend=fused"]
     for name, extra in (("vmapped", ["--vmap-seeds"]), ("runs", [])):
         done = subprocess.run([sys.executable, "experiments/study.py", "--out", str(tmp_path / name), *extra, *common],
                               cwd=ROOT, capture_output=True, text=True, env=dict(os.environ, **xla_cache_env))
@@ -156,7 +156,7 @@ def test_gpu_check_runs_at_tiny_sizes(tmp_path, xla_cache_env):
     assert all(v > 0 for v in report["paper_fmnist_round_s"].values())
     assert [r["clients"] for r in report["scale"]] == [2]
     for r in report["scale"]:
-        assert r["execution"] == "fused" and r["samples_per_s"] > 0 and r["peak_memory_bytes"] > 0
+        assert r["backend"] == "fused" and r["samples_per_s"] > 0 and r["peak_memory_bytes"] > 0
         assert r["compile_s"] >= 0
     assert [(r["num_clients"], r["algorithm"]) for r in report["clients"]] == [(8, "ef_signsgd"), (80, "ef_signsgd")]
     assert report["clients"][1]["table_bytes"] == 10 * report["clients"][0]["table_bytes"] > 0
@@ -251,9 +251,9 @@ def test_fedavg_surrogate_gap_needs_unequal_local_work():
     ("study.py", ["--datasets=mnist5k"], "--datasets takes the paper's datasets: fashion_mnist, svhn, cifar10, "
                                          "cifar100 (got 'mnist5k'); for another, give --config=FILE"),
     ("study.py", ["--datasets=fashion_mnst"], "(got 'fashion_mnst'; did you mean 'fashion_mnist'?)"),
-    ("scale.py", ["--config.nope=1", "--executions=host", "--clients=2"], "unknown config field 'nope'"),
-    ("scale.py", ["--layouts=2", "--executions=host", "--clients=2"], "--layouts takes PROCESSESxDEVICES items"),
-    ("scale.py", ["--layouts=0x1", "--executions=host", "--clients=2"], "--layouts takes PROCESSESxDEVICES items"),
+    ("scale.py", ["--config.nope=1", "--backends=host", "--clients=2"], "unknown config field 'nope'"),
+    ("scale.py", ["--layouts=2", "--backends=host", "--clients=2"], "--layouts takes PROCESSESxDEVICES items"),
+    ("scale.py", ["--layouts=0x1", "--backends=host", "--clients=2"], "--layouts takes PROCESSESxDEVICES items"),
 ])
 @pytest.mark.slow
 def test_every_script_fails_in_one_line_like_the_cli(tmp_path, script, args, needle):

@@ -70,7 +70,7 @@ def test_a_local_step_against_numpy():
 @pytest.mark.slow
 @pytest.mark.parametrize("compressor", ["stoch_binary", "fedbat"])
 def test_fedprox_composes_with_compressors_on_every_backend(compressor):
-    runs = [fb.run(tiny("fedprox", model="logreg", compressor=compressor, execution=e)) for e in ("host", "fused")]
+    runs = [fb.run(tiny("fedprox", model="logreg", compressor=compressor, backend=e)) for e in ("host", "fused")]
     _, m = jax.jit(fb.make_train(tiny("fedprox", model="logreg", compressor=compressor)))(jax.random.PRNGKey(0))
     losses = [[r["train_loss"] for r in recs] for recs in runs] + [np.asarray(m["train_loss"]).tolist()]
     np.testing.assert_allclose(losses[1], losses[0], rtol=1e-4)
@@ -84,7 +84,7 @@ def test_bad_prox_mu_is_one_line():
 
 
 def test_resume_is_exact(tmp_path):
-    whole = fb.run(tiny("fedprox", model="logreg", rounds=3, execution="fused"))
-    fb.run(tiny("fedprox", model="logreg", rounds=1, execution="fused"), tmp_path)
-    resumed = fb.run(tiny("fedprox", model="logreg", rounds=3, execution="fused"), tmp_path, allow_change=["rounds"])
+    whole = fb.run(tiny("fedprox", model="logreg", rounds=3, backend="fused"))
+    fb.run(tiny("fedprox", model="logreg", rounds=1, backend="fused"), tmp_path)
+    resumed = fb.run(tiny("fedprox", model="logreg", rounds=3, backend="fused"), tmp_path, allow_change=["rounds"])
     assert [r["train_loss"] for r in resumed] == [r["train_loss"] for r in whole]

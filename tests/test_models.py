@@ -145,7 +145,7 @@ def test_vit_and_mobilenet_uplink_bits_and_the_fused_round_equals_the_host_round
     small = dict(model=name, batch_size=128, lr=0.01, **(dict(model_depth=1, model_width=32, model_heads=2)
                                                          if name == "vit" else {}))
     host = fb.build(tiny("fedavg", **small))
-    fused = fb.build(tiny("fedavg", execution="fused", lanes=2, lane_loop="scan", **small))
+    fused = fb.build(tiny("fedavg", backend="fused", lanes=2, lane_loop="scan", **small))
     w0 = host.server.params
     pa, pb = fused.run_round(fused.server, 1)[0].params, host.run_round(host.server, 1)[0].params
     # (the attention's key bias has no gradient, softmax being shift-invariant: its "update" is float noise)

@@ -81,7 +81,7 @@ def test_two_processes_equal_one_process(launched, tmp_path, algorithm):
 
     four = tmp_path / "four"
     done = subprocess.run([sys.executable, "-m", "fedbat_jax.main", f"--workdir={four}", f"--config={CONFIG}",
-                           f"--config.algorithm={algorithm}", f"--config.rounds={ROUNDS}", "--config.execution=fused",
+                           f"--config.algorithm={algorithm}", f"--config.rounds={ROUNDS}", "--config.backend=fused",
                            "--progress=false", *SETTINGS], env=env(4), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "devices: 4" in done.stdout

@@ -1,7 +1,7 @@
 """Natural federations end to end: TFF's Shakespeare recipe, the sequence loss and accuracy, the natural partition
 and its settings (partition=auto, num_clients=0, max_client_examples, local_steps, uniform weights), per-client
 evaluation, the shakespeare / femnist datasets on the real files and on files written here, and ragged clients
-through the host and fused executions and make_train."""
+through the host and fused backend and make_train."""
 from __future__ import annotations
 
 import runpy
@@ -295,7 +295,7 @@ def test_ragged_round_host_equals_fused_and_reports_clients(ragged):
     c = _config(max_client_examples=64)
     host = fb.build_from_data(c, ragged)
     assert host.federation.roster.used.tolist() == [1, 64, 7, 40, 2, 64, 13, 3]
-    fused = fb.build_from_data(_config(max_client_examples=64, execution="fused", lanes=2), ragged)
+    fused = fb.build_from_data(_config(max_client_examples=64, backend="fused", lanes=2), ragged)
     a, ma = host.run_round(host.server, 1)
     b, mb = fused.run_round(fused.server, 1)
     for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
@@ -343,7 +343,7 @@ def test_shakespeare_rounds_with_a_small_lstm(shakespeare, tmp_path):
     assert again["client_accuracy_p10"] == records[-1]["client_accuracy_p10"]
     assert 0.0 < again["test_accuracy_all_targets"] < 1.0
     host = fb.build_from_data(c, shakespeare)
-    fused = fb.build_from_data(_with(c, execution="fused", lanes=2), shakespeare)
+    fused = fb.build_from_data(_with(c, backend="fused", lanes=2), shakespeare)
     a, _ = host.run_round(host.server, 1)
     b, _ = fused.run_round(fused.server, 1)
     for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):

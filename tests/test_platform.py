@@ -68,11 +68,11 @@ def test_every_registry_refuses_an_unknown_name_in_one_line_and_validate_reads_t
     # an entry registered at run time is a valid setting at once, and its settings' help comes from it
     BACKENDS["host_again"] = BACKENDS["host"]
     try:
-        fb.validate(tiny(execution="host_again"))
+        fb.validate(tiny(backend="host_again"))
     finally:
         del BACKENDS["host_again"]
-    with pytest.raises(fb.ConfigError, match="unknown execution 'host_again'"):
-        fb.validate(tiny(execution="host_again"))
+    with pytest.raises(fb.ConfigError, match="unknown backend 'host_again'"):
+        fb.validate(tiny(backend="host_again"))
 
 
 def _upload_case(compressor, alpha0=0.02, a=0.1):
@@ -108,8 +108,8 @@ def test_client_final_is_fedbats_upload_with_the_learned_alpha_and_its_weight():
 
 @pytest.mark.slow
 def test_debug_backend_equals_host_on_logreg():
-    a = fb.run(tiny("fedbat", model="logreg", execution="debug", rounds=1, clients_per_round=2))
-    b = fb.run(tiny("fedbat", model="logreg", execution="host", rounds=1, clients_per_round=2))
+    a = fb.run(tiny("fedbat", model="logreg", backend="debug", rounds=1, clients_per_round=2))
+    b = fb.run(tiny("fedbat", model="logreg", backend="host", rounds=1, clients_per_round=2))
     for x, y in zip(a, b):
         assert x["uplink_bits"] == y["uplink_bits"]
         np.testing.assert_allclose(x["train_loss"], y["train_loss"], rtol=1e-6)
@@ -122,15 +122,15 @@ def test_host_and_fused_agree_tightly_on_logreg(algorithm):
     """On logreg (no max-pool or ReLU ties to amplify rounding) the packed lanes compute the host loop's round to
     float32 rounding."""
     host = fb.build(tiny(algorithm, model="logreg", phi=1.0))
-    fused = fb.build(tiny(algorithm, model="logreg", phi=1.0, execution="fused", lanes=2, lane_loop="scan"))
+    fused = fb.build(tiny(algorithm, model="logreg", phi=1.0, backend="fused", lanes=2, lane_loop="scan"))
     a, b = host.run_round(host.server, 1)[0], fused.run_round(fused.server, 1)[0]
     for x, y, w in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params), jax.tree.leaves(host.server.params)):
         np.testing.assert_allclose(np.asarray(y - w), np.asarray(x - w), rtol=2e-5, atol=1e-7)
 
 
 def test_make_train_refuses_a_backend_it_cannot_trace():
-    with pytest.raises(fb.ConfigError, match="make_train traces the whole run as one program, and execution=host"):
-        fb.make_train(tiny(execution="host"))
+    with pytest.raises(fb.ConfigError, match="make_train traces the whole run as one program, and backend=host"):
+        fb.make_train(tiny(backend="host"))
 
 
 def test_a_compressor_spec_says_which_leaves_and_whether_they_train_binarized():
@@ -160,6 +160,13 @@ def test_plugin_settings_collide_loudly_naming_both_owners():
     core = Registry("algorithm", {"mine": Algorithm("m", settings=(Setting("lr", 1.0, "mine"),))})
     with pytest.raises(fb.ConfigError, match="setting 'lr' of algorithm 'mine' shadows the core setting"):
         plugin_settings([core])
+    # any registry's entry: a function entry marked with @declares (a backend here) against an algorithm's
+    from fedbat_jax.registry import declares
+
+    backends = Registry("backend", {"mine": declares(Setting("prox_mu", 0.5, "mine"))(lambda *a: None)})
+    with pytest.raises(fb.ConfigError, match="setting 'prox_mu' of backend 'mine' is declared differently by "
+                                             "algorithm 'fedprox'"):
+        plugin_settings([two.__class__("algorithm", {"fedprox": two["fedprox"]}), backends])
 
 
 def test_a_payload_kind_sharing_a_field_it_does_not_have_is_refused():

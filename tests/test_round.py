@@ -1,4 +1,4 @@
-"""Whole rounds on a tiny config: FedAvg and FedBAT, both executions, bit counts, determinism, resume."""
+"""Whole rounds on a tiny config: FedAvg and FedBAT, both backends, bit counts, determinism, resume."""
 from __future__ import annotations
 
 import concurrent.futures
@@ -89,7 +89,7 @@ def _relative_update_error(exp_a, exp_b, r=1):
 
 @pytest.mark.slow
 def test_host_threads_and_fused_lanes_agree():
-    """The executions compute the same round. Threads change nothing; the fused program (vmapped,
+    """The backends compute the same round. Threads change nothing; the fused program (vmapped,
     in a scan) rounds differently, and training amplifies rounding-level differences quickly, so it
     must agree to a small fraction of the update (a wrong client, step or reset would be O(1))."""
     small = dict(batch_size=128, model_width=16)  # a half-width CNN4 (16 channels, not 32): the same programs
@@ -100,15 +100,15 @@ def test_host_threads_and_fused_lanes_agree():
     # FedBAT with phi = 1 trains in full precision, as FedAvg does, and binarizes only the upload, whose
     # stochastic signs amplify such differences further.
     host = fb.build(tiny("fedbat", phi=1.0, **small))
-    fused = fb.build(tiny("fedbat", phi=1.0, execution="fused", lanes=2, **small,  # lanes hold 2
+    fused = fb.build(tiny("fedbat", phi=1.0, backend="fused", lanes=2, **small,  # lanes hold 2
                              lane_loop="scan"))  # the GPU/TPU program
     errors = _relative_update_error(fused, host)
     # (a stochastic sign flips where u sits near a threshold: binarized leaves get a looser bound)
     assert max(errors) < 0.3 and np.median(errors) < 0.05, errors
 
 
-def test_the_host_executions_client_threads_start_with_sigterm_and_sigint_held():
-    """A SIGTERM or Ctrl-C that lands while the host execution starts a client thread is handled in the main
+def test_the_host_backends_client_threads_start_with_sigterm_and_sigint_held():
+    """A SIGTERM or Ctrl-C that lands while the host backend starts a client thread is handled in the main
     thread after the start, not inside it (CPython's ``Thread.start`` would leave the new thread to die at its
     start with a traceback on stderr, as a SIGTERM'd run once showed): the started threads keep them blocked."""
     from fedbat_jax.backends.host import submit

@@ -98,7 +98,7 @@ def test_control_variates_after_the_first_round():
 @pytest.mark.parametrize("compressor", ["auto", "stoch_binary"])
 def test_scaffold_on_every_backend_and_make_train(compressor):
     c = dict(model="logreg", compressor=compressor, rounds=3)
-    runs = [fb.run(tiny("scaffold", execution=e, **c)) for e in ("host", "fused", "padded")]
+    runs = [fb.run(tiny("scaffold", backend=e, **c)) for e in ("host", "fused", "padded")]
     _, m = jax.jit(fb.make_train(tiny("scaffold", **c)))(jax.random.PRNGKey(0))
     base = [r["train_loss"] for r in runs[0]]
     for other in [[r["train_loss"] for r in recs] for recs in runs[1:]] + [np.asarray(m["train_loss"]).tolist()]:
@@ -119,7 +119,7 @@ SHARDED = textwrap.dedent("""
     import fedbat_jax as fb
     c = fb.default_config()
     c.update(algorithm="scaffold", model="logreg", dataset="mnist5k", num_clients=8, clients_per_round=4, rounds=2,
-             local_epochs=1, batch_size=64, partition="dirichlet", dirichlet_beta=0.5, execution="fused", lanes=4,
+             local_epochs=1, batch_size=64, partition="dirichlet", dirichlet_beta=0.5, backend="fused", lanes=4,
              lane_loop="scan")
     out = {}
     for n in (4, 1):

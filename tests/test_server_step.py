@@ -1,6 +1,6 @@
 """Algorithms that own the server step (``Algorithm.server_step``, ``update_scale``): FedDyn and FedNova against
 hand numbers on tiny quadratics with unequal client sizes, then end to end: every compressor (the uplink is the
-compressor's payload alone), every backend and ``make_train`` equal to the host execution, and exact resume."""
+compressor's payload alone), every backend and ``make_train`` equal to the host backend, and exact resume."""
 from __future__ import annotations
 
 import jax
@@ -146,7 +146,7 @@ def test_every_compressor_costs_its_own_payload(algorithm):
 def test_every_backend_and_make_train_agree(algorithm):
     """Unequal clients (Dirichlet sizes): host, fused, padded, debug and make_train's whole-run program agree."""
     c = dict(model="logreg", rounds=3)
-    runs = [fb.run(tiny(algorithm, execution=e, **c)) for e in ("host", "fused", "padded", "debug")]
+    runs = [fb.run(tiny(algorithm, backend=e, **c)) for e in ("host", "fused", "padded", "debug")]
     _, m = jax.jit(fb.make_train(tiny(algorithm, **c)))(jax.random.PRNGKey(0))
     base = [r["train_loss"] for r in runs[0]]
     assert base != [r["train_loss"] for r in fb.run(tiny("fedavg", **c))]  # it is not FedAvg here

@@ -74,7 +74,7 @@ def test_ef_topk_keeps_what_was_dropped():
 @pytest.mark.parametrize("feedback", ["none", "ef"])
 def test_topk_runs_on_every_backend(feedback):
     c = dict(model="logreg", compressor="topk", topk_fraction=0.05, error_feedback=feedback, rounds=2)
-    runs = [fb.run(tiny("fedavg", execution=e, **c)) for e in ("host", "fused")]
+    runs = [fb.run(tiny("fedavg", backend=e, **c)) for e in ("host", "fused")]
     _, m = jax.jit(fb.make_train(tiny("fedavg", **c)))(jax.random.PRNGKey(0))
     np.testing.assert_allclose([r["train_loss"] for r in runs[1]], [r["train_loss"] for r in runs[0]], rtol=1e-4)
     np.testing.assert_allclose(np.asarray(m["train_loss"]), [r["train_loss"] for r in runs[0]], rtol=1e-4)

@@ -382,7 +382,7 @@ def test_tensorboard_turned_on_later_shows_every_round_once(tmp_path):
 
 def test_a_checkpoint_and_config_of_older_names_still_resume(tmp_path):
     """Renamed since they were written: ServerState.client_states and then compressor_states (now
-    client_table.compressor) and lane_loop=host (now python)."""
+    client_table.compressor), lane_loop=host (now python) and the execution setting (now backend)."""
     import jax.numpy as jnp
 
     from fedbat_jax.federated import ClientRow, ServerState
@@ -399,6 +399,10 @@ def test_a_checkpoint_and_config_of_older_names_still_resume(tmp_path):
     assert result_changes({**new, "lane_loop": "host"}, new) == {}
     changed = result_changes({**new, "lane_loop": "host"}, {**new, "lane_loop": "scan"})
     assert changed == {"lane_loop": ("python", "scan")}
+    # the execution setting, now called backend: an old config.json's value is the backend's
+    old = {("execution" if k == "backend" else k): v for k, v in new.items()}
+    assert result_changes({**old, "execution": "auto"}, new) == {}
+    assert result_changes({**old, "execution": "fused"}, new) == {"backend": ("fused", "auto")}
 
 
 @pytest.mark.slow

@@ -30,8 +30,7 @@ import jax.numpy as jnp
 import optax
 
 from fedbat_jax.algorithms import Algorithm, float32_zeros
-from fedbat_jax.errors import ConfigError
-from fedbat_jax.registry import Setting
+from fedbat_jax.registry import ABOVE_ZERO, Setting
 
 
 def context(state, g_k, config):
@@ -67,13 +66,8 @@ def server_step(config) -> optax.GradientTransformationExtraArgs:
     return optax.GradientTransformationExtraArgs(init, update)
 
 
-def check(config) -> None:
-    if not config.feddyn_alpha > 0:
-        raise ConfigError(f"feddyn_alpha must be > 0, got {config.feddyn_alpha!r}")
-
-
 FEDDYN = Algorithm("FedDyn: dynamic regularisation, per-client gradient state and the server's h (any compressor)",
                    settings=(Setting("feddyn_alpha", 0.01, "feddyn: weight alpha of the dynamic regulariser "
-                                                           "(local) and of h (server)"),),
-                   check=check, row_init=float32_zeros, context=context, correct=correct, message=message,
+                                                           "(local) and of h (server)", ABOVE_ZERO),),
+                   row_init=float32_zeros, context=context, correct=correct, message=message,
                    server_step=server_step)

@@ -11,8 +11,7 @@ from __future__ import annotations
 import jax
 
 from fedbat_jax.algorithms import Algorithm
-from fedbat_jax.errors import ConfigError
-from fedbat_jax.registry import Setting
+from fedbat_jax.registry import NON_NEGATIVE, Setting
 
 
 def correct(grad, *, local, broadcast, context, config):
@@ -20,12 +19,8 @@ def correct(grad, *, local, broadcast, context, config):
     return jax.tree.map(lambda g, w, w0: g + config.prox_mu * (w - w0), grad, local, broadcast)
 
 
-def check(config) -> None:
-    if config.prox_mu < 0:
-        raise ConfigError(f"prox_mu must be >= 0, got {config.prox_mu!r}")
-
-
 FEDPROX = Algorithm("FedProx: local training adds prox_mu/2 ||w - w_global||^2 (any compressor)",
                     settings=(Setting("prox_mu", 0.01, "fedprox: weight mu of the proximal term "
-                                                       "mu/2 ||w - w_global||^2 in local training"),),
-                    check=check, correct=correct)
+                                                       "mu/2 ||w - w_global||^2 in local training",
+                                      NON_NEGATIVE),),
+                    correct=correct)

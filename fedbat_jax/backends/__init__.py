@@ -1,6 +1,6 @@
 """How a round's clients execute: interchangeable backends over the pure functions of ``fedbat_jax.federated``.
 
-A backend's contract is narrow. An ``Execution`` is a record: its ``name`` (the ``execution`` setting's value),
+A backend's contract is narrow. A ``Backend`` is a record: its ``name`` (the ``backend`` setting's value),
 ``run(sent, data, inputs, rows) -> (Aggregate, rows)``, the ``devices`` it uses, its ``loop`` (what drives the
 local steps: ``python``, a jitted call per step; ``scan``, one compiled loop; ``eager``, no compilation at all)
 and whether ``run`` is ``traceable`` (jittable and vmappable as a whole: what ``make_train`` needs). ``run`` trains
@@ -14,7 +14,7 @@ Gathering those K rows from the N-client table and scattering them back is the r
 * ``padded``: a pure ``run`` over padded groups of clients, what ``make_train`` traces (``padded.py``);
 * ``debug``: no compilation, one client at a time, for stepping through a round in pdb (``debug.py``).
 
-A new backend is one file with a ``make(learner, config, longest) -> Execution`` plus one line in ``BACKENDS``.
+A new backend is one file with a ``make(learner, config, longest) -> Backend`` plus one line in ``BACKENDS``.
 """
 from __future__ import annotations
 
@@ -32,8 +32,8 @@ def _unchanged(tree: Any) -> Any:
     return tree
 
 
-class Execution(NamedTuple):
-    name: str  # the ``execution`` setting's value that selects it
+class Backend(NamedTuple):
+    name: str  # the ``backend`` setting's value that selects it
     run: Callable[[Broadcast, FederatedData, ClientInput, Any], "tuple[Aggregate, Any]"]
     devices: int  # devices the cohort is spread over
     loop: str  # what drives the local steps: "python" (a jitted call per step), "scan" or "eager"
@@ -74,9 +74,9 @@ def batch_of_one(tree: Any) -> Any:
     return jax.tree.map(lambda x: x[None], tree)
 
 
-# ---- the registry: the ``execution`` setting's values ---------------------------------------------------
-# name -> make(learner, config, the federation's longest client in steps) -> Execution
-BACKENDS = Registry("execution", {
+# ---- the registry: the ``backend`` setting's values ---------------------------------------------------
+# name -> make(learner, config, the federation's longest client in steps) -> Backend
+BACKENDS = Registry("backend", {
     "host": "fedbat_jax.backends.host:make",
     "fused": "fedbat_jax.backends.fused:make",
     "padded": "fedbat_jax.backends.padded:make",
@@ -84,14 +84,14 @@ BACKENDS = Registry("execution", {
 })
 
 
-def resolve_execution(setting: str) -> str:
-    """The backend the ``execution`` setting names: ``auto`` is ``host`` on one CPU process and ``fused``
+def resolve_backend(setting: str) -> str:
+    """The backend the ``backend`` setting names: ``auto`` is ``host`` on one CPU process and ``fused``
     elsewhere (on accelerators, and across processes)."""
     if setting != "auto":
         return setting
     return "host" if jax.default_backend() == "cpu" and jax.process_count() == 1 else "fused"
 
 
-def make_execution(config, learner: Learner, longest: int) -> Execution:
-    """The backend of ``config.execution`` (with its settings) for this learner."""
-    return BACKENDS[resolve_execution(config.execution)](learner, config, longest)
+def make_backend(config, learner: Learner, longest: int) -> Backend:
+    """The backend of ``config.backend`` (with its settings) for this learner."""
+    return BACKENDS[resolve_backend(config.backend)](learner, config, longest)

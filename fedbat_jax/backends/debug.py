@@ -1,6 +1,6 @@
 """``debug``: no compilation at all, one client at a time, so a researcher can step through a round in pdb.
 
-    python -m pdb -m fedbat_jax.main --config.execution=debug --config.model=logreg --config.rounds=1
+    python -m pdb -m fedbat_jax.main --config.backend=debug --config.model=logreg --config.rounds=1
     (Pdb) break fedbat_jax/backends/debug.py:40      # each local step; or break in the learner's client_step
 
 Every JAX operation runs eagerly (``jax.disable_jit``, the round's planning and server step too), so every value
@@ -13,12 +13,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fedbat_jax.backends import Execution, batch_of_one, finish, one_client
+from fedbat_jax.backends import Backend, batch_of_one, finish, one_client
 from fedbat_jax.federated import Broadcast, ClientInput, Learner
 from fedbat_jax.local import FederatedData
 
 
-def debug(learner: Learner) -> Execution:
+def debug(learner: Learner) -> Backend:
     """The cohort's clients one after another, every step an eager call (no jit anywhere)."""
 
     def run(sent: Broadcast, data: FederatedData, inputs: ClientInput, rows):
@@ -34,8 +34,8 @@ def debug(learner: Learner) -> Execution:
                                    jnp.ones((1,), bool))
             return acc, rows
 
-    return Execution("debug", run, 1, "eager")
+    return Backend("debug", run, 1, "eager")
 
 
-def make(learner: Learner, config, longest: int) -> Execution:
+def make(learner: Learner, config, longest: int) -> Backend:
     return debug(learner)

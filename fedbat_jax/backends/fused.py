@@ -14,7 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fedbat_jax.backends import Execution, finish, select_rows
+from fedbat_jax.registry import NON_NEGATIVE, Setting, declares
+from fedbat_jax.backends import Backend, finish, select_rows
 from fedbat_jax.federated import Aggregate, Broadcast, Client, ClientInput, Learner
 from fedbat_jax.local import FederatedData
 
@@ -82,7 +83,7 @@ def _merge_rows(rows, new):
 
 
 def fused(learner: Learner, num_lanes: int, cap: int, mesh: jax.sharding.Mesh | None = None,
-          loop: str = "scan") -> Execution:
+          loop: str = "scan") -> Backend:
     """Packed lanes (``num_lanes=0``: as few as keep each lane <= the longest client), over ``mesh`` if given.
 
     ``loop="python"``: the same lane steps, each a jitted call from Python instead of one ``lax.scan``
@@ -118,10 +119,17 @@ def fused(learner: Learner, num_lanes: int, cap: int, mesh: jax.sharding.Mesh | 
             carry = step(sent, data, consts, carry, sched[:, :, t])
         return carry[1], carry[2]
 
-    return Execution("fused", run, devices, loop, place)
+    return Backend("fused", run, devices, loop, place)
 
 
-def make(learner: Learner, config, longest: int) -> Execution:
+@declares(
+    Setting("lanes", 0, "fused backend: parallel lanes (0 = auto); bounds a round's memory to lanes x client state",
+            NON_NEGATIVE),
+    Setting("lane_loop", "auto", "fused backend: scan (one lax.scan; GPU/TPU default) | python (a jitted lane step "
+                                 "per Python call; the default on one CPU device)", ("auto", "scan", "python")),
+    Setting("num_devices", 0, "fused backend: devices the lanes are sharded over (0 = all, of every process)",
+            NON_NEGATIVE))
+def make(learner: Learner, config, longest: int) -> Backend:
     """``lane_loop=auto``: the python loop on one CPU device, the scan elsewhere."""
     mesh = make_mesh(config.num_devices)
     sharded = mesh.devices.size > 1  # (validate refused lane_loop=python with several devices)

@@ -12,12 +12,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fedbat_jax.backends import Execution, batch_of_one, finish, one_client
+from fedbat_jax.registry import NON_NEGATIVE, Setting, declares
+from fedbat_jax.backends import Backend, batch_of_one, finish, one_client
 from fedbat_jax.federated import Broadcast, Client, ClientInput, Learner
 from fedbat_jax.local import FederatedData
 
 
-def host(learner: Learner, threads: int = 1) -> Execution:
+def host(learner: Learner, threads: int = 1) -> Backend:
     """Each client's jitted steps from a Python loop, ``threads`` clients at a time, folded in cohort order."""
     init = jax.jit(learner.client_init)
     step = jax.jit(learner.client_step, donate_argnums=0)
@@ -62,7 +63,7 @@ def host(learner: Learner, threads: int = 1) -> Execution:
                 acc, rows = finish_one(sent, acc, rows, client, one_client(inputs, i))
         return acc, rows
 
-    return Execution("host", run, 1, "python")
+    return Backend("host", run, 1, "python")
 
 
 def submit(pool: concurrent.futures.ThreadPoolExecutor, fn, *args) -> concurrent.futures.Future:
@@ -76,5 +77,6 @@ def submit(pool: concurrent.futures.ThreadPoolExecutor, fn, *args) -> concurrent
         signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
-def make(learner: Learner, config, longest: int) -> Execution:
+@declares(Setting("client_threads", 0, "host backend: clients trained concurrently (0 = auto)", NON_NEGATIVE))
+def make(learner: Learner, config, longest: int) -> Backend:
     return host(learner, config.client_threads or (2 if jax.default_backend() == "cpu" else 1))

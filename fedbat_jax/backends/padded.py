@@ -8,12 +8,13 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from fedbat_jax.backends import Execution, finish, select_rows, start_clients
+from fedbat_jax.registry import NON_NEGATIVE, Setting, declares
+from fedbat_jax.backends import Backend, finish, select_rows, start_clients
 from fedbat_jax.federated import Aggregate, Broadcast, ClientInput, Learner
 from fedbat_jax.local import FederatedData
 
 
-def padded(learner: Learner, group: int = 0) -> Execution:
+def padded(learner: Learner, group: int = 0) -> Backend:
     """Groups of ``group`` clients (0: the whole cohort) as lanes, each run to its longest client."""
 
     def run(sent: Broadcast, data: FederatedData, inputs: ClientInput, rows) -> tuple[Aggregate, Any]:
@@ -40,8 +41,11 @@ def padded(learner: Learner, group: int = 0) -> Execution:
         (acc, rows), _ = jax.lax.scan(one_group, (learner.empty_aggregate(sent), rows), grouped)
         return acc, rows
 
-    return Execution("padded", run, 1, "scan", traceable=True)
+    return Backend("padded", run, 1, "scan", traceable=True)
 
 
-def make(learner: Learner, config, longest: int) -> Execution:
+@declares(Setting("padded_group", 0, "padded backend (make_train): clients trained side by side, each group run to "
+                  "its longest client (0 = the whole cohort); bounds memory to padded_group x client state",
+                  NON_NEGATIVE))
+def make(learner: Learner, config, longest: int) -> Backend:
     return padded(learner, config.padded_group)  # the run loop jits it; make_train traces it whole

@@ -29,11 +29,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fedbat_jax.binarization import default_binarize_predicate, leaf_keys, level_indices, level_values
+from fedbat_jax.binarization import STES, default_binarize_predicate, leaf_keys, level_indices, level_values
 from fedbat_jax.errors import ConfigError
 from fedbat_jax.packing import pack_levels, pack_signs, unpack_levels, unpack_signs
 from fedbat_jax.payloads import Dense, Levels, Signs, decoder
-from fedbat_jax.registry import Registry, Setting
+from fedbat_jax.registry import ABOVE_ZERO, FRACTION, NON_NEGATIVE, UNIT, Registry, Setting, declares
 
 Params = Any
 
@@ -145,6 +145,13 @@ def classic_ef(inner: Compressor, mask: Params) -> Compressor:
     return Compressor(init, encode, inner.decode)
 
 
+@declares(
+    Setting("ef21_alpha", "absolute", "ef21 with a learned step size (fedbat): absolute (the learned alpha on u - g) | "
+                                      "relative (alpha = c rms(u - g), c = alpha / rms(u) as learned on u; "
+                                      "contractive only for small c)", ("absolute", "relative")),
+    Setting("ef21_momentum", 0.0, "ef21: client momentum beta on the update, v = beta v + (1 - beta) u, sending "
+                                  "C(v - g) (EF21-SGDM; 0 = plain EF21; one more float32 copy of the kernels per "
+                                  "client)", UNIT))
 def ef21(inner: Compressor, mask: Params, relative: bool = False, momentum: float = 0.0) -> Compressor:
     """``ef21`` (Richtarik et al. 2021; its partial-participation form, Fatkhullin et al. 2021): the client
     keeps its last estimate ``g`` of its update, sends the compressed difference ``c = C(m - g)`` and sets
@@ -242,9 +249,30 @@ def _fedbat(mask, template, config) -> Compressor:
     return stochastic_levels(mask, template, config.bits, learned_scale=config.upload_alpha == "learned")
 
 
+# FedBAT's settings (the learned operator's; ``bits`` is qsgd's too).
+BITS = Setting("bits", 1, "fedbat: bits of the learned operator (1 = the paper); qsgd: bits per value", (1, 2, 4, 8))
+FEDBAT_SETTINGS = (
+    Setting("rho", 6.0, "fedbat: step-size learning-rate multiplier", NON_NEGATIVE),
+    Setting("phi", 0.5, "[config] fedbat: fraction of local steps trained in full precision before binarizing",
+            FRACTION),
+    Setting("alpha_min", 5e-4, "[config] fedbat: lower clip of the learned step size", ABOVE_ZERO),
+    Setting("alpha_max", 5e-2, "[config] fedbat: upper clip of the learned step size", ABOVE_ZERO),
+    Setting("alpha_rule", "learned", "fedbat: learned (the paper) | max_abs (alpha = max|u| per tensor, as in the "
+                                     "convergence theorem)", ("learned", "max_abs")),
+    Setting("alpha_bounds", "fixed", "fedbat: fixed (the paper) | lr (alpha_min and alpha_max scaled by lr_t / lr_0)",
+            ("fixed", "lr")),
+    Setting("ste", "clipped", "fedbat: straight-through estimator of dQ/du: clipped (the paper: no data gradient "
+                              "where |u| > alpha) | identity (the data gradient everywhere)", STES),
+    BITS,
+    Setting("upload_alpha", "learned", "fedbat: the upload's alpha: learned (the paper) | max (max|u|: 1 bit, "
+                                       "unbiased) | learned_max (2 bits on the levels +-alpha, +-max|u|, unbiased) | "
+                                       "exact (the float32 latent: a diagnosis)", UPLOAD_ALPHAS),
+)
+
+
 def _check_fedbat(config) -> None:
-    if config.upload_alpha not in UPLOAD_ALPHAS:
-        raise ConfigError(f"unknown upload_alpha {config.upload_alpha!r}; choose one of: {', '.join(UPLOAD_ALPHAS)}")
+    if config.alpha_min >= config.alpha_max:
+        raise ConfigError(f"alpha_min ({config.alpha_min}) must be < alpha_max ({config.alpha_max})")
     if config.upload_alpha == "learned_max" and config.bits != 1:
         raise ConfigError(f"upload_alpha=learned_max sends 2 bits a value on its own levels; it needs bits=1 (the "
                           f"training operator's), got bits={config.bits}")
@@ -265,13 +293,12 @@ def _scaled_sign(mask, template, config) -> Compressor:
 COMPRESSORS = Registry("compressor", {
     "none": CompressorSpec("every value as float32 (FedAvg's upload)", _none, compresses=None),
     "fedbat": CompressorSpec("FedBAT: the kernels train binarized and send Q(u, alpha) with the learned alpha, "
-                             "bits-bit levels packed", _fedbat, learned_scale=True, check=_check_fedbat, settings=(
-                                 Setting("upload_alpha", "learned", "fedbat: the upload's alpha: learned (the paper) | "
-                                         "max (max|u|: 1 bit, unbiased) | learned_max (2 bits on the levels +-alpha, "
-                                         "+-max|u|, unbiased) | exact (the float32 latent: a diagnosis)"),)),
+                             "bits-bit levels packed", _fedbat, learned_scale=True, check=_check_fedbat,
+                             settings=FEDBAT_SETTINGS),
     "stoch_binary": CompressorSpec("stochastic binarization with alpha = max|m| per tensor (unbiased)",
                                    _stoch_binary),
-    "qsgd": CompressorSpec("bits-bit stochastic levels with alpha = max|m| per tensor (unbiased)", _qsgd),
+    "qsgd": CompressorSpec("bits-bit stochastic levels with alpha = max|m| per tensor (unbiased)", _qsgd,
+                           settings=(BITS,)),
     "scaled_sign": CompressorSpec("sign(m) packed plus mean|m| per tensor (SignSGD)", _scaled_sign),
     "topk": "fedbat_jax.compressors.topk:TOPK",
     "eden": "fedbat_jax.compressors.rotation:EDEN",

@@ -33,7 +33,6 @@ import jax.numpy as jnp
 
 from fedbat_jax.binarization import leaf_keys
 from fedbat_jax.compressors import Compressor, CompressorSpec
-from fedbat_jax.errors import ConfigError
 from fedbat_jax.packing import pack_signs, unpack_signs
 from fedbat_jax.payloads import Dense, decoder, payload_kind
 from fedbat_jax.registry import Setting
@@ -111,17 +110,12 @@ def rotated_sign(mask, template, unbiased: bool, mode: str = "split") -> Compres
     return Compressor(lambda params: (), encode, decoder(template, {Rotated: decode_leaf}))
 
 
-def check(config) -> None:
-    if config.rotation_blocks not in BLOCKS:
-        raise ConfigError(f"unknown rotation_blocks {config.rotation_blocks!r}; choose one of: {', '.join(BLOCKS)}")
-
-
 SETTINGS = (Setting("rotation_blocks", "split", "eden, drive: split (power-of-two blocks by the binary expansion of "
                                                 "the size: 1 bit a value plus a float32 per block) | pad (one block, "
-                                                "zero-padded to the next power of two)"),)
+                                                "zero-padded to the next power of two)", BLOCKS),)
 EDEN = CompressorSpec("EDEN: random rotation (signs + Hadamard), 1 bit a value, unbiased scale ||x||^2 / ||Rx||_1",
                       lambda mask, template, config: rotated_sign(mask, template, True, config.rotation_blocks),
-                      settings=SETTINGS, check=check)
+                      settings=SETTINGS)
 DRIVE = CompressorSpec("DRIVE: random rotation (signs + Hadamard), 1 bit a value, least-squares scale ||Rx||_1 / n",
                        lambda mask, template, config: rotated_sign(mask, template, False, config.rotation_blocks),
-                       settings=SETTINGS, check=check)
+                       settings=SETTINGS)

@@ -19,9 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from fedbat_jax.compressors import Compressor, CompressorSpec
-from fedbat_jax.errors import ConfigError
 from fedbat_jax.payloads import Dense, decoder, payload_kind
-from fedbat_jax.registry import Setting
+from fedbat_jax.registry import Range, Setting
 
 
 @payload_kind
@@ -63,14 +62,8 @@ def topk(mask, template, fraction: float) -> Compressor:
     return Compressor(lambda params: (), encode, decoder(template, {Sparse: decode_leaf}))
 
 
-def check(config) -> None:
-    if not 0.0 < config.topk_fraction <= 1.0:
-        raise ConfigError(f"topk_fraction must be in (0, 1], got {config.topk_fraction!r}")
-
-
 TOPK = CompressorSpec(
     "top-k: the topk_fraction largest-magnitude entries per tensor, as indices plus float32 values",
     lambda mask, template, config: topk(mask, template, config.topk_fraction),
     settings=(Setting("topk_fraction", 0.01, "topk compressor: fraction of each kernel's entries sent "
-                                             "(at least one)"),),
-    check=check)
+                                             "(at least one)", Range(0, 1, low_open=True)),))

@@ -18,7 +18,7 @@ from fedbat_jax.models.layers import BatchNorm, DepthwiseConv3x3, PointwiseConv
 
 # He-normal kernels: with the reference's N(0, 0.01^2) (layers.kernel_init) the depthwise filters (9 weights each)
 # are so small that BatchNorm's scale invariance turns lr 0.1 into huge effective steps, and a round amplifies
-# float rounding to O(1) differences between executions.
+# float rounding to O(1) differences between backends.
 kernel_init = nn.initializers.he_normal()
 BLOCKS = ((2, 1), (4, 2), (4, 1), (8, 2), (8, 1))  # (width multiplier, stride)
 
