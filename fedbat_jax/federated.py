@@ -83,7 +83,7 @@ class ClientInput(NamedTuple):
     """What the server hands one sampled client for one round. All arrays: a cohort stacks on axis 0."""
 
     client: jax.Array  # int32: the client's id (its row of ``ServerState.client_table``)
-    row: jax.Array  # int32: its place in the cohort (its row of the cohort's gathered rows)
+    slot: jax.Array  # int32: its place in the cohort (the index of its row among the cohort's gathered rows)
     index: jax.Array  # int32 [max_n + B]: its sample indices into the training set, zero-padded
     size: jax.Array  # int32 n_k
     num_steps: jax.Array  # int32 S_k

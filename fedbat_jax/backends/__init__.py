@@ -46,18 +46,18 @@ def finish(learner: Learner, sent: Broadcast, acc: Aggregate, rows: Any, clients
            done: jax.Array) -> tuple[Aggregate, Any]:
     """The finished clients among a batch of lanes (leading axis; ``done`` marks them): each one's upload
     (``client_final``), folded into ``acc`` by the algorithm, and its new row written into the cohort's ``rows``
-    (at ``inputs.row``; other rows untouched)."""
+    (at its ``inputs.slot``; other rows untouched)."""
     n = jax.tree.leaves(rows)[0].shape[0] if jax.tree.leaves(rows) else 0
-    mine = jax.tree.map(lambda x: x[inputs.row], rows)
+    mine = jax.tree.map(lambda x: x[inputs.slot], rows)
     contributions, mine = jax.vmap(learner.client_final, (None, 0, 0, 0))(sent, clients, mine, inputs)
-    dest = jnp.where(done, inputs.row, n)  # n is out of bounds: dropped
+    dest = jnp.where(done, inputs.slot, n)  # n is out of bounds: dropped
     rows = jax.tree.map(lambda t, r: t.at[dest].set(r, mode="drop"), rows, mine)
     return learner.fold(acc, contributions, done), rows
 
 
 def start_clients(learner: Learner, sent: Broadcast, rows: Any, inputs: ClientInput) -> Client:
     """A batch of clients (leading axis) starting from the broadcast, each with its row of the cohort's ``rows``."""
-    mine = jax.tree.map(lambda x: x[inputs.row], rows)
+    mine = jax.tree.map(lambda x: x[inputs.slot], rows)
     return jax.vmap(learner.client_init, (None, 0, 0))(sent, mine, inputs)
 
 

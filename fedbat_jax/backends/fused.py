@@ -34,7 +34,7 @@ class LaneConsts(NamedTuple):
 def lane_start(learner: Learner, sent: Broadcast, rows, inputs: ClientInput, num_lanes: int):
     """The constants of a lane schedule and its first carry ``(lanes, aggregate, rows)``."""
     orders = jax.vmap(learner.orders)(inputs)
-    mine = jax.tree.map(lambda x: x[inputs.row], rows)
+    mine = jax.tree.map(lambda x: x[inputs.slot], rows)
     contexts = jax.vmap(learner.context, (None, 0), axis_size=inputs.client.shape[0])(sent, mine)
     fresh = jax.tree.map(lambda x: jnp.broadcast_to(x, (num_lanes,) + x.shape),
                          learner.fresh_state(sent.params, sent.batch_stats))
