@@ -121,7 +121,9 @@ def test_vit_settings_shape_the_model_and_bad_ones_are_one_line():
     assert v["pos_embedding"].shape == (1, 17, 32) and v["patch_embed"]["kernel"].shape == (7, 7, 1, 32)
     for fields, message in ((dict(model_heads=3), "model_heads=3 must divide model_width=64"),
                             (dict(model_depth=-1), "model_depth must be >= 0"),
-                            (dict(model="cnn4", model_patch=2), "model_patch=2 does not apply to model=cnn4")):
+                            (dict(model="cnn4", model_patch=2), "model_patch=2 does not apply to model=cnn4"),
+                            # logreg has no width: the setting is refused, never silently ignored
+                            (dict(model="logreg", model_width=8), "model_width=8 does not apply to model=logreg")):
         c = default_config()
         c.update(**{"model": "vit", **fields})
         with pytest.raises(ConfigError, match=message):

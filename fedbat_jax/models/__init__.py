@@ -36,14 +36,14 @@ MODELS = Registry("model", {
 def make_model(name: str, num_classes: int, width: int = 0, depth: int = 0, heads: int = 0,
                patch: int = 0) -> nn.Module:
     """``width`` > 0 scales the model's channels (its first stage's width); 0 keeps the paper's. ``depth``,
-    ``heads`` and ``patch`` > 0 set the model's field of that name (0 keeps its default); a model without that
-    field refuses them in one line."""
+    ``heads`` and ``patch`` > 0 set the model's field of that name (0 keeps its default). A model without that
+    field refuses a value for it in one line (never ignores it)."""
     model = MODELS[name]
-    shape = {"depth": depth, "heads": heads, "patch": patch}
+    shape = {"width": width, "depth": depth, "heads": heads, "patch": patch}
     for field, value in shape.items():
         if value and field not in model.__dataclass_fields__:
             having = [n for n, m in MODELS.entries() if field in m.__dataclass_fields__]
             raise ConfigError(f"model_{field}={value} does not apply to model={name} (it has no {field}); "
                               f"models with one: {', '.join(having)}")
-    given = {k: v for k, v in dict(width=width, **shape).items() if v}
+    given = {k: v for k, v in shape.items() if v}
     return model(num_classes=num_classes, **given)

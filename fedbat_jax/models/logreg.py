@@ -14,7 +14,6 @@ class LogReg(nn.Module):
     """
 
     num_classes: int
-    width: int = 0
 
     @nn.compact
     def __call__(self, x, train: bool = False, mask=None):
