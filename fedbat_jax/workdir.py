@@ -4,7 +4,9 @@
     WORKDIR/machine.json         what computed it (backend, device kind, CPU model and threads, jax: ``machine.py``);
                                  a resume on another is warned about, since its rounds are not bit-equal
     WORKDIR/metrics.jsonl        one strict-JSON line per round (a non-finite value is written as null)
-    WORKDIR/checkpoint.npz       the newest checkpoint: the round and the server state's leaves by tree path
+    WORKDIR/checkpoint.npz       the newest checkpoint: the round, its metrics line and the server state's leaves
+                                 by tree path (a metrics.jsonl line for that round with other values is refused)
+    WORKDIR/metrics.dropped.jsonl  lines of rounds after the checkpoint, moved out by a resume that recomputes them
     WORKDIR/checkpoint.prev.npz  the one before it, kept until the newest is complete on disk
     WORKDIR/.lock                held (``flock``) while a run uses the folder; the kernel frees it if the run dies
     WORKDIR/events.out.tfevents.*  with ``tensorboard=True``: the same metrics as TensorBoard scalars
@@ -39,6 +41,8 @@ CHECKPOINT_FILE = "checkpoint.npz"
 PREVIOUS_CHECKPOINT_FILE = "checkpoint.prev.npz"
 LOCK_FILE = ".lock"
 _ROUND = "__round__"
+_RECORD = "__record__"  # the checkpointed round's metrics line (UTF-8 bytes): what metrics.jsonl must hold for it
+DROPPED_FILE = "metrics.dropped.jsonl"  # lines a resume took out of metrics.jsonl, kept rather than deleted
 # What reading a truncated, empty or garbage checkpoint raises.
 UNREADABLE = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile)
 # Setting values that were renamed since config.json began ((field, old) -> new): an old run resumes.
@@ -54,14 +58,16 @@ def leaf_names(tree: Any) -> list[tuple[str, Any]]:
     return [(jax.tree_util.keystr(path, simple=True, separator="/"), leaf) for path, leaf in flat]
 
 
-def save_checkpoint(path: Path, tree: Any, r: int) -> None:
-    """Write ``tree`` and round ``r`` to ``path``: a complete, fsynced file replaces the old one, which is
-    kept as ``checkpoint.prev.npz`` (so one complete checkpoint exists at every instant)."""
+def save_checkpoint(path: Path, tree: Any, r: int, record: dict | None = None) -> None:
+    """Write ``tree``, round ``r`` and that round's metrics ``record`` to ``path``: a complete, fsynced file
+    replaces the old one, which is kept as ``checkpoint.prev.npz`` (so one complete checkpoint exists at every
+    instant)."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
+    extra = {_RECORD: np.frombuffer(strict_json(record).encode(), np.uint8)} if record is not None else {}
     with _disk_errors(path, tmp):
         with open(tmp, "wb") as f:
-            np.savez(f, **{_ROUND: np.int64(r)}, **{name: np.asarray(x) for name, x in leaf_names(tree)})
+            np.savez(f, **{_ROUND: np.int64(r)}, **extra, **{name: np.asarray(x) for name, x in leaf_names(tree)})
             f.flush()
             os.fsync(f.fileno())
         if path.exists():
@@ -76,7 +82,14 @@ def read_checkpoint(path: Path) -> tuple[int, dict[str, np.ndarray]]:
         arrays = {name: f[name] for name in f.files}
     if _ROUND not in arrays:
         raise ValueError("no round recorded")
+    arrays.pop(_RECORD, None)
     return int(arrays.pop(_ROUND)), arrays
+
+
+def checkpoint_record(path: Path) -> dict | None:
+    """The metrics record of the round a checkpoint holds (``None`` in a checkpoint older than the record)."""
+    with np.load(path, allow_pickle=False) as f:
+        return json.loads(bytes(f[_RECORD]).decode("utf-8")) if _RECORD in f.files else None
 
 
 def restore_tree(arrays: dict[str, np.ndarray], like: Any, source: str = "checkpoint") -> Any:
@@ -137,25 +150,31 @@ def strict_json(record: dict) -> str:
     return json.dumps(clean, allow_nan=False)
 
 
-def read_metrics(path: Path, warn: Callable[[str], None]) -> list[dict]:
-    """The records of ``metrics.jsonl``, last one per round; a truncated last line is dropped with a warning."""
+def read_metrics(path: Path, warn: Callable[[str], None]) -> tuple[list[dict], dict[int, int]]:
+    """The records of ``metrics.jsonl`` in round order, and each one's line number. A truncated last line is
+    dropped with a warning. Two lines of one round with other values are a WorkdirError naming both: one of them
+    is not this run's, and which one is the user's call, never this reader's."""
     try:
         lines = path.read_bytes().splitlines() if path.exists() else []
     except OSError as e:
         raise WorkdirError(f"{path} is unreadable ({e.strerror or e}); repair or delete it") from None
-    by_round = {}
+    by_round, line_of = {}, {}
     for i, line in enumerate(lines):
         if not line.strip():
             continue
         try:
             rec = json.loads(line.decode("utf-8"))
-            by_round[int(rec["round"])] = rec
+            r = int(rec["round"])
         except (ValueError, KeyError, TypeError):  # (UnicodeDecodeError is a ValueError)
             if i == len(lines) - 1:
                 warn(f"{path}: dropped an unreadable last line (cut short, as by a run stopped while writing it)")
-            else:
-                raise WorkdirError(f"{path} line {i + 1} is not a metrics record; repair or delete that line")
-    return [by_round[r] for r in sorted(by_round)]
+                continue
+            raise WorkdirError(f"{path} line {i + 1} is not a metrics record; repair or delete that line") from None
+        if r in by_round and by_round[r] != rec:
+            raise WorkdirError(f"{path} lines {line_of[r]} and {i + 1} both hold round {r}, with other values: one "
+                               "of them is not this run's; remove it (nothing was changed)")
+        by_round[r], line_of[r] = rec, line_of.get(r, i + 1)
+    return [by_round[r] for r in sorted(by_round)], line_of
 
 
 # ---- the folder ---------------------------------------------------------------------------------------
@@ -257,6 +276,7 @@ class Workdir:
         if unknown:
             raise ConfigError(f"--allow_change takes {', '.join(RESUMABLE_FIELDS)}; got {', '.join(sorted(unknown))}")
         self._lock = self._tensorboard = None
+        self._last_record = None  # the last metrics record appended: the next checkpoint of its round holds it
         self._created = self._created_lock = False
         self._open_folder()
         try:
@@ -383,12 +403,14 @@ class Workdir:
         settings and the records kept (a later partial round's are dropped) back to the folder."""
         state, done, records = like, 0, []
         if self.checkpoint is not None:
-            metrics = read_metrics(self.metrics_path, self.warn)
+            metrics, line_of = read_metrics(self.metrics_path, self.warn)
             self.checkpoint = self._covered_checkpoint({rec["round"] for rec in metrics})
             file, done, arrays = self.checkpoint
+            self._check_record(file, done, next(rec for rec in metrics if rec["round"] == done), line_of[done])
             state = restore_tree(arrays, like, str(file))
             self.checkpoint = (file, done, None)  # the arrays are on the device now
             records = [rec for rec in metrics if rec["round"] <= done]
+            self._keep_dropped([rec for rec in metrics if rec["round"] > done], done)
         if self.writer:
             _write_atomic(self.path / CONFIG_FILE, self.config.to_json(indent=2) + "\n")
             # cut again: restore may fall back to an earlier checkpoint than the one __init__ saw
@@ -400,6 +422,25 @@ class Workdir:
             if self.config.tensorboard:
                 self._open_tensorboard(records)
         return state, done, records
+
+    def _check_record(self, file: Path, done: int, record: dict, line: int) -> None:
+        """metrics.jsonl's line for the checkpointed round is the one the run wrote with the checkpoint."""
+        try:
+            kept = checkpoint_record(file)
+        except UNREADABLE:
+            kept = None
+        if kept is not None and kept != json.loads(strict_json(record)):
+            raise WorkdirError(f"{self.metrics_path} line {line} (round {done}) is not the record {file.name} holds "
+                               "for that round: the line is not this run's; restore it or remove it (nothing was "
+                               "changed)")
+
+    def _keep_dropped(self, records: list[dict], done: int) -> None:
+        """The records of rounds after the checkpoint (recomputed from it) leave metrics.jsonl with a copy."""
+        if self.writer and records:
+            with _disk_errors(self.path / DROPPED_FILE), (self.path / DROPPED_FILE).open("a") as f:
+                f.write("".join(strict_json(rec) + "\n" for rec in records))
+            self.warn(f"{len(records)} metrics line(s) after the checkpoint's round {done} will be recomputed; "
+                      f"they are kept in {self.path / DROPPED_FILE}")
 
     def _open_tensorboard(self, records: list[dict]) -> None:
         """TensorBoard shows every round of metrics.jsonl once: the event files are rewritten from it (the
@@ -420,6 +461,7 @@ class Workdir:
                 self._tensorboard.add_scalar(name, value, record["round"])
 
     def append(self, record: dict) -> None:
+        self._last_record = record
         if self.writer:
             with _disk_errors(self.metrics_path), self.metrics_path.open("a") as f:
                 f.write(strict_json(record) + "\n")
@@ -432,7 +474,8 @@ class Workdir:
         if self.writer:
             with _disk_errors(self.metrics_path), self.metrics_path.open("a") as f:
                 os.fsync(f.fileno())
-            save_checkpoint(self.path / CHECKPOINT_FILE, state, r)
+            last = self._last_record
+            save_checkpoint(self.path / CHECKPOINT_FILE, state, r, last if last and last["round"] == r else None)
             self.checkpoint = (self.path / CHECKPOINT_FILE, r, None)
 
     def close(self, failed: bool = False) -> None:

@@ -214,6 +214,43 @@ def test_rounds_the_checkpoint_covers_but_the_metrics_lack_are_recomputed_never_
     assert snapshot(workdir) == before
 
 
+def test_a_foreign_metrics_line_is_refused_naming_it_and_nothing_changes(workdir):
+    """Issue 41's case: a line of another run (round 1, other numbers) appended to a finished run's metrics, then
+    a resume that extends it. Before, the foreign line silently replaced the run's own round 1 on disk."""
+    metrics = workdir / "metrics.jsonl"
+    own = strict_lines(metrics)
+    foreign = dict(own[0], algorithm="fedavg", train_loss=0.123, test_accuracy=0.5)
+    with metrics.open("a") as f:
+        f.write(json.dumps(foreign) + "\n")
+    before = snapshot(workdir)
+    with pytest.raises(WorkdirError, match=r"metrics.jsonl lines 1 and 3 both hold round 1, with other values: one "
+                                           r"of them is not this run's; remove it \(nothing was changed\)"):
+        fb.run(tiny(rounds=3), workdir, allow_change=["rounds"])
+    assert snapshot(workdir) == before
+
+
+def test_a_metrics_line_unlike_the_checkpoints_record_of_its_round_is_refused(workdir):
+    """The checkpoint keeps its round's metrics line: a line replaced in place (no duplicate to see) is found."""
+    metrics = workdir / "metrics.jsonl"
+    lines = strict_lines(metrics)
+    lines[-1]["train_loss"] = 0.5  # round 2, the checkpoint's
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    before = snapshot(workdir)
+    with pytest.raises(WorkdirError, match=r"metrics.jsonl line 2 \(round 2\) is not the record checkpoint.npz holds"):
+        fb.run(tiny(rounds=3), workdir, allow_change=["rounds"])
+    assert snapshot(workdir) == before
+
+
+def test_lines_after_the_checkpoint_leave_metrics_jsonl_with_a_copy(workdir, finished, capsys):
+    """Round 2's line is past round 1's checkpoint: the resume recomputes it and keeps the old line aside."""
+    os.replace(workdir / "checkpoint.prev.npz", workdir / "checkpoint.npz")
+    round2 = strict_lines(workdir / "metrics.jsonl")[1]
+    records = fb.run(tiny(), workdir, log=lambda s: None)
+    assert "1 metrics line(s) after the checkpoint's round 1 will be recomputed" in capsys.readouterr().err
+    assert strict_lines(workdir / "metrics.dropped.jsonl") == [round2]
+    assert results(records) == results(finished[1]) == results(strict_lines(workdir / "metrics.jsonl"))
+
+
 @pytest.mark.parametrize("damage", ["utf8", "config_list", "config_str", "checkpoint_folder"])
 def test_malformed_files_are_one_line(workdir, damage):
     if damage == "utf8":
