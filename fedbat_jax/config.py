@@ -105,6 +105,10 @@ _CORE: tuple[Setting, ...] = tuple(Setting(*s) for s in (
     ("num_processes", 1, "multi-process runs: processes in the job (with coordinator_address=HOST:PORT)"),
     ("process_id", 0, "multi-process runs: this process's rank, 0 to num_processes - 1 (process 0 writes the workdir)"),
     ("checkpoint_every", 10, "rounds between checkpoints in the workdir (0 = only at the end)", NON_NEGATIVE),
+    ("max_host_memory", 0.0, "GiB of host memory the run may use (0 = what the machine has available): before "
+                             "allocating, a run estimates its per-client table (num_clients x the compressor's and "
+                             "algorithm's per-client state, e.g. SCAFFOLD's or ef21's one copy of the model) plus "
+                             "the dataset, and refuses what does not fit (fedbat_jax/memory.py)", NON_NEGATIVE),
     ("print_histograms", False, "print each client's label histogram at start"),
     ("tensorboard", False, "also write each round's metrics as TensorBoard scalars in the workdir (tensorboardX)"),
 ))
@@ -138,7 +142,7 @@ SETTINGS: tuple[Setting, ...] = _CORE + plugin_settings()
 # ``coordinator_address`` and ``process_id`` say where a process finds its job (the launcher picks a new port
 # each time), not what it computes.
 RUNTIME_FIELDS = ("data_dir", "eval_every", "checkpoint_every", "print_histograms", "client_threads", "tensorboard",
-                  "coordinator_address", "process_id")
+                  "coordinator_address", "process_id", "max_host_memory")
 # Settings a resume may change when asked explicitly (``--allow_change``): more rounds extend a run; the
 # backend settings move it to other hardware, with a result equal up to floating-point summation order.
 # Settings renamed since config.json began (old -> new): an old run resumes, an old command is told the new name.

@@ -22,11 +22,12 @@ from fedbat_jax.binarization import binarized_mask
 from fedbat_jax.compressors import COMPRESSORS, with_error_feedback
 from fedbat_jax.config import (CENTRALISED_CLIENTS, compressor_name, error_feedback_name, model_from_config,
                                partition_method)
-from fedbat_jax.data import Dataset, partition
+from fedbat_jax.data import DATASETS, Dataset, partition
 from fedbat_jax.data.clients import choose_clients, keep_clients, natural_parts
 from fedbat_jax.errors import ConfigError
 from fedbat_jax.federated import Learner, Roster, make_roster, round_key
 from fedbat_jax.local import FederatedData, LocalConfig
+from fedbat_jax.memory import Need, need
 from fedbat_jax.optimizers import server_optimizer
 
 
@@ -52,6 +53,28 @@ def build_federation(config: ml_collections.ConfigDict, ds: Dataset) -> Federati
                          config.aggregation_weights, config.max_client_examples, config.local_steps)
     return Federation(make_learner(config, model, variables["params"], ds, roster.epochs), roster,
                       federated_data(ds, parts, config.batch_size), model, variables, parts, ds)
+
+
+def memory_need(config: ml_collections.ConfigDict, federation: Federation | None = None) -> Need | None:
+    """The host memory of the run loop's N-client table and the dataset (``fedbat_jax.memory``): of a built
+    ``federation``, or before any data loads from the dataset loader's ``footprint`` (``None`` when it has none,
+    or when the federation's clients are only known from its files: a natural one)."""
+    if federation is not None:
+        ds = federation.dataset
+        data = sum(a.nbytes for a in (ds.x_train, ds.y_train, ds.x_test, ds.y_test))
+        return need(federation.learner, federation.variables["params"], len(federation.parts), data)
+    footprint = getattr(DATASETS[config.dataset], "footprint", None)
+    if footprint is None or partition_method(config.partition, False) == "natural":
+        return None
+    example = np.zeros((1,) + footprint.example, footprint.dtype)
+    channels = footprint.example[-1]
+    standin = Dataset(config.dataset, example, np.zeros(1, np.int32), example, np.zeros(1, np.int32),
+                      footprint.num_classes, (0.0,) * channels, (1.0,) * channels)
+    model = model_from_config(config, footprint.num_classes)
+    params = jax.eval_shape(model.init, round_key(config.seed, 0), standin.sample_input())["params"]
+    data = footprint.examples * (example.nbytes + 4)
+    return need(make_learner(config, model, params, standin), params, config.num_clients or CENTRALISED_CLIENTS,
+                data)
 
 
 def client_parts(config: ml_collections.ConfigDict, ds: Dataset) -> tuple[Dataset, list[np.ndarray]]:

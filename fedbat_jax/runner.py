@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from fedbat_jax import distributed, stopping
+from fedbat_jax import distributed, memory, stopping
 from fedbat_jax.backends import Backend, make_backend
 from fedbat_jax.config import default_config, partition_method, validate
 from fedbat_jax.data.checks import one_line
@@ -28,7 +28,7 @@ from fedbat_jax.data import Dataset, format_histograms, label_histograms, load_d
 from fedbat_jax.errors import ConfigError, DivergenceError, Terminated, WorkdirError
 from fedbat_jax.evaluation import host_evaluator
 from fedbat_jax.federated import ServerState
-from fedbat_jax.federation import Federation, build_federation
+from fedbat_jax.federation import Federation, build_federation, memory_need
 from fedbat_jax.rounds import host_table, host_zeros, make_round, wire_sizes
 from fedbat_jax.workdir import (CHECKPOINT_FILE, CONFIG_FILE, RENAMED_VALUES, Workdir, read_checkpoint,
                                 restore_tree)
@@ -63,6 +63,7 @@ class Experiment(NamedTuple):
 def build(config: ml_collections.ConfigDict) -> Experiment:
     """Everything a run needs, from the config alone (data on the device, model, jitted round)."""
     validate(config)
+    _fits_before_loading(config)
     distributed.start(config)
     return _build(config, load_dataset(config.dataset, config.data_dir or None))
 
@@ -74,8 +75,17 @@ def build_from_data(config: ml_collections.ConfigDict, ds: Dataset) -> Experimen
     return _build(config, ds)
 
 
+def _fits_before_loading(config: ml_collections.ConfigDict) -> None:
+    """Refuse (one line) a run whose N-client table and dataset cannot fit in host memory, where the dataset's
+    loader says its size (``fedbat_jax.memory``); a natural federation is checked once its files are read."""
+    est = memory_need(config)
+    if est is not None:
+        memory.check(config, est, " (estimated before loading the data)")
+
+
 def _build(config: ml_collections.ConfigDict, ds: Dataset) -> Experiment:
     federation = build_federation(config, ds)
+    memory.check(config, memory_need(config, federation))  # before the table is allocated
     learner, roster = federation.learner, federation.roster
     params, batch_stats = federation.variables["params"], federation.variables.get("batch_stats", {})
     backend = make_backend(config, learner, int(roster.num_steps.max()))
@@ -132,6 +142,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path | None = None, pr
     all processes can read, to resume).
     """
     validate(config)  # before the workdir is touched or any data loads
+    _fits_before_loading(config)
     distributed.start(config)  # a multi-process job joined before anything touches a device
     if workdir is None and list(allow_change):
         raise ConfigError("allow_change applies to resuming a run in a workdir: give one")

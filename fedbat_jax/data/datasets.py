@@ -83,6 +83,16 @@ class Dataset(NamedTuple):
 Loader = Callable[[str | Path | None], Dataset]
 
 
+class Footprint(NamedTuple):
+    """What a centralised dataset holds, known before its files are read: a loader's ``footprint`` attribute,
+    from which a run sizes its memory before loading anything (``fedbat_jax.memory``)."""
+
+    example: tuple[int, ...]  # one example's shape
+    num_classes: int
+    examples: int  # train + test, the complete official split (an upper bound for a partial copy)
+    dtype: str = "uint8"
+
+
 class DataNotFoundError(DataError):
     """No complete set of files in any searched folder (a loader may then fall back to tensorflow-datasets)."""
 
@@ -410,6 +420,12 @@ def load_cifar100(data_dir: str | Path | None = None) -> Dataset:
     """CIFAR-100 (fine labels) from the python archive or .npz files; ``note`` flags a pseudo split."""
     return _load_rgb_dataset("cifar100", data_dir)
 
+
+load_mnist5k.footprint = Footprint((28, 28, 1), 10, 5_000)
+load_fashion_mnist.footprint = load_mnist.footprint = Footprint((28, 28, 1), 10, 70_000)
+load_svhn.footprint = Footprint((32, 32, 3), 10, 99_289)
+load_cifar10.footprint = Footprint((32, 32, 3), 10, 60_000)
+load_cifar100.footprint = Footprint((32, 32, 3), 100, 60_000)
 
 # The ``dataset`` setting: name -> loader(data_dir) -> Dataset.
 DATASETS = Registry("dataset", {
