@@ -9,8 +9,8 @@ gradient) keep per client, shaped like the model. With the dataset in memory it 
 
 A centralised dataset's loader declares its size (``fedbat_jax.data.datasets.Footprint``), so the check runs
 before any data loads; a natural federation's client count is known once its files are read, so its check runs
-then, still before the table is allocated. The limit is the smallest of ``max_host_memory`` (GiB, when set), the memory the kernel
-reports available (``MemAvailable``) and what the address-space limit (``ulimit -v``) leaves.
+then, still before the table is allocated. The limit is the smallest of ``max_host_memory`` (GiB, when set), the
+memory the kernel reports available (``MemAvailable``) and what the address-space limit (``ulimit -v``) leaves.
 """
 from __future__ import annotations
 
