@@ -9,10 +9,11 @@
 # git-ignored); carry both. They are installed here into /tmp/site if present.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-python3}"  # the interpreter with jax (the tests pass their own)
 out="${1:-docs/bench_gpu.json}"
 shift || true
 if compgen -G ".whl/*.whl" > /dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
@@ -21,4 +22,4 @@ if [ -z "$data" ]; then
   if [ -d .data/fashion_mnist ]; then data=.data; elif [ -d ../shared/data/fashion_mnist ]; then data=../shared/data; fi
 fi
 command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
-python3 experiments/gpu_check.py --data-dir "$data" --out "$out" "$@"
+"$PYTHON" experiments/gpu_check.py --data-dir "$data" --out "$out" "$@"

@@ -148,7 +148,7 @@ def test_gpu_check_runs_at_tiny_sizes(tmp_path, xla_cache_env):
     """The prepared GPU script, on the CPU at tiny sizes, so that it cannot rot before a GPU is at hand."""
     out = tmp_path / "bench_gpu.json"
     done = subprocess.run(["bash", "experiments/gpu_check.sh", str(out), "--tiny"], cwd=ROOT, capture_output=True,
-                          text=True, env=dict(os.environ, **xla_cache_env))
+                          text=True, env=dict(os.environ, PYTHON=sys.executable, **xla_cache_env))
     assert done.returncode == 0, (done.stdout[-2000:], done.stderr[-2000:])
     report = json.loads(out.read_text())
     assert {"device", "jax_version", "paper_fmnist_round_s", "scale", "resnet10_round"} <= set(report)
