@@ -26,10 +26,11 @@ from typing import Callable
 import ml_collections
 
 from fedbat_jax.config import unknown_field
-from fedbat_jax.errors import ConfigError, DivergenceError, FedBatError, JobError, Terminated
+from fedbat_jax.errors import ConfigError, DivergenceError, FedBatError, JobError, SlowStart, Terminated
 from fedbat_jax.stopping import on_sigterm
 
 EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_JOB_FAILED, EXIT_INTERRUPTED, EXIT_TERMINATED = 2, 3, 4, 130, 143
+EXIT_SLOW_START = 75  # (EX_TEMPFAIL) a multi-process job did not start in time: the launcher tries again
 DEFAULT_CONFIG_FILE = str(Path(__file__).with_name("config.py"))  # every setting at its default
 
 
@@ -157,7 +158,8 @@ def apply_overrides(c: ml_collections.ConfigDict, args: list[str]) -> list[str]:
 
 def guarded(prog: str, body: Callable[[], int | None], resumes: bool = True) -> int:
     """Run ``body``; the project's errors become one line on stderr and an exit status (2 bad input or an
-    unusable workdir, 3 diverged, 4 a multi-process job lost a process, 130 interrupted by Ctrl-C, 143
+    unusable workdir, 3 diverged, 4 a multi-process job lost a process, 75 one did not start in time, 130
+    interrupted by Ctrl-C, 143
     terminated by SIGTERM). Other exceptions propagate with their traceback. ``resumes``: whether a rerun
     resumes (the stop's line says so) or starts over (a script that keeps no checkpoint)."""
     import signal
@@ -176,7 +178,7 @@ def guarded(prog: str, body: Callable[[], int | None], resumes: bool = True) -> 
         return EXIT_DIVERGED
     except JobError as e:
         print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
-        return EXIT_JOB_FAILED
+        return EXIT_SLOW_START if isinstance(e, SlowStart) else EXIT_JOB_FAILED
     except FedBatError as e:
         print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -185,6 +187,9 @@ def guarded(prog: str, body: Callable[[], int | None], resumes: bool = True) -> 
         return EXIT_INTERRUPTED
     except Terminated as e:
         why = f": {one_line(e)}" if str(e) else ""
+        if e.interrupted:
+            print(f"{prog}: interrupted (Ctrl-C){why}; {resume}", file=sys.stderr)
+            return EXIT_INTERRUPTED
         print(f"{prog}: terminated (SIGTERM){why}; {resume}", file=sys.stderr)
         return EXIT_TERMINATED
     finally:

@@ -12,23 +12,30 @@ A job's processes stop together: ``stop_requests`` after each round says which o
 (one line, ``JobError``), not a runtime traceback, after which the process ends at once (``leave_lost_job``).
 ``ready`` waits for a round in Python, so that the launcher's word that a peer ended (``stopping.PEER_GONE``)
 is heard even while a collective waits on that peer. ``heartbeat`` tells the launcher this process is alive.
+
+A job's start is the slow part: every process loads and compiles at its own speed on a loaded machine, and the
+CPU collectives' rendezvous (Gloo's) gives a peer only 30 s to arrive, a limit no setting changes. ``first_round``
+lines the processes up at a barrier before the first round, and a failure before that round ends is a slow or
+failed start (``SlowStart``, exit 75: the launcher starts the job again, its compiled programs then cached so
+that the processes compile in step), never a lost process.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import NoReturn
+from typing import Iterator, NoReturn
 
 import jax
 import numpy as np
 
 from fedbat_jax.backends import resolve_backend
 from fedbat_jax import stopping
-from fedbat_jax.errors import ConfigError, JobError
+from fedbat_jax.errors import ConfigError, JobError, SlowStart
 
 
 def start(config) -> None:
@@ -69,21 +76,41 @@ def initialize(config) -> None:
         raise ConfigError(f"coordinator_address={address}: could not join the job ({' '.join(str(e).split())})") from e
 
 
+_START = {"started": False}
+START_BARRIER_S = 600  # how long a process waits at the first round for the others (a dead one: the heartbeat's)
+
+
+@contextlib.contextmanager
+def first_round() -> Iterator[None]:
+    """Around a job's first round: every process waits for the others at a coordination-service barrier first
+    (however long their data loading and earlier compiles took), so that the round's first collective does not
+    give up on a peer still starting. A failure before this round ends is a slow or failed start
+    (``peer_lost``), which ``fedbat_jax.launch`` retries. Outside a multi-process job, nothing."""
+    if jax.process_count() == 1:
+        yield
+        return
+    from jax._src import distributed as jax_distributed  # (its client: the coordination service's barriers)
+
+    jax_distributed.global_state.client.wait_at_barrier("fedbat_first_round", START_BARRIER_S * 1000)
+    yield
+    _START["started"] = True
+
+
 def describe(devices: int) -> str:
     """``4`` on one process, ``4 (2 processes)`` on several: the devices a run uses, for its first log line."""
     n = jax.process_count()
     return f"{devices}" + (f" ({n} processes)" if n > 1 else "")
 
 
-def stop_requests() -> list[int]:
-    """After a round, in every process of a job together: the processes that got SIGTERM while the rounds ran
-    (``[]`` in a single process, whose SIGTERM is raised at once)."""
+def stop_requests() -> dict[int, int]:
+    """After a round, in every process of a job together: ``{process: signal}`` for the processes that got
+    SIGTERM (or SIGINT) while the rounds ran (``{}`` in a single process, whose signal is raised at once)."""
     if jax.process_count() == 1:
-        return []
+        return {}
     from jax.experimental import multihost_utils
 
-    flags = multihost_utils.process_allgather(np.int32(stopping.requested()))
-    return [int(i) for i in np.flatnonzero(np.asarray(flags))]
+    flags = np.asarray(multihost_utils.process_allgather(np.int32(stopping.requested())))
+    return {int(i): int(flags[i]) for i in np.flatnonzero(flags)}
 
 
 def ready(x: jax.Array) -> jax.Array:
@@ -102,12 +129,20 @@ _PEER_LOST = ("gloo", "nccl", "connection closed", "connection reset", "connecti
 
 def peer_lost(e: BaseException, done: int) -> JobError | None:
     """The one-line ``JobError`` for a runtime error that says another process of the job died or went silent
-    (``None`` for any other error, or in a single process: a bug keeps its traceback)."""
+    (``None`` for any other error, or in a single process: a bug keeps its traceback). Before this process's first
+    round it is a slow or failed start, naming the processes the coordination service names."""
     text = " ".join(re.sub(r"\[[^\]]*\]:?", "", str(e)).split())  # (without the runtime's source paths)
     gone = isinstance(e, stopping.PeerGone) or any(word in text.lower() for word in _PEER_LOST)
     if jax.process_count() == 1 or not gone:
         return None
     kept = f"the last checkpoint (round {done}) is kept" if done else "no checkpoint was written yet"
+    if not _START["started"] and not isinstance(e, stopping.PeerGone):
+        late = sorted({int(t) for t in re.findall(r"task:(\d+)", text)} - {jax.process_index()})
+        who = (f"process{'es' if len(late) > 1 else ''} {', '.join(map(str, late))}" if late else
+               "another process")
+        return SlowStart(f"process {jax.process_index()} of {jax.process_count()}: the job did not start: {who} "
+                        f"did not reach the first round in time (a slow start, still loading or compiling, or a "
+                        f"failed one) ({text[:160]}); {kept}")
     return JobError(f"process {jax.process_index()} of {jax.process_count()} lost another process of the job "
                     f"({text[:200]}); {kept}")
 

@@ -30,6 +30,17 @@ class JobError(FedBatError):
     """A multi-process job lost one of its processes (a collective with a dead or silent peer failed)."""
 
 
+class SlowStart(JobError):
+    """A multi-process job did not start: a process had not reached the first round when another's collective
+    gave up on it (a slow start, still loading or compiling, or a failed one). ``fedbat_jax.launch`` retries."""
+
+
 class Terminated(Exception):
     """SIGTERM arrived: raised in the main thread (so open workdirs close and the last checkpoint stays), at once
-    in a single process, at the end of the round in progress in every process of a multi-process job."""
+    in a single process, at the end of the round in progress in every process of a multi-process job.
+    ``interrupted``: the job's stop was a Ctrl-C (SIGINT, which ``fedbat_jax.launch`` passes on as such), so every
+    line says "interrupted"."""
+
+    def __init__(self, *args, interrupted: bool = False):
+        super().__init__(*args)
+        self.interrupted = interrupted

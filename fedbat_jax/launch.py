@@ -19,6 +19,12 @@ stops every process at the end of the round in progress, that round checkpointed
 resume from the last checkpoint. The processes run in their own session (Ctrl-C reaches the launcher, which
 stops them as above) and get SIGTERM if the launcher itself dies.
 
+A job whose processes did not all reach the first round in time (one still loading or compiling when another's
+first collective gave up on it: exit 75 in that process) is started again, up to ``START_ATTEMPTS`` times in all
+(the skew of a loaded machine is chance; a compilation cache the launcher provides, ``JAX_COMPILATION_CACHE_DIR``
+unless set, spares process 0, which alone writes it, its compiles). A fresh workdir of a job that fails before
+its first round is written is removed again, except the log of a process other than 0 that the failure line names.
+
 Exit status: 0 when every process finished; 143 when the job stopped on SIGTERM, 130 on Ctrl-C; otherwise
 the failed process's status (128 + the signal when it was killed); 1 when a process stopped answering; 2
 for bad launcher or run arguments, or a busy workdir.
@@ -46,6 +52,7 @@ SETTLE_S = 3.0  # after a failure, how long the other processes get to end by th
 HEARTBEAT_S = 30.0  # --heartbeat-timeout's default
 JAX_HEARTBEAT_S = 100  # jax.distributed's own: it aborts the survivors of a silent process after this long
 EXIT_SILENT = 1
+START_ATTEMPTS = 3  # starts of a job whose processes did not reach the first round in time (exit 75)
 USAGE = ("python -m fedbat_jax.launch --processes N [--devices-per-process D] [--heartbeat-timeout S] -- "
          "--workdir=DIR [--config=FILE] [--config.FIELD=VALUE ...]")
 
@@ -81,12 +88,16 @@ def checked_workdir(main_args: list[str]) -> Path:
     return Path(args.workdir)
 
 
-def process_env(i: int, devices: int, beat: Path | None = None, lock_fd: int | None = None) -> dict:
-    """Process ``i``'s environment: its devices, and under the launcher its heartbeat file and the handed lock."""
+def process_env(i: int, devices: int, beat: Path | None = None, lock_fd: int | None = None,
+                cache: Path | None = None) -> dict:
+    """Process ``i``'s environment: its devices, and under the launcher its heartbeat file, the handed lock and
+    the job's compilation cache (where the user set none)."""
     from fedbat_jax.distributed import HEARTBEAT_ENV
     from fedbat_jax.workdir import LOCK_FD_ENV
 
     env = dict(os.environ)
+    if cache is not None and "JAX_COMPILATION_CACHE_DIR" not in env:
+        env.update(JAX_COMPILATION_CACHE_DIR=str(cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
     env.pop(LOCK_FD_ENV, None)
     env.pop(HEARTBEAT_ENV, None)
     if beat is not None:
@@ -117,12 +128,13 @@ def describe_exit(code: int) -> str:
     return f"exited with status {code}"
 
 
-def stop(procs: list[subprocess.Popen]) -> None:
-    """SIGTERM every process still running, then SIGKILL those not gone after ``GRACE_S`` (a process blocked
-    in a collective whose peer died does not run its Python signal handler)."""
+def stop(procs: list[subprocess.Popen], how: int = signal.SIGTERM) -> None:
+    """SIGTERM (or the launcher's own SIGINT, passed on so that every line tells the same story) every process
+    still running, then SIGKILL those not gone after ``GRACE_S`` (a process blocked in a collective whose peer
+    died does not run its Python signal handler)."""
     for p in procs:
         if p.poll() is None:
-            p.terminate()
+            p.send_signal(how)
     deadline = time.monotonic() + GRACE_S
     for p in procs:
         try:
@@ -184,21 +196,37 @@ def launch(processes: int, devices: int, heartbeat_s: float, main_args: list[str
         raise
     beats, code = Path(tempfile.mkdtemp(prefix="fedbat-launch-")), None
     try:
-        code = _run_job(processes, devices, heartbeat_s, main_args, workdir, lock, beats)
+        for attempt in range(1, START_ATTEMPTS + 1):
+            code = _run_job(processes, devices, heartbeat_s, main_args, workdir, lock, beats)
+            if code != cli.EXIT_SLOW_START or attempt == START_ATTEMPTS:
+                break
+            print(f"fedbat_jax.launch: the job did not start in time (a process was still loading or compiling "
+                  f"when another's first round began); starting it again (attempt {attempt + 1} of "
+                  f"{START_ATTEMPTS})", file=sys.stderr)
     finally:
         shutil.rmtree(beats, ignore_errors=True)
         if created and code != 0:
-            _remove_if_empty(workdir)
+            _remove_unstarted(workdir)
         lock.close()
     return code
 
 
-def _remove_if_empty(workdir: Path) -> None:
-    """A job that failed before its first round was written leaves no trace of itself (docs/guarantees.md's promise)."""
-    from fedbat_jax.workdir import LOCK_FILE
+def _remove_unstarted(workdir: Path) -> None:
+    """A fresh job that failed before its first round was written leaves no trace of itself but the log its
+    failure line names (a process other than 0's); nothing is removed once a round is written."""
+    from fedbat_jax.workdir import CHECKPOINT_FILE, LOCK_FILE, METRICS_FILE, PREVIOUS_CHECKPOINT_FILE
 
-    names = {p.name for p in workdir.iterdir()}
-    if all(n == LOCK_FILE or (n.startswith("process-") and n.endswith(".log")) for n in names):
+    metrics = workdir / METRICS_FILE
+    if (workdir / CHECKPOINT_FILE).exists() or (workdir / PREVIOUS_CHECKPOINT_FILE).exists() or (
+            metrics.exists() and metrics.read_bytes().strip()):
+        return
+    named = {f"process-{i}.log" for i in _NAMED}
+    for path in workdir.iterdir():
+        if path.name in named:
+            continue
+        if path.name != LOCK_FILE:  # (the lock goes with the folder, or stays while its logs do)
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    if {p.name for p in workdir.iterdir()} <= {LOCK_FILE}:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
@@ -216,7 +244,8 @@ def _run_job(processes, devices, heartbeat_s, main_args, workdir, lock, beats) -
             lock_fd = lock.fileno() if i == 0 else None
             procs.append(subprocess.Popen([sys.executable, "-m", "fedbat_jax.main", *quiet, *main_args,
                                            *job_flags(address, processes, i)],
-                                          env=process_env(i, devices, files[i], lock_fd), stdout=out,
+                                          env=process_env(i, devices, files[i], lock_fd, beats / "xla_cache"),
+                                          stdout=out,
                                           stderr=subprocess.STDOUT if out else None,
                                           pass_fds=(lock_fd,) if lock_fd is not None else (),
                                           start_new_session=True, preexec_fn=_die_with_the_launcher))
@@ -241,7 +270,10 @@ def _run_job(processes, devices, heartbeat_s, main_args, workdir, lock, beats) -
                       f"killed it and stopped the others", file=sys.stderr)
                 return EXIT_SILENT
             time.sleep(POLL_S)
-    except (KeyboardInterrupt, cli.Terminated):
+    except KeyboardInterrupt:
+        stop(procs, signal.SIGINT)  # each process ends the round in progress, checkpointed, and says "interrupted"
+        raise
+    except cli.Terminated:
         stop(procs)  # SIGTERM: each process ends the round in progress, checkpointed
         raise
     finally:
@@ -249,8 +281,14 @@ def _run_job(processes, devices, heartbeat_s, main_args, workdir, lock, beats) -
             f.close()
 
 
+_NAMED: set[int] = set()  # the processes whose log a failure line named (a failed fresh job keeps those logs)
+
+
 def _log_of(workdir: Path, i: int) -> str:
-    return "" if i == 0 else f" (its output: {workdir / f'process-{i}.log'})"
+    if i == 0:
+        return ""
+    _NAMED.add(i)
+    return f" (its output: {workdir / f'process-{i}.log'})"
 
 
 def _stop_failed_job(procs: list[subprocess.Popen], i: int, workdir: Path) -> int:

@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
 
     heartbeat()  # under fedbat_jax.launch: it names a process that stops answering
     code = cli.guarded("fedbat_jax", lambda: run(argv))
-    if code == cli.EXIT_JOB_FAILED:
+    if code in (cli.EXIT_JOB_FAILED, cli.EXIT_SLOW_START):
         leave_lost_job(code)
     return code
 

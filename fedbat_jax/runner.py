@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import signal
 import sys
 import time
 import warnings
@@ -63,8 +64,8 @@ class Experiment(NamedTuple):
 def build(config: ml_collections.ConfigDict) -> Experiment:
     """Everything a run needs, from the config alone (data on the device, model, jitted round)."""
     validate(config)
+    distributed.start(config)  # (first: sizing the table traces the model, which starts the XLA backend)
     _fits_before_loading(config)
-    distributed.start(config)
     return _build(config, load_dataset(config.dataset, config.data_dir or None))
 
 
@@ -142,8 +143,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path | None = None, pr
     all processes can read, to resume).
     """
     validate(config)  # before the workdir is touched or any data loads
-    _fits_before_loading(config)
     distributed.start(config)  # a multi-process job joined before anything touches a device
+    _fits_before_loading(config)
     if workdir is None and list(allow_change):
         raise ConfigError("allow_change applies to resuming a run in a workdir: give one")
     if config.tensorboard and workdir is None:
@@ -168,7 +169,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path | None = None, pr
         together = stopping.rounds_finish_first() if jax.process_count() > 1 else contextlib.nullcontext()
         with together, _one_line_if_a_peer_is_lost(wd):
             for r in range(done + 1, config.rounds + 1):
-                server, rec = _round(exp, server, r, wd, records)
+                server, rec = _round(exp, server, r, wd, records, first=r == done + 1)
                 if bar is not None:
                     acc = rec["test_accuracy"]
                     bar.set_postfix_str(f"acc {acc:.4f}" if acc is not None else f"loss {rec['train_loss']:.4f}")
@@ -180,12 +181,15 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path | None = None, pr
     return records
 
 
-def _round(exp: Experiment, server: ServerState, r: int, wd: Workdir | None, records: list) -> tuple[ServerState, dict]:
-    """Round ``r`` of the run loop: train, evaluate when due, refuse a divergence, append, checkpoint when due."""
+def _round(exp: Experiment, server: ServerState, r: int, wd: Workdir | None, records: list, first: bool = False,
+           ) -> tuple[ServerState, dict]:
+    """Round ``r`` of the run loop: train, evaluate when due, refuse a divergence, append, checkpoint when due.
+    A job's processes start the ``first`` round together (``distributed.first_round``)."""
     config = exp.config
     t0 = time.perf_counter()
-    server, m = exp.run_round(server, r)
-    train_loss = float(distributed.ready(m["train_loss"]))  # waits for the round to finish
+    with distributed.first_round() if first else contextlib.nullcontext():
+        server, m = exp.run_round(server, r)
+        train_loss = float(distributed.ready(m["train_loss"]))  # waits for the round to finish
     seconds = time.perf_counter() - t0
     model_finite = bool(_all_finite(server._replace(client_table=())))
     rec = {"round": r, "test_accuracy": None, "test_loss": None, "train_loss": train_loss,
@@ -207,8 +211,8 @@ def _round(exp: Experiment, server: ServerState, r: int, wd: Workdir | None, rec
 
 
 def _stop_if_asked(wd: Workdir | None, server: ServerState, r: int) -> None:
-    """In a multi-process job, after every round: if any process got SIGTERM, every process stops here
-    together, round ``r`` checkpointed (a single process's SIGTERM was raised at once)."""
+    """In a multi-process job, after every round: if any process got SIGTERM (or SIGINT from the launcher), every
+    process stops here together, round ``r`` checkpointed (a single process's signal was raised at once)."""
     signalled = distributed.stop_requests()
     if not signalled:
         return
@@ -216,7 +220,7 @@ def _stop_if_asked(wd: Workdir | None, server: ServerState, r: int) -> None:
         wd.save(server, r)
     who = ("process " if len(signalled) == 1 else "processes ") + ", ".join(map(str, signalled))
     raise Terminated(f"{who} of {jax.process_count()} got it; every process stopped after round {r}, "
-                     f"which is checkpointed")
+                     f"which is checkpointed", interrupted=signal.SIGINT in signalled.values())
 
 
 @contextlib.contextmanager

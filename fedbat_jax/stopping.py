@@ -20,7 +20,7 @@ from typing import Iterator
 
 from fedbat_jax.errors import Terminated
 
-_state = {"deferred": False, "requested": False}
+_state = {"deferred": False, "requested": 0}  # requested: the first stop signal noted (SIGTERM or SIGINT), or 0
 PEER_GONE = signal.SIGUSR1
 
 
@@ -33,10 +33,11 @@ def _on_peer_gone(signum, frame) -> None:
 
 
 def on_sigterm(signum, frame) -> None:
-    """The SIGTERM handler: raise ``Terminated`` now, or, inside ``rounds_finish_first``, note it."""
+    """The SIGTERM handler: raise ``Terminated`` now, or, inside ``rounds_finish_first``, note it (SIGINT too:
+    there, a Ctrl-C passed on by fedbat_jax.launch stops the job the same way, and is said as an interruption)."""
     if not _state["deferred"]:
         raise Terminated()
-    _state["requested"] = True
+    _state["requested"] = _state["requested"] or signum
 
 
 @contextlib.contextmanager
@@ -45,7 +46,9 @@ def rounds_finish_first() -> Iterator[None]:
     and ``PEER_GONE`` raises ``PeerGone`` (in the main thread; fedbat_jax.launch starts its processes with it
     ignored, so that outside the rounds it does nothing)."""
     main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(PEER_GONE, _on_peer_gone) if main_thread else None
+    if main_thread:
+        previous = signal.signal(PEER_GONE, _on_peer_gone)
+        previous_int = signal.signal(signal.SIGINT, on_sigterm)
     _state["deferred"] = True
     try:
         yield
@@ -53,8 +56,9 @@ def rounds_finish_first() -> Iterator[None]:
         _state["deferred"] = False
         if main_thread:
             signal.signal(PEER_GONE, previous)
+            signal.signal(signal.SIGINT, previous_int)
 
 
-def requested() -> bool:
-    """Whether this process got SIGTERM inside ``rounds_finish_first``."""
+def requested() -> int:
+    """The stop signal this process got inside ``rounds_finish_first`` (SIGTERM or SIGINT), or 0."""
     return _state["requested"]
