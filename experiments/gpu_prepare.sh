@@ -8,6 +8,6 @@ cd "$(dirname "$0")/.."
 src="${1:-../shared/data}"
 mkdir -p .data .whl
 cp -r "$src/fashion_mnist" .data/
-python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+"${PYTHON:-python3}" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux2014_x86_64 -d .whl ml-collections==1.1.0
 du -sh .data .whl
