@@ -88,10 +88,12 @@ def vmapped_runs(config, seeds: list[int]) -> dict[int, list[dict]]:
 
 def statistics(rows: list[dict]) -> str:
     """The per-cell table (n; final, last-5 mean and best accuracy with 95% intervals), the paired differences of
-    COMPARISONS, and every method against fedbat seed-blocked, per endpoint the rows have."""
+    COMPARISONS and of every ``fedbat@FIELD=VALUE`` variant against fedbat, and every method against fedbat
+    seed-blocked, per endpoint the rows have."""
     text = ("Per cell: the number of seeds n and, for the test accuracy of the final round, the mean of the last 5 "
             "rounds and the best round, the mean over seeds with its 95% t-interval.\n\n" + report.seed_table(rows))
-    for a, b in COMPARISONS:
+    variants = sorted({r["algorithm"] for r in rows if r["algorithm"].startswith("fedbat@")})
+    for a, b in COMPARISONS + tuple((v, "fedbat") for v in variants):  # (a setting's effect, paired by seed)
         paired = report.paired_table(rows, a, b)
         if paired:
             text += f"\n{a} against {b}, seed by seed:\n\n" + paired
