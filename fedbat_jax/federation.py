@@ -116,7 +116,8 @@ def make_learner(config: ml_collections.ConfigDict, model, params: Any, ds: Data
     local = LocalConfig(lr=config.lr, batch_size=config.batch_size, rho=config.rho, alpha_min=config.alpha_min,
                         alpha_max=config.alpha_max, bits=config.bits,
                         augment=(ds.augment or "none") if config.augment == "auto" else config.augment,
-                        alpha_rule=config.alpha_rule, alpha_bounds=config.alpha_bounds, ste=config.ste,
+                        alpha_rule=config.alpha_rule, alpha_init_scale=config.alpha_init_scale,
+                        alpha_bounds=config.alpha_bounds, ste=config.ste,
                         momentum=config.momentum, weight_decay=config.weight_decay, lr_schedule=config.lr_schedule,
                         lr_beta=config.lr_beta, lr_gamma=config.lr_gamma, rounds=config.rounds,
                         max_examples=config.max_client_examples, pad_ids=ds.pad_ids, unscored_ids=ds.unscored_ids)

@@ -44,6 +44,7 @@ class LocalConfig(NamedTuple):
     bits: int = 1  # levels 2^bits of the operator (1: FedBAT's binarization)
     augment: str = "none"  # a name in fedbat_jax.augment.AUGMENTATIONS
     alpha_rule: str = "learned"  # learned (the paper) | max_abs (alpha = max|u|: the theorem's)
+    alpha_init_scale: float = 1.0  # alpha0 = this x mean|u| when warm-up ends (1: the paper)
     alpha_bounds: str = "fixed"  # fixed (the paper) | lr (alpha_min, alpha_max scaled by lr_t / lr_0)
     ste: str = "clipped"  # dQ/du: clipped (the paper: zero where |u| > alpha) | identity
     momentum: float = 0.0
@@ -202,9 +203,9 @@ def make_local_step(model, mask: Params, cfg: LocalConfig, correct: Callable | N
         x = model_inputs(x, data.mean, data.std)
         y = data.labels[idx]
         binarizing = t >= n_warm
-        # Warm-up ends: alpha0 = mean|u| per binarized tensor, from the warmed-up latent update.
+        # Warm-up ends: alpha0 = mean|u| per binarized tensor (x alpha_init_scale), from the warmed-up update.
         alpha0 = jax.tree.map(
-            lambda a0, th, b: jnp.where(t == n_warm, jnp.mean(jnp.abs(th)), a0) if b else a0,
+            lambda a0, th, b: jnp.where(t == n_warm, cfg.alpha_init_scale * jnp.mean(jnp.abs(th)), a0) if b else a0,
             state.alpha0, state.theta, mask,
         )
         trainable = (state.theta, state.a, alpha0)

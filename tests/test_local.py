@@ -104,6 +104,32 @@ def test_warmup_switch_sets_alpha0_and_freezes_a_before():
     assert float(state.seen) == 2 * 30
 
 
+def test_alpha_init_scale_sets_the_level_and_rho_0_keeps_it():
+    """Issue 40's level control: alpha0 = alpha_init_scale x mean|u| when warm-up ends; with rho = 0 the step
+    size stays exactly there for the rest of the round (alpha = alpha0 exp(0 a), inside the bounds)."""
+    from fedbat_jax.local import step_sizes
+
+    model = make_model("cnn4", 10)
+    variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))
+    params = variables["params"]
+    mask = binarized_mask(params, default_binarize_predicate)
+    cfg = LocalConfig(lr=0.1, batch_size=8, rho=0.0, alpha_init_scale=2.0, alpha_min=1e-8)
+    step = jax.jit(make_local_step(model, mask, cfg))
+    data = _data(n=30)
+    n, num_steps = data.sizes[0], 8
+    n_warm = warmup_steps(0.5, num_steps)
+    orders = epoch_orders(jax.random.PRNGKey(1), data.index[0], n, 2)
+    state = init_client(params, variables["batch_stats"], mask, cfg)
+    for t in range(num_steps):
+        before = state
+        state = step(state, params, data, orders, n, n_warm, t, jax.random.PRNGKey(100 + t), cfg.lr)
+        if t == n_warm:
+            level = 2.0 * jnp.mean(jnp.abs(before.theta["Conv_1"]["kernel"]))
+            np.testing.assert_allclose(state.alpha0["Conv_1"]["kernel"], level, rtol=1e-6)
+    alpha = step_sizes(state.a, state.alpha0, cfg, state.theta)["Conv_1"]["kernel"]
+    np.testing.assert_allclose(alpha, level, rtol=1e-6)
+
+
 def test_epoch_orders_and_short_last_batch():
     data = _data(n=21, batch=8)
     orders = epoch_orders(jax.random.PRNGKey(0), data.index[0], jnp.int32(21), 3)

@@ -257,6 +257,9 @@ FEDBAT_SETTINGS = (
             FRACTION),
     Setting("alpha_min", 5e-4, "[config] fedbat: lower clip of the learned step size", ABOVE_ZERO),
     Setting("alpha_max", 5e-2, "[config] fedbat: upper clip of the learned step size", ABOVE_ZERO),
+    Setting("alpha_init_scale", 1.0, "fedbat: alpha0 = alpha_init_scale x mean|u| when warm-up ends (1 = the "
+                                     "paper); with rho = 0 alpha stays at that level (issue 40's level control)",
+            ABOVE_ZERO),
     Setting("alpha_rule", "learned", "fedbat: learned (the paper) | max_abs (alpha = max|u| per tensor, as in the "
                                      "convergence theorem)", ("learned", "max_abs")),
     Setting("alpha_bounds", "fixed", "fedbat: fixed (the paper) | lr (alpha_min and alpha_max scaled by lr_t / lr_0)",
