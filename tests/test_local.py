@@ -75,12 +75,13 @@ def test_any_model_and_any_predicate():
     assert float(state.a["Dense_1"]["kernel"]) == 0.0  # full-precision leaf: no step size
 
 
-def test_warmup_switch_sets_alpha0_and_freezes_a_before():
+def _cnn4_steps(cfg: LocalConfig):
+    """A CNN4 client's 2 epochs of 30 examples in batches of 8 (8 steps, warm-up phi 0.5), FedBAT's kernels
+    binarized: yields ``(t, n_warm, state before the step, state after)``."""
     model = make_model("cnn4", 10)
     variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))
     params = variables["params"]
     mask = binarized_mask(params, default_binarize_predicate)
-    cfg = LocalConfig(lr=0.1, batch_size=8)
     step = jax.jit(make_local_step(model, mask, cfg))
     data = _data(n=30)
     n = data.sizes[0]
@@ -89,8 +90,12 @@ def test_warmup_switch_sets_alpha0_and_freezes_a_before():
     orders = epoch_orders(jax.random.PRNGKey(1), data.index[0], n, 2)
     state = init_client(params, variables["batch_stats"], mask, cfg)
     for t in range(num_steps):
-        before = state
-        state = step(state, params, data, orders, n, n_warm, t, jax.random.PRNGKey(100 + t), cfg.lr)
+        before, state = state, step(state, params, data, orders, n, n_warm, t, jax.random.PRNGKey(100 + t), cfg.lr)
+        yield t, n_warm, before, state
+
+
+def test_warmup_switch_sets_alpha0_and_freezes_a_before():
+    for t, n_warm, before, state in _cnn4_steps(LocalConfig(lr=0.1, batch_size=8)):
         k = state.alpha0["Conv_1"]["kernel"]
         if t < n_warm:
             assert float(k) == np.float32(ALPHA0_INIT)
@@ -109,20 +114,8 @@ def test_alpha_init_scale_sets_the_level_and_rho_0_keeps_it():
     size stays exactly there for the rest of the round (alpha = alpha0 exp(0 a), inside the bounds)."""
     from fedbat_jax.local import step_sizes
 
-    model = make_model("cnn4", 10)
-    variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))
-    params = variables["params"]
-    mask = binarized_mask(params, default_binarize_predicate)
     cfg = LocalConfig(lr=0.1, batch_size=8, rho=0.0, alpha_init_scale=2.0, alpha_min=1e-8)
-    step = jax.jit(make_local_step(model, mask, cfg))
-    data = _data(n=30)
-    n, num_steps = data.sizes[0], 8
-    n_warm = warmup_steps(0.5, num_steps)
-    orders = epoch_orders(jax.random.PRNGKey(1), data.index[0], n, 2)
-    state = init_client(params, variables["batch_stats"], mask, cfg)
-    for t in range(num_steps):
-        before = state
-        state = step(state, params, data, orders, n, n_warm, t, jax.random.PRNGKey(100 + t), cfg.lr)
+    for t, n_warm, before, state in _cnn4_steps(cfg):
         if t == n_warm:
             level = 2.0 * jnp.mean(jnp.abs(before.theta["Conv_1"]["kernel"]))
             np.testing.assert_allclose(state.alpha0["Conv_1"]["kernel"], level, rtol=1e-6)
