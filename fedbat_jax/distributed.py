@@ -16,8 +16,8 @@ is heard even while a collective waits on that peer. ``heartbeat`` tells the lau
 A job's start is the slow part: every process loads and compiles at its own speed on a loaded machine, and the
 CPU collectives' rendezvous (Gloo's) gives a peer only 30 s to arrive, a limit no setting changes. ``first_round``
 lines the processes up at a barrier before the first round, and a failure before that round ends is a slow or
-failed start (``SlowStart``, exit 75: the launcher starts the job again, its compiled programs then cached so
-that the processes compile in step), never a lost process.
+failed start (``SlowStart``, exit 75, which the launcher answers by starting the job again: a loaded machine's
+skew is chance), never a lost process.
 """
 from __future__ import annotations
 

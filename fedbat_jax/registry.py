@@ -4,8 +4,8 @@
     MODELS["cnn4"]        # the entry; a "module:attr" string is imported on first use
     MODELS["cnn5"]        # ConfigError: unknown model 'cnn5'; choose one of: cnn4, logreg
 
-A new algorithm, compressor, model, dataset, augmentation, backend, server optimizer, learning-rate schedule,
-partition or error-feedback form is one file plus one line in its registry. ``fedbat_jax.config`` reads the
+A new algorithm, compressor, model, dataset, augmentation, backend, server optimizer, learning-rate schedule or
+error-feedback form is one file plus one line in its registry. ``fedbat_jax.config`` reads the
 registries: the names a setting accepts, its ``--help`` line, and the settings an entry brings with it. An entry's
 settings are ``Setting`` records, each with the ``values`` it accepts (a field of the algorithm's and compressor's
 records; ``@declares(...)`` on a function or class entry), and its ``check(config)`` says what one value cannot

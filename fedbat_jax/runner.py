@@ -136,7 +136,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path | None = None, pr
     then go to stderr, and without a ``log`` they are Python warnings. With a workdir (``fedbat_jax.workdir``), a
     run resumes from its last checkpoint there and reproduces the same numbers; a start whose settings would change
     the numbers of the run the workdir holds raises ``WorkdirError`` unless each changed field is named in
-    ``allow_change`` (``rounds``, or an backend setting). A non-finite
+    ``allow_change`` (``rounds``, or a backend setting). A non-finite
     training loss or global model raises ``DivergenceError`` before that round is written or checkpointed.
     In a multi-process job (the settings ``coordinator_address``, ``num_processes``, ``process_id``; joined in
     ``validate``) every process holds the same replicated server state; process 0 writes the workdir (a folder
