@@ -30,6 +30,7 @@ from fedbat_jax import cli, report
 from fedbat_jax.binarization import binarized_mask, default_binarize_predicate
 from fedbat_jax.local import FederatedData, LocalConfig, effective_params, init_client, make_local_step
 from fedbat_jax.models import make_model
+from fedbat_jax.payloads import tree_bytes
 from fedbat_jax.registry import Registry
 
 # (model, input shape, width): the paper's CNN4 and ResNet-10, the new ViT and MobileNet-style net, logreg.
@@ -48,10 +49,6 @@ def _median_seconds(fn, repeats: int) -> float:
         jax.block_until_ready(fn())
         times.append(time.perf_counter() - t)
     return statistics.median(times)
-
-
-def _bytes(tree) -> int:
-    return int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree)))
 
 
 def measure(name: str, algorithm: str, repeats: int) -> dict:
@@ -83,9 +80,9 @@ def measure(name: str, algorithm: str, repeats: int) -> dict:
     record = {
         "model": name, "algorithm": algorithm, "input": "x".join(map(str, shape)), "batch": BATCH,
         "params": int(sum(x.size for x in jax.tree.leaves(params))), "binarized": int(sum(x.size for x in binarized)),
-        "param_bytes": _bytes(params) + _bytes(batch_stats),
+        "param_bytes": tree_bytes(params) + tree_bytes(batch_stats),
         # FedBAT's extra client state: the latent update (a float32 copy of each binarized tensor), a and alpha0
-        "latent_bytes": _bytes(binarized) + 2 * 4 * len(binarized),
+        "latent_bytes": tree_bytes(binarized) + 2 * 4 * len(binarized),
         "peak_bytes": int(peak), "temp_bytes": int(memory.temp_size_in_bytes),
         "gflops": float(cost.get("flops", float("nan"))) / 1e9,
         "gbytes_accessed": float(cost.get("bytes accessed", float("nan"))) / 1e9,

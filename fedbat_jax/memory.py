@@ -14,15 +14,14 @@ memory the kernel reports available (``MemAvailable``) and what the address-spac
 """
 from __future__ import annotations
 
-import math
 import resource
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
-import numpy as np
 
 from fedbat_jax.errors import ConfigError
+from fedbat_jax.payloads import tree_bytes
 
 GIB = 2 ** 30
 
@@ -49,35 +48,36 @@ class Need(NamedTuple):
         return self.table + self.params
 
 
-def tree_bytes(tree: Any) -> int:
-    return int(sum(math.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree)))
-
-
 def need(learner, params: Any, clients: int, dataset_bytes: int) -> Need:
     """The estimate for ``clients`` rows of ``learner``'s table over ``params`` (arrays or shapes)."""
     row = jax.eval_shape(learner.fresh_row, params)
     return Need(clients, tree_bytes(row.compressor), tree_bytes(row.algorithm), tree_bytes(params), dataset_bytes)
 
 
-def available(config) -> tuple[int, str]:
-    """The host memory this run may use, and what sets it."""
-    limits = []
+def limits(config) -> list[tuple[int, str, bool]]:
+    """The host memory this run may use: ``(bytes, what sets them, net)``, ``net`` where the figure is what is
+    left beside what this process holds already (the machine's MemAvailable, the ``ulimit -v`` headroom), not the
+    run's whole budget (``max_host_memory``)."""
+    out = []
     if config.max_host_memory > 0:
-        limits.append((int(config.max_host_memory * GIB), f"allowed (max_host_memory={config.max_host_memory:g})"))
+        out.append((int(config.max_host_memory * GIB), f"allowed (max_host_memory={config.max_host_memory:g})", False))
     meminfo = _meminfo()
     if "MemAvailable" in meminfo:
-        limits.append((meminfo["MemAvailable"], "available on this machine (MemAvailable)"))
+        out.append((meminfo["MemAvailable"], "available on this machine (MemAvailable)", True))
     soft, _ = resource.getrlimit(resource.RLIMIT_AS)
     if soft != resource.RLIM_INFINITY:
-        limits.append((max(soft - _status("VmSize"), 0), "left by the address-space limit (ulimit -v)"))
-    return min(limits) if limits else (2 ** 62, "no limit known")
+        out.append((max(soft - _status("VmSize"), 0), "left by the address-space limit (ulimit -v)", True))
+    return out
 
 
-def check(config, est: Need, when: str = "") -> None:
-    """A ConfigError naming the sizes and the settings behind them when ``est`` exceeds what is available."""
-    limit, why = available(config)
-    if est.total <= limit:
+def check(config, est: Need, when: str = "", loaded: bool = False) -> None:
+    """A ConfigError naming the sizes and the settings behind them when ``est`` exceeds what is available.
+    ``loaded``: the dataset is in this process's memory already, so a net limit is set against the table alone."""
+    short = [(limit - need, limit, why) for limit, why, net in limits(config)
+             for need in [est.table if loaded and net else est.total] if need > limit]
+    if not short:
         return
+    _, limit, why = min(short)
     parts = [f"{name} {b / 2 ** 20:.2f} MB" for name, b in
              ((f"error_feedback={config.error_feedback}/compressor", est.compressor_row),
               (f"algorithm={config.algorithm}", est.algorithm_row)) if b]
@@ -85,7 +85,8 @@ def check(config, est: Need, when: str = "") -> None:
         f"this run needs about {est.total / GIB:.1f} GiB of host memory{when}: a per-client table of "
         f"num_clients={est.clients} x {(est.compressor_row + est.algorithm_row) / 2 ** 20:.2f} MB "
         f"({', '.join(parts) or 'nothing'}; model={config.model}) = {est.table / GIB:.2f} GiB, written into every "
-        f"checkpoint (~{est.checkpoint / GIB:.2f} GiB each), plus the dataset's {est.dataset / GIB:.2f} GiB; "
+        f"checkpoint (~{est.checkpoint / GIB:.2f} GiB each), plus the dataset's {est.dataset / GIB:.2f} GiB"
+        f"{' (loaded)' if loaded else ''}; "
         f"only {limit / GIB:.1f} GiB are {why}. Lower num_clients, use a smaller model_width or a method without "
         "per-client state, or set --config.max_host_memory")
 

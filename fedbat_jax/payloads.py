@@ -114,4 +114,9 @@ def payload_bits(payload: Any) -> int:
         return [p]
 
     leaves = [x for p in jax.tree.leaves(payload, is_leaf=is_payload) for x in sent(p)]
-    return sum(math.prod(x.shape) * np.dtype(x.dtype).itemsize * 8 for x in jax.tree.leaves(leaves))
+    return 8 * tree_bytes(leaves)
+
+
+def tree_bytes(tree: Any) -> int:
+    """Bytes of every array leaf of ``tree`` as stored (arrays or ``jax.ShapeDtypeStruct`` shapes)."""
+    return int(sum(math.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree)))

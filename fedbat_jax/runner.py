@@ -86,7 +86,7 @@ def _fits_before_loading(config: ml_collections.ConfigDict) -> None:
 
 def _build(config: ml_collections.ConfigDict, ds: Dataset) -> Experiment:
     federation = build_federation(config, ds)
-    memory.check(config, memory_need(config, federation))  # before the table is allocated
+    memory.check(config, memory_need(config, federation), loaded=True)  # before the table is allocated
     learner, roster = federation.learner, federation.roster
     params, batch_stats = federation.variables["params"], federation.variables.get("batch_stats", {})
     backend = make_backend(config, learner, int(roster.num_steps.max()))

@@ -8,7 +8,7 @@ import fedbat_jax as fb
 from conftest import tiny
 from fedbat_jax.data import load_dataset
 from fedbat_jax.federation import build_federation, memory_need
-from fedbat_jax.memory import tree_bytes
+from fedbat_jax.payloads import tree_bytes
 
 
 @pytest.mark.parametrize("algorithm, extra, owner", [
@@ -50,3 +50,20 @@ def test_a_federation_known_only_from_its_files_is_checked_before_its_table(monk
     with pytest.raises(fb.ConfigError, match=r"needs about \d+\.\d GiB of host memory: a per-"
                                              r"client table of num_clients=8 x"):
         fb.build_from_data(c, ds)
+
+
+def test_a_loaded_dataset_is_not_counted_twice_against_what_the_machine_reports(monkeypatch):
+    """After loading, MemAvailable is net of the dataset this process holds: the table alone is set against it.
+    max_host_memory is the run's whole budget, so the dataset still counts there."""
+    from fedbat_jax import memory
+
+    gib = memory.GIB
+    est = memory.Need(clients=1, compressor_row=gib, algorithm_row=0, params=0, dataset=3 * gib)  # table 1 GiB
+    monkeypatch.setattr(memory, "_meminfo", lambda: {"MemAvailable": 2 * gib})
+    c = tiny()
+    memory.check(c, est, loaded=True)  # 1 GiB of table into 2 GiB left: fits
+    with pytest.raises(fb.ConfigError, match=r"needs about 4.0 GiB .* only 2.0 GiB are available on this machine"):
+        memory.check(c, est)  # before loading, the dataset's 3 GiB are still to come
+    c.max_host_memory = 2.0
+    with pytest.raises(fb.ConfigError, match=r"dataset's 3.00 GiB \(loaded\); only 2.0 GiB are allowed"):
+        memory.check(c, est, loaded=True)
