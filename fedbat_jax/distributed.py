@@ -76,7 +76,7 @@ def initialize(config) -> None:
         raise ConfigError(f"coordinator_address={address}: could not join the job ({' '.join(str(e).split())})") from e
 
 
-_START = {"started": False}
+_START = {"started": False}  # whether this run's first round has ended
 START_BARRIER_S = 600  # how long a process waits at the first round for the others (a dead one: the heartbeat's)
 
 
@@ -91,6 +91,7 @@ def first_round() -> Iterator[None]:
         return
     from jax._src import distributed as jax_distributed  # (its client: the coordination service's barriers)
 
+    _START["started"] = False  # (a second run in the same job starts again)
     jax_distributed.global_state.client.wait_at_barrier("fedbat_first_round", START_BARRIER_S * 1000)
     yield
     _START["started"] = True

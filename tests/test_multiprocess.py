@@ -383,6 +383,32 @@ print("RESULT " + json.dumps({"devices": jax.device_count(), "processes": jax.pr
 """
 
 
+TWICE = """
+import json, sys
+sys.path.insert(0, "tests")
+import fedbat_jax as fb
+from conftest import tiny
+c = tiny("fedavg", model="logreg", rounds=1, backend="fused")
+c.coordinator_address, c.num_processes, c.process_id = sys.argv[1], 2, int(sys.argv[2])
+print("RESULT " + json.dumps([fb.run(c)[0]["train_loss"] for _ in range(2)]))
+"""
+
+
+@pytest.mark.slow
+def test_two_runs_in_one_job_each_start_together():
+    """fb.run twice in the processes of one job (a notebook on a cluster): the start barrier serves both runs'
+    first rounds, and the second run equals the first."""
+    from fedbat_jax.launch import free_port
+
+    address = f"127.0.0.1:{free_port()}"
+    procs = [subprocess.Popen([sys.executable, "-c", TWICE, address, str(i)], cwd=ROOT, env=env(2),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err[-2000:] for _, err in outs]
+    losses = [json.loads(next(line[7:] for line in out.splitlines() if line.startswith("RESULT "))) for out, _ in outs]
+    assert losses[0] == losses[1] and losses[0][0] == losses[0][1]
+
+
 @pytest.mark.slow
 def test_a_sweep_spans_the_devices_of_two_processes():
     """fb.sweep in a 2-process x 2-device job: 8 runs over 4 devices; every process gets every record, each
