@@ -194,10 +194,10 @@ def launch(processes: int, devices: int, heartbeat_s: float, main_args: list[str
         if created:
             shutil.rmtree(workdir, ignore_errors=True)
         raise
-    beats, code = Path(tempfile.mkdtemp(prefix="fedbat-launch-")), None
+    beats, code, named = Path(tempfile.mkdtemp(prefix="fedbat-launch-")), None, None
     try:
         for attempt in range(1, START_ATTEMPTS + 1):
-            code = _run_job(processes, devices, heartbeat_s, main_args, workdir, lock, beats)
+            code, named = _run_job(processes, devices, heartbeat_s, main_args, workdir, lock, beats)
             if code != cli.EXIT_SLOW_START or attempt == START_ATTEMPTS:
                 break
             print(f"fedbat_jax.launch: the job did not start in time (a process was still loading or compiling "
@@ -206,23 +206,22 @@ def launch(processes: int, devices: int, heartbeat_s: float, main_args: list[str
     finally:
         shutil.rmtree(beats, ignore_errors=True)
         if created and code != 0:
-            _remove_unstarted(workdir)
+            _remove_unstarted(workdir, named)
         lock.close()
     return code
 
 
-def _remove_unstarted(workdir: Path) -> None:
-    """A fresh job that failed before its first round was written leaves no trace of itself but the log its
-    failure line names (a process other than 0's); nothing is removed once a round is written."""
+def _remove_unstarted(workdir: Path, named: int | None) -> None:
+    """A fresh job that failed before its first round was written leaves no trace of itself but the log of the
+    process its failure line ``named`` (one other than 0); nothing is removed once a round is written."""
     from fedbat_jax.workdir import CHECKPOINT_FILE, LOCK_FILE, METRICS_FILE, PREVIOUS_CHECKPOINT_FILE
 
     metrics = workdir / METRICS_FILE
     if (workdir / CHECKPOINT_FILE).exists() or (workdir / PREVIOUS_CHECKPOINT_FILE).exists() or (
             metrics.exists() and metrics.read_bytes().strip()):
         return
-    named = {f"process-{i}.log" for i in _NAMED}
     for path in workdir.iterdir():
-        if path.name in named:
+        if named and path.name == f"process-{named}.log":
             continue
         if path.name != LOCK_FILE:  # (the lock goes with the folder, or stays while its logs do)
             shutil.rmtree(path) if path.is_dir() else path.unlink()
@@ -230,7 +229,8 @@ def _remove_unstarted(workdir: Path) -> None:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _run_job(processes, devices, heartbeat_s, main_args, workdir, lock, beats) -> int:
+def _run_job(processes, devices, heartbeat_s, main_args, workdir, lock, beats) -> tuple[int, int | None]:
+    """Run the job once: its exit status, and the process a failure line named (``None`` when none did)."""
     address = f"127.0.0.1:{free_port()}"
     procs, logs, files = [], [], [beats / f"process-{i}" for i in range(processes)]
     try:
@@ -255,7 +255,7 @@ def _run_job(processes, devices, heartbeat_s, main_args, workdir, lock, beats) -
             if failed:
                 return _stop_failed_job(procs, failed[0], workdir)
             if all(c == 0 for c in codes):
-                return 0
+                return 0, None
             now = time.time()
             silent = [(i, now - files[i].stat().st_mtime) for i, c in enumerate(codes) if c is None]
             silent = [(i, age) for i, age in silent if age > heartbeat_s]
@@ -268,7 +268,7 @@ def _run_job(processes, devices, heartbeat_s, main_args, workdir, lock, beats) -
                 print(f"fedbat_jax.launch: process {i} of {processes} stopped answering (no heartbeat for "
                       f"{age:.0f} s: stopped, or hung; --heartbeat-timeout {heartbeat_s:g}){_log_of(workdir, i)}; "
                       f"killed it and stopped the others", file=sys.stderr)
-                return EXIT_SILENT
+                return EXIT_SILENT, i
             time.sleep(POLL_S)
     except KeyboardInterrupt:
         stop(procs, signal.SIGINT)  # each process ends the round in progress, checkpointed, and says "interrupted"
@@ -281,20 +281,14 @@ def _run_job(processes, devices, heartbeat_s, main_args, workdir, lock, beats) -
             f.close()
 
 
-_NAMED: set[int] = set()  # the processes whose log a failure line named (a failed fresh job keeps those logs)
-
-
 def _log_of(workdir: Path, i: int) -> str:
-    if i == 0:
-        return ""
-    _NAMED.add(i)
-    return f" (its output: {workdir / f'process-{i}.log'})"
+    return "" if i == 0 else f" (its output: {workdir / f'process-{i}.log'})"
 
 
-def _stop_failed_job(procs: list[subprocess.Popen], i: int, workdir: Path) -> int:
+def _stop_failed_job(procs: list[subprocess.Popen], i: int, workdir: Path) -> tuple[int, int | None]:
     """Process ``i`` was the first seen to fail: let the others end by themselves (a bad setting fails in every
     process, and process 0 prints its reason), stop the rest, say in one line which failed (not one that only
-    lost it), return the exit status."""
+    lost it), return the exit status and the process named."""
     codes = settle(procs)
     stop(procs)
     n = len(procs)
@@ -302,10 +296,10 @@ def _stop_failed_job(procs: list[subprocess.Popen], i: int, workdir: Path) -> in
     if all(c == cli.EXIT_TERMINATED for c in codes):
         print(f"fedbat_jax.launch: the job stopped on SIGTERM (all {n} processes, after the round in progress, "
               f"checkpointed); rerun the same command to resume", file=sys.stderr)
-        return cli.EXIT_TERMINATED
+        return cli.EXIT_TERMINATED, None
     print(f"fedbat_jax.launch: process {i} of {n} {describe_exit(codes[i])}{_log_of(workdir, i)}; "
           f"stopped the others", file=sys.stderr)
-    return codes[i] if codes[i] > 0 else 128 - codes[i]
+    return (codes[i] if codes[i] > 0 else 128 - codes[i]), i
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -360,12 +360,12 @@ def test_a_process_still_waiting_on_a_lost_peer_is_told_and_the_lost_one_is_name
         assert waiting.stdout.readline() == "rounds\n"  # (alive after the PEER_GONE it ignored)
         victim.kill()
         victim.wait()
-        code = launch._stop_failed_job([waiting, victim], 0, tmp_path)
+        code, named = launch._stop_failed_job([waiting, victim], 0, tmp_path)
     finally:
         for p in (waiting, victim):
             p.kill()
     assert waiting.returncode == cli.EXIT_JOB_FAILED  # told, not stopped by SIGTERM or SIGKILL
-    assert code == 128 + signal.SIGKILL
+    assert code == 128 + signal.SIGKILL and named == 1
     assert capsys.readouterr().err.startswith("fedbat_jax.launch: process 1 of 2 was killed by SIGKILL")
 
 
