@@ -120,6 +120,7 @@ class Aggregate(NamedTuple):
     loss_sum: jax.Array  # sum of the clients' per-example training losses
     seen: jax.Array  # examples trained on
     messages: Any  # sum_k w_k message_k: the algorithm's messages (() if none)
+    probes: Any = ()  # sum_k p_k probe_k: the cohort's mean of each per-client diagnostic (``Learner.probes``)
 
 
 def make_roster(sizes: np.ndarray, local_epochs: int, batch_size: int, phi: float, aggregation_weights: str,
@@ -170,6 +171,7 @@ class Learner(NamedTuple):
     server_optimizer: optax.GradientTransformation = optax.sgd(1.0)  # plain averaging
     algorithm: Algorithm = ALGORITHMS["fedavg"]
     settings: Any = None
+    probes: bool = False  # every round, per binarized leaf: the cohort's mean alpha / mean|u| and clipped share
 
     # ---- a client -------------------------------------------------------------------------------
     def fresh_state(self, params: Params, batch_stats: Any) -> ClientState:
@@ -210,7 +212,8 @@ class Learner(NamedTuple):
             algorithm_row, message = self.algorithm.message(update, row.algorithm, client.context, s.lr_sum,
                                                             self.settings)
         contribution = Aggregate(self._weighted(self.compressor.decode(payload), inp, s.lr_sum),
-                                 _scaled(inp.weight, s.batch_stats), s.loss_sum, s.seen, _scaled(inp.share, message))
+                                 _scaled(inp.weight, s.batch_stats), s.loss_sum, s.seen, _scaled(inp.share, message),
+                                 _scaled(inp.weight, self.client_probes(update, scales)))
         return contribution, ClientRow(compressor_row, algorithm_row)
 
     def _weighted(self, update: Params, inp: ClientInput, lr_sum: jax.Array) -> Params:
@@ -240,8 +243,27 @@ class Learner(NamedTuple):
         def zeros(t):
             return jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), t)
 
+        probes = jax.eval_shape(self.client_probes, sent.params, jax.tree.map(lambda _: jnp.float32(1), sent.params))
         return Aggregate(zeros(sent.params), zeros(sent.batch_stats), jnp.float32(0), jnp.float32(0),
-                         zeros(self.message_shape(sent.params)))
+                         zeros(self.message_shape(sent.params)), zeros(probes))
+
+    def client_probes(self, update: Params, scales: Params) -> dict:
+        """One client's diagnostics (``probes`` on, else ``{}``), per binarized leaf ``L``: ``alpha_ratio/L``, its
+        training step size over ``mean|u|`` of its finished update, and ``clipped/L``, the share of coordinates with
+        ``|u| > alpha`` (the upload draws them at +-alpha: their magnitude beyond alpha is lost). The server
+        averages them over the cohort by p_k; they change no number of the run."""
+        if not self.probes:
+            return {}
+        out = {}
+        for (path, u), alpha, binarized in zip(jax.tree_util.tree_leaves_with_path(update),
+                                               jax.tree.leaves(scales), jax.tree.leaves(self.train_mask)):
+            if binarized:
+                name = jax.tree_util.keystr(path, simple=True, separator="/")
+                a = jnp.asarray(alpha, jnp.float32)
+                mag = jnp.abs(u.astype(jnp.float32))
+                out[f"alpha_ratio/{name}"] = a / jnp.maximum(jnp.mean(mag), 1e-30)
+                out[f"clipped/{name}"] = jnp.mean((mag > a).astype(jnp.float32))
+        return out
 
     def fold(self, acc: Aggregate, contributions: Aggregate, done: jax.Array) -> Aggregate:
         """Add the finished clients among a batch of contributions (leading axis; ``done`` marks them): the
@@ -278,8 +300,8 @@ class Learner(NamedTuple):
         """The new global model: the server optimizer's step on the pseudo-gradient ``-sum_k p_k
         decode(payload_k)`` (plain averaging: ``w + sum_k p_k decode(payload_k)``), through the algorithm's
         ``server_step`` if it has one; BatchNorm statistics averaged; the broadcast state updated from the messages.
-        ``cohort``: the round's inputs, stacked. Returns the state (its client table as given) with the round's
-        mean training loss."""
+        ``cohort``: the round's inputs, stacked. Returns the state (its client table as given) and the round's
+        statistics: ``train_loss`` (the mean training loss) and the cohort's ``probes``, if on."""
         pseudo_gradient = jax.tree.map(jnp.negative, agg.update)
         extra = {}
         if self.algorithm.server_step is not None:
@@ -291,7 +313,8 @@ class Learner(NamedTuple):
         if self.algorithm.state_update is not None:
             state = self.algorithm.state_update(state, agg.messages, self.settings)
         return (server._replace(params=params, batch_stats=agg.batch_stats, opt_state=opt_state,
-                                algorithm_state=state), agg.loss_sum / jnp.maximum(agg.seen, 1.0))
+                                algorithm_state=state),
+                {"train_loss": agg.loss_sum / jnp.maximum(agg.seen, 1.0), **(agg.probes or {})})
 
     def sums(self, agg: Aggregate, cohort: ClientInput) -> Sums:
         """The round's decoded updates summed by p_k and by w_k. ``w_k = p_k sum_j w_j`` over the cohort, so

@@ -122,7 +122,7 @@ def make_learner(config: ml_collections.ConfigDict, model, params: Any, ds: Data
                         lr_beta=config.lr_beta, lr_gamma=config.lr_gamma, rounds=config.rounds,
                         max_examples=config.max_client_examples, pad_ids=ds.pad_ids, unscored_ids=ds.unscored_ids)
     return Learner(model, train_mask, compressor, local, epochs or config.local_epochs, server_optimizer(config),
-                   algorithm, ml_collections.FrozenConfigDict(config))
+                   algorithm, ml_collections.FrozenConfigDict(config), probes=bool(config.alpha_metrics))
 
 
 def federated_data(ds: Dataset, parts: list, batch_size: int) -> FederatedData:

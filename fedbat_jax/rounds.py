@@ -1,7 +1,7 @@
 """One federated round, top to bottom (REFERENCE.md section 1): the run loop and ``make_train`` both call it.
 
     one_round = make_round(learner, roster, clients_per_round, backend)
-    server, train_loss = one_round(server, data, jax.random.PRNGKey(seed), r)
+    server, stats = one_round(server, data, jax.random.PRNGKey(seed), r)   # stats: train_loss (+ probes)
 
 1. ``plan_round``: K of N clients from ``(seed, r)`` and each one's ``ClientInput`` (data rows, size, steps,
    warm-up count, weights, key);
@@ -32,8 +32,9 @@ Params = Any
 
 
 def make_round(learner: Learner, roster: Roster, clients_per_round: int, backend: Backend, jit: bool = True,
-               ) -> Callable[..., tuple[ServerState, jax.Array]]:
-    """``one_round(server, data, root, r) -> (server, train_loss)``. ``jit=False`` leaves the planning and the
+               ) -> Callable[..., tuple[ServerState, dict]]:
+    """``one_round(server, data, root, r) -> (server, stats)``: ``stats`` holds the round's ``train_loss`` and the
+    learner's probes (``Learner.client_probes``), if on. ``jit=False`` leaves the planning and the
     server step to be traced by the caller (``make_train``); an ``eager`` backend (``debug``) compiles nothing.
 
     With a host table (the run loop's) ``one_round`` consumes ``server``: the table is updated in place (as a
@@ -44,13 +45,13 @@ def make_round(learner: Learner, roster: Roster, clients_per_round: int, backend
     if jit and not eager:
         plan, update = jax.jit(plan), jax.jit(update)
 
-    def one_round(server: ServerState, data, root: jax.Array, r) -> tuple[ServerState, jax.Array]:
+    def one_round(server: ServerState, data, root: jax.Array, r) -> tuple[ServerState, dict]:
         with jax.disable_jit() if eager else contextlib.nullcontext():
             inputs = plan(root, r, index=data.index)                                         # 1. the cohort
             rows = gather(server.client_table, inputs.client)                                # 2. its rows
             agg, rows = backend.run(learner.broadcast(server), data, inputs, rows)         # 3. clients train
-            new, train_loss = update(server._replace(client_table=()), agg, inputs)          # 4. server step
-            return new._replace(client_table=scatter(server.client_table, inputs.client, rows)), train_loss  # 5.
+            new, stats = update(server._replace(client_table=()), agg, inputs)               # 4. server step
+            return new._replace(client_table=scatter(server.client_table, inputs.client, rows)), stats  # 5.
 
     return one_round
 

@@ -99,8 +99,8 @@ def _build(config: ml_collections.ConfigDict, ds: Dataset) -> Experiment:
 
     def run_round(server: ServerState, r: int) -> tuple[ServerState, dict]:
         """Round ``r``; consumes ``server`` (its host table is updated in place): keep the returned state."""
-        server, train_loss = one_round(server._replace(client_table=host_table(server.client_table)), data, root, r)
-        return server, {"train_loss": train_loss, **wire}
+        server, stats = one_round(server._replace(client_table=host_table(server.client_table)), data, root, r)
+        return server, {**stats, **wire}
 
     server = learner.server_init(params, batch_stats, config.num_clients, zeros=host_zeros)  # the table on the host
     evaluate = host_evaluator(federation.model, federation.dataset, config.eval_client_threshold)
@@ -195,6 +195,7 @@ def _round(exp: Experiment, server: ServerState, r: int, wd: Workdir | None, rec
     rec = {"round": r, "test_accuracy": None, "test_loss": None, "train_loss": train_loss,
            "uplink_bits": int(m["uplink_bits"]), "downlink_bits": int(m["downlink_bits"]),
            "round_seconds": round(seconds, 4)}
+    rec.update({name: float(v) for name, v in m.items() if name not in rec})  # the learner's probes, if on
     if model_finite and (r % config.eval_every == 0 or r == config.rounds):
         rec.update(exp.evaluate(server))
     # A non-finite training loss, global model or evaluation is a divergence: that round is neither

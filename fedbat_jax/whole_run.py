@@ -81,14 +81,14 @@ def build_train(config: ml_collections.ConfigDict, dataset: Dataset | None = Non
         one_round = make_round(run_learner, roster, k, traced_backend(config, run_learner, longest), jit=False)
 
         def round_and_metrics(server, r):
-            server, train_loss = one_round(server, clients, key, r)
+            server, stats = one_round(server, clients, key, r)
             nan = jnp.float32(jnp.nan)
             loss, acc = jax.lax.cond((r % every == 0) | (r == rounds),
                                      lambda s: pooled_traced(evaluate(s.params, s.batch_stats, test)),
                                      lambda s: (nan, nan), server)
             extra = metrics_fn(server, clients) if metrics_fn is not None else {}
-            return server, {"test_accuracy": acc, "test_loss": loss, "train_loss": train_loss,
-                            "uplink_bits": jnp.float32(uplink), **extra}
+            return server, {"test_accuracy": acc, "test_loss": loss, **stats, "uplink_bits": jnp.float32(uplink),
+                            **extra}
 
         return jax.lax.scan(round_and_metrics, server, jnp.arange(1, rounds + 1))
 

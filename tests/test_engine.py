@@ -58,10 +58,10 @@ def test_aggregate_is_the_weighted_sum_of_finished_clients(jit):
 
     f = jax.jit(f) if jit else f
     acc, _ = f(learner.empty_aggregate(sent), clients, inputs, jnp.array([True, True, False]))
-    new, train_loss = learner.server_update(server, acc, inputs)
+    new, stats = learner.server_update(server, acc, inputs)
     # w + 1/3 * 1 + 2/3 * 3 = w + 7/3; the idle lane (update 100) contributes nothing.
     chex.assert_trees_all_close(new.params, jax.tree.map(lambda w: w + 7 / 3, params), rtol=1e-6)
-    assert float(train_loss) == pytest.approx(6.0 / 12.0)
+    assert float(stats["train_loss"]) == pytest.approx(6.0 / 12.0)
 
 
 def test_roster_steps_warmup_and_weights():

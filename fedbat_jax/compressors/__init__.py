@@ -270,6 +270,8 @@ FEDBAT_SETTINGS = (
     Setting("upload_alpha", "learned", "fedbat: the upload's alpha: learned (the paper) | max (max|u|: 1 bit, "
                                        "unbiased) | learned_max (2 bits on the levels +-alpha, +-max|u|, unbiased) | "
                                        "exact (the float32 latent: a diagnosis)", UPLOAD_ALPHAS),
+    Setting("alpha_metrics", False, "fedbat: every round, per binarized layer L, log the cohort's mean learned alpha / "
+                                    "mean|u| (alpha_ratio/L) and share of |u| > alpha (clipped/L); changes no number"),
 )
 
 
