@@ -14,6 +14,11 @@ Every row runs its seeds as one program (``fedbat_jax.sweep``: ``fedbat_jax.make
 split over every device) that records the training objective ``F(w_t)`` after every round. The slope of
 ``log(F(w_t) - F*)`` against ``log t`` is fitted per seed over the last decade of rounds; the table gives its
 mean and 95% interval.
+
+Every seed's curve is written to ``PREFIX_curves.csv.gz`` and every statistic of the tables is computed from those
+printed curves (``cell_stats``), so a committed table can be recomputed from the repository alone
+(``tests/test_results.py`` does). Finished cells are kept in ``--cells`` (default ``PREFIX_cells/``, not committed)
+under a hash of the settings that differ from the defaults, so a rerun reads them back.
 """
 from __future__ import annotations
 
@@ -285,11 +290,23 @@ def run_cell(config, ds, seeds: int, metric):
     return np.stack([r["metrics"]["suboptimality"] for r in records]).astype(np.float64), t1 - t0, t2 - t1
 
 
+def cell_settings(config) -> dict:
+    """The settings that define a cell: those that differ from the defaults, less the runtime ones (where the data
+    lives, how often to evaluate). A setting added later, at its default, leaves every finished cell's key as it was."""
+    from fedbat_jax.config import RUNTIME_FIELDS, default_config
+
+    default = default_config()
+    return {k: v for k, v in config.to_dict().items()
+            if k not in RUNTIME_FIELDS and (k not in default or default[k] != v)}
+
+
 def cached_cell(folder: Path, config, ds, seeds: int, metric):
-    """``run_cell``, kept in ``folder`` under a hash of the cell's settings: a rerun reads finished cells back."""
+    """``run_cell``, kept in ``folder`` under a hash of the cell's settings (``cell_settings``, stored beside the
+    curves): a rerun reads finished cells back."""
     import hashlib
 
-    key = hashlib.sha256(json.dumps([config.to_dict(), seeds], sort_keys=True).encode()).hexdigest()[:16]
+    settings = cell_settings(config)
+    key = hashlib.sha256(json.dumps([settings, seeds], sort_keys=True).encode()).hexdigest()[:16]
     path = folder / f"{config.partition}_{config.algorithm}_{key}.npz"
     if path.is_file():
         with np.load(path) as f:
@@ -297,9 +314,53 @@ def cached_cell(folder: Path, config, ds, seeds: int, metric):
     subopt, compile_s, run_s = run_cell(config, ds, seeds, metric)
     folder.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, subopt=subopt, compile_s=compile_s, run_s=run_s)
+    np.savez(tmp, subopt=subopt, compile_s=compile_s, run_s=run_s, settings=json.dumps(settings, sort_keys=True))
     tmp.replace(path)
     return subopt, compile_s, run_s
+
+
+# ---- the per-seed curves, committed: every statistic of the tables is recomputed from them -------------------------
+CURVE_COLUMNS = ("algorithm", "partition", "gamma", "steps", "seed", "round", "suboptimality")
+
+
+def write_curves(path: Path, cells: list[tuple[dict, np.ndarray]]) -> None:
+    """``PREFIX_curves.csv.gz``: every seed's F(w_t) - F* per round (``%.6e``), with the cell's gamma and local
+    steps, the inputs of ``cell_stats``. ``cells``: ``(row, subopt [seeds, rounds])``, row carrying algorithm,
+    partition, gamma, steps and its seed list."""
+    import gzip
+
+    with gzip.open(path, "wt", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(CURVE_COLUMNS)
+        for row, subopt in cells:
+            for seed, curve in zip(row["seed_list"], subopt):
+                for r, v in enumerate(curve, start=1):
+                    w.writerow([row["algorithm"], row["partition"], repr(row["gamma"]), row["steps"], seed, r,
+                                f"{v:.6e}"])
+
+
+def read_curves(path: Path) -> dict[tuple[str, str], tuple[float, int, np.ndarray]]:
+    """``(algorithm, partition) -> (gamma, steps, subopt [seeds, rounds])`` from ``write_curves``'s file."""
+    import gzip
+
+    cells: dict = {}
+    with gzip.open(path, "rt", newline="") as f:
+        for r in csv.DictReader(f):
+            cell = cells.setdefault((r["algorithm"], r["partition"]), (float(r["gamma"]), int(r["steps"]), {}))
+            cell[2].setdefault(int(r["seed"]), []).append(float(r["suboptimality"]))
+    return {k: (g, e, np.array([curves[s] for s in sorted(curves)])) for k, (g, e, curves) in cells.items()}
+
+
+def cell_stats(subopt: np.ndarray, gamma: float, steps: int) -> dict:
+    """Every statistic a table row prints, from the cell's per-seed curves alone: the last decade's slope, the
+    bound's, the window's criterion (``window``) and F - F* at round 100 and at the end."""
+    slope, lo, hi = slopes(subopt)
+    rounds = subopt.shape[1]
+    bound, _, _ = slopes(1.0 / (gamma + steps * np.arange(1, rounds + 1))[None])
+    return dict(seeds=subopt.shape[0], rounds=rounds, slope=round(slope, 3), slope_lo=round(lo, 3),
+                slope_hi=round(hi, 3), bound_slope=round(bound, 3), **window(subopt, gamma, steps),
+                final_suboptimality=float(f"{subopt[:, -1].mean():.4e}"),
+                **at_round(subopt, 100), **at_round(subopt, rounds))
 
 
 def sweep_bench(config, ds, n: int, metric) -> dict:
@@ -341,7 +402,7 @@ def main(args, overrides: list[str]) -> int:
     print(f"L {const['L']:.4f}  mu {const['mu']}  kappa {const['kappa']:.2f}  gamma {const['gamma']:.1f}  "
           f"beta {const['beta']:.1f}  eta_0 {const['lr0']:.4f}  E {steps}  F* {f_star:.10f} (|grad| {grad_norm:.1e})",
           flush=True)
-    rows, curves = [], {}
+    rows, curves, cells = [], {}, []
     for partition in args.partitions:
         for name in args.rows:
             c = base.copy_and_resolve_references()
@@ -351,15 +412,13 @@ def main(args, overrides: list[str]) -> int:
             if c.lr_schedule == "constant":
                 c.lr = const["lr0"] * factor  # the schedule's first step, held (times the row's lr_factor)
             subopt, compile_s, run_s = cached_cell(Path(args.cells or f"{args.out}_cells"), c, ds, seeds, metric)
-            slope, lo, hi = slopes(subopt)
-            bound, _, _ = slopes(1.0 / (const["gamma"] + local_steps(c, len(y)) * np.arange(1, c.rounds + 1))[None])
-            curves[(partition, name)] = subopt.mean(axis=0)
+            steps_c = local_steps(c, len(y))
+            cells.append((dict(algorithm=name, partition=partition, gamma=const["gamma"], steps=steps_c,
+                               seed_list=seed_list(c, seeds)), subopt))
+            rounded = read_back(cells[-1])  # the statistics are those of the committed (printed) curves
+            curves[(partition, name)] = rounded.mean(axis=0)
             rows.append(dict(algorithm=name, partition=partition, clients=f"{c.clients_per_round}/{c.num_clients}",
-                             seeds=seeds, rounds=c.rounds, slope=round(slope, 3),
-                             slope_lo=round(lo, 3), slope_hi=round(hi, 3), bound_slope=round(bound, 3),
-                             **window(subopt, const["gamma"], local_steps(c, len(y))),
-                             final_suboptimality=float(f"{subopt[:, -1].mean():.4e}"),
-                             **at_round(subopt, 100), **at_round(subopt, c.rounds),
+                             **cell_stats(rounded, const["gamma"], steps_c),
                              surrogate_gap=float(f"{surrogate_gap(c, X, y, lam, ds.num_classes, f_star):.4e}"),
                              compile_s=round(compile_s, 1), run_s=round(run_s, 1)))
             print(json.dumps(rows[-1]), flush=True)
@@ -371,7 +430,13 @@ def main(args, overrides: list[str]) -> int:
     if bench:
         print(json.dumps(bench), flush=True)
     write(Path(args.out), rows, curves, const, f_star, grad_norm, bench, base)
+    write_curves(Path(f"{args.out}_curves.csv.gz"), cells)
     return 0
+
+
+def read_back(cell: tuple[dict, np.ndarray]) -> np.ndarray:
+    """The curves as ``write_curves`` prints them (6 significant digits), so a table equals its recomputation."""
+    return np.array([[float(f"{v:.6e}") for v in curve] for curve in cell[1]])
 
 
 def write(prefix: Path, rows, curves, const, f_star, grad_norm, bench, base) -> None:

@@ -26,6 +26,7 @@ their seconds are the cell's wall time split evenly over its seeds.
 from __future__ import annotations
 
 import itertools
+import re
 import runpy
 import sys
 import time
@@ -88,8 +89,8 @@ def vmapped_runs(config, seeds: list[int]) -> dict[int, list[dict]]:
 
 def statistics(rows: list[dict]) -> str:
     """The per-cell table (n; final, last-5 mean and best accuracy with 95% intervals), the paired differences of
-    COMPARISONS and of every ``fedbat@FIELD=VALUE`` variant against fedbat, and every method against fedbat
-    seed-blocked, per endpoint the rows have."""
+    COMPARISONS and of every ``fedbat@FIELD=VALUE`` variant against fedbat, and every method against fedbat, per
+    endpoint the rows have, paired by seed with Holm's adjustment over the cell's comparisons and seed-blocked."""
     text = ("Per cell: the number of seeds n and, for the test accuracy of the final round, the mean of the last 5 "
             "rounds and the best round, the mean over seeds with its 95% t-interval.\n\n" + report.seed_table(rows))
     variants = sorted({r["algorithm"] for r in rows if r["algorithm"].startswith("fedbat@")})
@@ -98,6 +99,11 @@ def statistics(rows: list[dict]) -> str:
         if paired:
             text += f"\n{a} against {b}, seed by seed:\n\n" + paired
     for value, _ in report.ENDPOINTS:
+        family = report.holm_table(rows, "fedbat", value)
+        if family:
+            text += (f"\nEvery method against fedbat ({value}), paired by seed: p from the paired t-test, adjusted by "
+                     "Holm over the cell's comparisons against fedbat (its family: every method with >= 2 paired "
+                     "seeds):\n\n" + family)
         blocked = report.blocked_table(rows, "fedbat", value)
         if blocked:
             text += (f"\nEvery method against fedbat ({value}), seed-blocked: the residual variance of "
@@ -139,7 +145,7 @@ def tables_from(paths: list[str], out: Path) -> int:
         except ValueError as e:
             raise ConfigError(f"--tables-from {path}: a value is not a number ({e})") from None
     text = (f"Command: `python {' '.join(sys.argv)}` ({len(files)} CSVs, {len(rows)} runs; nothing rerun)\n\n"
-            + statistics(rows))
+            + _runs_line(out.with_suffix(".md")) + statistics(rows))
     out.with_suffix(".md").parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text(text)
     columns = list(dict.fromkeys(k for r in rows for k in r))
@@ -149,6 +155,21 @@ def tables_from(paths: list[str], out: Path) -> int:
         writer.writerows(rows)
     print(text)
     return 0
+
+
+def _runs_line(md: Path) -> str:
+    """When ``--tables-from`` renders a table again over the file of the study that ran its runs, that study's
+    command and machine are kept as ``Runs:`` and ``Machine:`` lines (where the numbers came from)."""
+    if not md.is_file():
+        return ""
+    text = md.read_text()
+    runs = re.search(r"^Runs: `[^`]*`.*$", text, re.M)
+    command = re.search(r"Command: `(python experiments/study.py (?![^`]*--tables-from)[^`]*)`", text)
+    if not (runs or command):
+        return ""
+    machine_line = re.search(r"^Machine: .*$", text, re.M)
+    lines = [runs.group(0) if runs else f"Runs: `{command.group(1)}` (the study that ran them)"]
+    return "  \n".join(lines + ([machine_line.group(0)] if machine_line else [])) + "\n\n"
 
 
 def main(args, overrides: list[str]) -> int:

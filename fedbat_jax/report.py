@@ -84,6 +84,45 @@ def paired_table(rows: list[dict], a: str, b: str, endpoints=ENDPOINTS) -> str:
     return head + "\n".join(lines) + "\n"
 
 
+def holm(pvalues) -> list[float]:
+    """Holm's step-down adjustment of a family of p-values (Holm 1979): the i-th smallest times ``m - i + 1``, made
+    non-decreasing in that order and capped at 1; reject where the adjusted p is below the level."""
+    p = np.asarray(pvalues, np.float64)
+    order = np.argsort(p, kind="stable")
+    adjusted = np.minimum(1.0, np.maximum.accumulate(p[order] * (len(p) - np.arange(len(p)))))
+    out = np.empty_like(adjusted)
+    out[order] = adjusted
+    return out.tolist()
+
+
+def holm_table(rows: list[dict], reference: str, value: str = "final_acc") -> str:
+    """Markdown: per (dataset, partition), every method minus ``reference`` on one endpoint, paired by seed over the
+    seeds both ran (points, mean and 95% t-interval), the paired t-test's two-sided p, and Holm's adjusted p over
+    the family of the cell's comparisons against ``reference`` (methods with >= 2 paired seeds); "" when none."""
+    from scipy import stats
+
+    out = []
+    for d, p in dict.fromkeys((r["dataset"], r["partition"]) for r in rows):
+        cell = {(r["algorithm"], r["seed"]): r for r in rows if (r["dataset"], r["partition"]) == (d, p)}
+        ref = {s: r for (m, s), r in cell.items() if m == reference and r.get(value) not in (None, "")}
+        family = []
+        for m in dict.fromkeys(m for m, _ in cell):
+            seeds = sorted(s for (m2, s), r in cell.items() if m2 == m and s in ref and r.get(value) not in (None, ""))
+            if m == reference or len(seeds) < 2:
+                continue
+            diffs = np.array([100 * (cell[(m, s)][value] - ref[s][value]) for s in seeds])
+            mean, lo, hi = t_interval(diffs)
+            pval = float(stats.ttest_1samp(diffs, 0.0).pvalue) if np.ptp(diffs) > 0 else float(mean == 0)
+            family.append((m, len(seeds), mean, lo, hi, pval))
+        for (m, n, mean, lo, hi, pval), adj in zip(family, holm([f[-1] for f in family])):
+            out.append(f"| {d} | {p} | {m} | {n} | {mean:+.2f} [{lo:+.2f}, {hi:+.2f}] | {pval:.3g} | {adj:.3g} "
+                       f"| {'yes' if adj < 0.05 else 'no'} |")
+    if not out:
+        return ""
+    return (f"| dataset | partition | method | seeds | method - {reference} ({value}, points) [95%] | p | Holm p | "
+            "Holm < 0.05 |\n|---|---|---|---|---|---|---|---|\n" + "\n".join(out) + "\n")
+
+
 def blocked_table(rows: list[dict], reference: str, value: str = "final_acc") -> str:
     """Markdown: per (dataset, partition), every method minus ``reference`` in points, with a 95% interval from
     the seed-blocked two-way model ``value = method + seed + error`` over all the methods that ran the same seeds
