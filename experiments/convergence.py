@@ -59,6 +59,7 @@ ROWS = {  # table row -> settings on top of the problem's config
     "signsgd": dict(algorithm="signsgd"),
     "ef_signsgd": dict(algorithm="ef_signsgd"),
     "qsgd2": dict(algorithm="qsgd", bits=2),
+    "qsgd2_pp": dict(algorithm="qsgd", bits=2, num_clients=40, clients_per_round=10),  # beside fedbat_learned_max_pp
     # Diagnosis of learned-alpha FedBAT: the clip floor alpha_min 100x lower; the clip bounds following eta_t.
     "fedbat_floor_div100": dict(algorithm="fedbat", alpha_min=5e-6),
     "fedbat_bounds_lr": dict(algorithm="fedbat", alpha_bounds="lr"),
