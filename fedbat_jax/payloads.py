@@ -64,7 +64,7 @@ class Signs(NamedTuple):
 @payload_kind
 class Levels(NamedTuple):
     levels: jax.Array  # uint8: level indices, 8 // bits per byte
-    alpha: jax.Array  # float32 scalar: the levels span [-alpha, alpha]
+    alpha: jax.Array  # float32 scalar: the levels span [-alpha, alpha]; or [buckets], one per bucket of values
 
 
 def decoder(template: Params | None, decoders: dict[type, Callable[[Any, tuple], jax.Array]],

@@ -23,6 +23,7 @@ changing its payload. A new compressor is one file with its spec plus one line i
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -70,20 +71,34 @@ def full_precision() -> Compressor:
     return Compressor(lambda params: (), encode, decoder(None, {}))
 
 
-def stochastic_levels(mask: Params, template: Params, bits: int = 1, learned_scale: bool = True) -> Compressor:
+def stochastic_levels(mask: Params, template: Params, bits: int = 1, learned_scale: bool = True,
+                      bucket: int = 0) -> Compressor:
     """Stochastic rounding to ``2^bits`` levels in ``[-alpha, alpha]`` on the masked leaves: ``bits``-bit
     level indices, packed, plus one float32 alpha per tensor; other leaves float32.
 
     * ``learned_scale=True``: alpha is the step size the client learned (FedBAT, REFERENCE.md 1.6:
       a fresh draw of ``Q(u, alpha)``; ``bits > 1`` is k-bit FedBAT);
     * ``learned_scale=False``: alpha = ``max|m|`` per tensor, so the quantizer is unbiased
-      (``bits = 1``: stochastic binarization; ``bits = k``: QSGD/FedPAQ-style k-bit, REFERENCE.md 4).
+      (``bits = 1``: stochastic binarization; ``bits = k``: QSGD/FedPAQ-style k-bit, REFERENCE.md 4);
+      ``bucket > 0``: alpha = ``max|m|`` per bucket of ``bucket`` consecutive values of the flattened tensor
+      (the last one shorter), one float32 each: ``bits + 32 / bucket`` bits a value (Alistarh et al. 2017's
+      buckets), and the variance falls with the bucket's ``max^2`` instead of the tensor's.
     """
+    if bucket and learned_scale:
+        raise ValueError("buckets scale by max|m| per bucket: they need learned_scale=False")
+
+    def bucket_ids(size):
+        return jnp.arange(size) // bucket
 
     def encode(update, scales, state, key):
         def leaf(m, alpha, compressed, k):
             if not compressed:
                 return _dense(m)
+            if bucket:
+                flat = m.astype(jnp.float32).reshape(-1)
+                ids = bucket_ids(flat.size)
+                alphas = jnp.maximum(jax.ops.segment_max(jnp.abs(flat), ids, -(-flat.size // bucket)), 1e-12)
+                return Levels(pack_levels(level_indices(flat, alphas[ids], k, bits), bits), alphas)
             alpha = alpha if learned_scale else jnp.maximum(jnp.max(jnp.abs(m)), 1e-12)
             alpha = alpha.astype(jnp.float32)
             return Levels(pack_levels(level_indices(m, alpha, k, bits), bits), alpha)
@@ -91,6 +106,10 @@ def stochastic_levels(mask: Params, template: Params, bits: int = 1, learned_sca
         return jax.tree.map(leaf, update, scales, mask, leaf_keys(key, update)), state
 
     def decode_leaf(p: Levels, shape):
+        if bucket:
+            size = math.prod(shape)
+            flat = level_values(unpack_levels(p.levels, bits, (size,)), p.alpha[bucket_ids(size)], bits)
+            return flat.reshape(shape)
         return level_values(unpack_levels(p.levels, bits, shape), p.alpha, bits)
 
     return Compressor(lambda params: (), encode, decoder(template, {Levels: decode_leaf}))
@@ -284,11 +303,15 @@ def _check_fedbat(config) -> None:
 
 
 def _stoch_binary(mask, template, config) -> Compressor:
-    return stochastic_levels(mask, template, 1, learned_scale=False)
+    return stochastic_levels(mask, template, 1, learned_scale=False, bucket=config.bucket_size)
 
 
 def _qsgd(mask, template, config) -> Compressor:
-    return stochastic_levels(mask, template, config.bits, learned_scale=False)
+    return stochastic_levels(mask, template, config.bits, learned_scale=False, bucket=config.bucket_size)
+
+
+BUCKET = Setting("bucket_size", 0, "stoch_binary, qsgd: one alpha = max|m| per bucket of this many values (0 = one "
+                                   "per tensor; 512: 1 + 32/512 = 1.06 bits a value at 1 bit)", NON_NEGATIVE)
 
 
 def _scaled_sign(mask, template, config) -> Compressor:
@@ -300,10 +323,10 @@ COMPRESSORS = Registry("compressor", {
     "fedbat": CompressorSpec("FedBAT: the kernels train binarized and send Q(u, alpha) with the learned alpha, "
                              "bits-bit levels packed", _fedbat, learned_scale=True, check=_check_fedbat,
                              settings=FEDBAT_SETTINGS),
-    "stoch_binary": CompressorSpec("stochastic binarization with alpha = max|m| per tensor (unbiased)",
-                                   _stoch_binary),
-    "qsgd": CompressorSpec("bits-bit stochastic levels with alpha = max|m| per tensor (unbiased)", _qsgd,
-                           settings=(BITS,)),
+    "stoch_binary": CompressorSpec("stochastic binarization with alpha = max|m| per tensor, or per bucket of "
+                                   "bucket_size values (unbiased)", _stoch_binary, settings=(BUCKET,)),
+    "qsgd": CompressorSpec("bits-bit stochastic levels with alpha = max|m| per tensor, or per bucket of bucket_size "
+                           "values (unbiased)", _qsgd, settings=(BITS, BUCKET)),
     "scaled_sign": CompressorSpec("sign(m) packed plus mean|m| per tensor (SignSGD)", _scaled_sign),
     "topk": "fedbat_jax.compressors.topk:TOPK",
     "eden": "fedbat_jax.compressors.rotation:EDEN",
