@@ -19,29 +19,18 @@ import numpy as np
 import fedbat_jax as fb
 from fedbat_jax import cli
 from fedbat_jax.errors import ConfigError
-from fedbat_jax.federated import plan_round
-from fedbat_jax.local import client_update
 
 
 def alpha_rows(path: Path, data_dir: str, clients: int) -> list[dict]:
     exp, server, r = fb.load_run(path, data_dir)
-    config = exp.config
-    learner, federation = exp.federation.learner, exp.federation
-    inputs = plan_round(jax.random.PRNGKey(config.seed), r + 1, federation.roster, federation.data.index,
-                        config.clients_per_round)
-    sent, step = learner.broadcast(server), jax.jit(learner.client_step)
     rows = []
-    for i in range(min(clients, config.clients_per_round)):
-        inp = jax.tree.map(lambda x: x[i], inputs)
-        client = learner.client_init(sent, jax.tree.map(lambda x: x[int(inp.client)], server.client_table), inp)
-        for t in range(int(inp.num_steps)):
-            client = step(client, sent, federation.data, inp, t)
-        update, alphas = client_update(server.params, client.state, learner.train_mask, learner.local)
-        for (leaf, u), alpha, binarized in zip(jax.tree_util.tree_leaves_with_path(update), jax.tree.leaves(alphas),
-                                               jax.tree.leaves(learner.train_mask)):
+    for c in fb.client_updates(exp, server, r + 1, clients):
+        for (leaf, u), alpha, binarized in zip(jax.tree_util.tree_leaves_with_path(c.update),
+                                               jax.tree.leaves(c.scales),
+                                               jax.tree.leaves(exp.federation.learner.train_mask)):
             if binarized:
                 u, alpha = np.abs(np.asarray(u)), float(alpha)
-                rows.append({"round": r + 1, "client": int(inp.client), "steps": int(inp.num_steps),
+                rows.append({"round": r + 1, "client": c.client, "steps": c.steps,
                              "tensor": jax.tree_util.keystr(leaf, simple=True, separator="/"), "alpha": alpha,
                              "mean_abs_u": float(u.mean()), "clipped": float(np.mean(u > alpha))})
     return rows

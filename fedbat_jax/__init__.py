@@ -22,6 +22,7 @@ _EXPORTS = {
     "build_from_data": "fedbat_jax.runner",
     "run": "fedbat_jax.runner",
     "load_run": "fedbat_jax.runner",  # a workdir's run as it stands: (experiment, newest checkpoint's state, round)
+    "client_updates": "fedbat_jax.runner",  # a round's first clients trained, their updates before compression
     "make_train": "fedbat_jax.whole_run",
     "sweep": "fedbat_jax.sweeps",  # make_train over seeds x a grid, sharded over every device
     # registries: every choice a setting names (fedbat_jax.registry)

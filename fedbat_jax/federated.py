@@ -203,8 +203,7 @@ class Learner(NamedTuple):
         w_k, the share of the whole federation, on the leaves the compressor's server keeps an estimate of: EF21); the
         algorithm's message weighted by w_k. Returns ``(its contribution to the Aggregate, its new row)``."""
         s = client.state
-        last_lr = self.local.lr_at(inp.first_step + inp.num_steps - 1, inp.num_steps)
-        update, scales = client_update(sent.params, s, self.train_mask, self.local, last_lr)
+        update, scales = self.finished_update(sent, client, inp)
         payload, compressor_row = self.compressor.encode(update, scales, row.compressor,
                                                          jax.random.fold_in(inp.key, UPLOAD))
         algorithm_row, message = row.algorithm, ()
@@ -215,6 +214,12 @@ class Learner(NamedTuple):
                                  _scaled(inp.weight, s.batch_stats), s.loss_sum, s.seen, _scaled(inp.share, message),
                                  _scaled(inp.weight, self.client_probes(update, scales)))
         return contribution, ClientRow(compressor_row, algorithm_row)
+
+    def finished_update(self, sent: Broadcast, client: Client, inp: ClientInput) -> tuple[Params, Params]:
+        """The client's finished update (``u`` on the binarized leaves, ``theta - w`` elsewhere) and its learned step
+        size per leaf, as the upload compresses them."""
+        last_lr = self.local.lr_at(inp.first_step + inp.num_steps - 1, inp.num_steps)
+        return client_update(sent.params, client.state, self.train_mask, self.local, last_lr)
 
     def _weighted(self, update: Params, inp: ClientInput, lr_sum: jax.Array) -> Params:
         """A decoded update weighted by p_k; the leaves the compressor's server keeps an estimate of by w_k; times

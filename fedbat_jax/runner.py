@@ -28,7 +28,7 @@ from fedbat_jax.data.checks import one_line
 from fedbat_jax.data import Dataset, format_histograms, label_histograms, load_dataset, size_summary
 from fedbat_jax.errors import ConfigError, DivergenceError, Terminated, WorkdirError
 from fedbat_jax.evaluation import host_evaluator
-from fedbat_jax.federated import ServerState
+from fedbat_jax.federated import ServerState, plan_round
 from fedbat_jax.federation import Federation, build_federation, memory_need
 from fedbat_jax.rounds import host_table, host_zeros, make_round, wire_sizes
 from fedbat_jax.workdir import (CHECKPOINT_FILE, CONFIG_FILE, RENAMED_VALUES, Workdir, read_checkpoint,
@@ -126,6 +126,35 @@ def load_run(workdir: str | Path, data_dir: str = "", dataset: Dataset | None = 
     exp = build_from_data(config, dataset if dataset is not None else
                           load_dataset(config.dataset, config.data_dir or None))
     return exp, restore_tree(arrays, exp.server, str(path / CHECKPOINT_FILE)), r
+
+
+class ClientUpdate(NamedTuple):
+    """One client's finished round, before compression (``client_updates``)."""
+
+    client: int  # its index in the federation
+    steps: int  # local steps it took
+    update: Any  # the latent update u on the binarized leaves, theta - w on the others
+    scales: Any  # its learned step size per leaf (FedBAT; the initial value on leaves not binarized)
+
+
+def client_updates(exp: Experiment, server: ServerState, r: int, count: int) -> list[ClientUpdate]:
+    """The first ``count`` clients of round ``r``'s cohort trained from ``server`` as round ``r`` trains them (the
+    same keys and data order): what each would hand its compressor. Nothing is compressed, aggregated or written;
+    for looking at the updates a compressor sees (``experiments/alpha_check.py``, ``compressor_stats.py``)."""
+    config, federation = exp.config, exp.federation
+    learner = federation.learner
+    inputs = plan_round(jax.random.PRNGKey(config.seed), r, federation.roster, federation.data.index,
+                        config.clients_per_round)
+    sent, step = learner.broadcast(server), jax.jit(learner.client_step)
+    out = []
+    for i in range(min(count, config.clients_per_round)):
+        inp = jax.tree.map(lambda x: x[i], inputs)
+        client = learner.client_init(sent, jax.tree.map(lambda x: x[int(inp.client)], server.client_table), inp)
+        for t in range(int(inp.num_steps)):
+            client = step(client, sent, federation.data, inp, t)
+        update, scales = learner.finished_update(sent, client, inp)
+        out.append(ClientUpdate(int(inp.client), int(inp.num_steps), update, scales))
+    return out
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | Path | None = None, progress: bool = False,

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import fedbat_jax as fb
 
 PUBLIC = {"binarize", "quantize", "default_config", "validate", "build", "build_from_data", "run", "load_run",
-          "make_train",
+          "client_updates", "make_train",
           "ALGORITHMS", "COMPRESSORS", "BACKENDS", "MODELS", "DATASETS", "Registry", "Setting", "Algorithm", "Learner",
           "CompressorSpec", "Compressor", "full_precision", "stochastic_levels", "scaled_sign",
           "with_error_feedback", "partition", "sweep", "load_dataset",
