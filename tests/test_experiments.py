@@ -322,3 +322,18 @@ def test_study_tables_from_a_glob_of_old_and_new_csvs(tmp_path):
     done = subprocess.run([sys.executable, "experiments/study.py", "--tables-from", str(tmp_path / "none*.csv"),
                            "--out", str(tmp_path / "t")], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 2 and "no file matches" in done.stderr and done.stderr.count("\n") == 1, done.stderr
+
+
+def test_compressor_stats_variance_and_shape_against_hand_numbers():
+    """Stochastic binarization at alpha = max|x| has per-coordinate variance max^2 - x^2, so its normalised variance
+    is d max^2 / ||x||^2 - 1 (2.048 for [1, -0.5, 0.25, 0]) and it is unbiased; the kurtosis of [1, -1, 1, -1] is 1."""
+    from fedbat_jax.compressors import stochastic_levels
+
+    cs = _script("compressor_stats")
+    x = {"k": jnp.array([[1.0, -0.5], [0.25, 0.0]]), "b": jnp.zeros(3)}
+    mask, scales = {"k": True, "b": False}, {"k": jnp.float32(0), "b": jnp.float32(0)}
+    stats = cs.error_stats(stochastic_levels(mask, x, 1, learned_scale=False), x, scales, mask, keys=4096)
+    assert stats["nvar"] == pytest.approx(4 / 1.3125 - 1, rel=0.05)
+    assert abs(stats["nbias2"]) < 5 * stats["floor"] and stats["bits_per_value"] == pytest.approx((8 + 32) / 4)  # one packed byte + alpha
+    shape = cs.shape_stats({"k": jnp.array([1.0, -1.0, 1.0, -1.0]), "b": jnp.zeros(3)}, mask)
+    assert shape == {"kurtosis": pytest.approx(1.0), "d_max2_over_norm2": pytest.approx(1.0)}
