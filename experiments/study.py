@@ -42,49 +42,8 @@ COMPARISONS = (("fedbat", "fedavg"), ("fedbat", "stoch_binary"), ("fedbat", "ede
                ("fedbat+ef21", "fedbat"), ("fedbat+ef", "stoch_binary"), ("fedbat+ef21", "stoch_binary"))
 
 
-def algorithm_fields(spec: str, bits: int) -> tuple[dict, list[str]]:
-    """``NAME[+ef|+ef21][@FIELD=VALUE...]`` as config fields and overrides: NAME is an algorithm, or a compressor
-    (FedAvg's training with that upload: ``eden``); each ``@FIELD=VALUE`` is ``--config.FIELD=VALUE`` for this
-    method alone (``fedbat@rho=0``, ``fedbat@ste=identity@upload_alpha=max``)."""
-    from fedbat_jax.algorithms import ALGORITHMS
-    from fedbat_jax.compressors import COMPRESSORS
-
-    head, *variant = spec.split("@")
-    name, _, feedback = head.partition("+")
-    fields = {"algorithm": name, "error_feedback": feedback or "none"}
-    if name not in ALGORITHMS and name in COMPRESSORS:
-        fields.update(algorithm="fedavg", compressor=name)
-    if name == "qsgd":
-        fields["bits"] = bits
-    for item in variant:
-        if "=" not in item:
-            raise ConfigError(f"method {spec!r}: each part after @ must be FIELD=VALUE, got {item!r}")
-    return fields, [f"--config.{item}" for item in variant]
-
-
 def run_name(spec: str, config) -> str:
     return spec + (f"_{config.bits}bit" if config.algorithm == "qsgd" or config.bits != 1 else "")
-
-
-def vmapped_runs(config, seeds: list[int]) -> dict[int, list[dict]]:
-    """Every seed of one config as one program (``fedbat_jax.sweep``); records shaped like ``fedbat_jax.run``'s."""
-    import numpy as np
-
-    t0 = time.perf_counter()
-    traced = config.copy_and_resolve_references()
-    traced.backend = "auto"  # one traced program runs the padded backend, whatever the run loop's backend
-    runs = fedbat_jax.sweep(traced, seeds)
-    seconds = (time.perf_counter() - t0) / len(seeds) / config.rounds
-
-    def value(x):
-        return None if np.isnan(x) else float(x)
-
-    def records(m: dict) -> list[dict]:
-        return [{"round": r + 1, "test_accuracy": value(m["test_accuracy"][r]), "test_loss": value(m["test_loss"][r]),
-                 "train_loss": float(m["train_loss"][r]), "uplink_bits": int(m["uplink_bits"][r]),
-                 "round_seconds": seconds} for r in range(config.rounds)]
-
-    return {run["seed"]: records(run["metrics"]) for run in runs}
 
 
 def statistics(rows: list[dict]) -> str:
@@ -194,7 +153,7 @@ def main(args, overrides: list[str]) -> int:
     for spec, partition, algorithm, seed in itertools.product(specs, args.partitions, args.algorithms, seeds):
         if args.vmap_seeds and seed != seeds[0]:
             continue  # ran with the cell's first seed
-        method, variant = algorithm_fields(algorithm, args.bits)
+        method, variant = cli.method_fields(algorithm, args.bits)
         fields = dict(partition=partition, seed=seed, **method)
         if args.datasets and args.reduced:
             spec_arg = f"{spec}:{partition},reduced"
@@ -217,7 +176,7 @@ def main(args, overrides: list[str]) -> int:
                 notes.setdefault(setting, line.removeprefix("note: "))
 
         if args.vmap_seeds:
-            runs = vmapped_runs(c, seeds)
+            runs = fedbat_jax.sweep_records(c, seeds)
         else:
             runs = {seed: fedbat_jax.run(c, Path(args.workdir) / setting / partition / name / f"seed{seed}",
                                          progress=True, log=log, allow_change=args.allow_change)}

@@ -25,6 +25,7 @@ _EXPORTS = {
     "client_updates": "fedbat_jax.runner",  # a round's first clients trained, their updates before compression
     "make_train": "fedbat_jax.whole_run",
     "sweep": "fedbat_jax.sweeps",  # make_train over seeds x a grid, sharded over every device
+    "sweep_records": "fedbat_jax.sweeps",  # one config's seeds as one program, records shaped like run's
     # registries: every choice a setting names (fedbat_jax.registry)
     "ALGORITHMS": "fedbat_jax.algorithms",
     "COMPRESSORS": "fedbat_jax.compressors",

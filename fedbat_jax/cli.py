@@ -73,6 +73,27 @@ def parse_args(ap: argparse.ArgumentParser, argv: list[str], default_config: str
     return ap.parse_args([a for a in argv if not a.startswith("--config.")]), overrides
 
 
+def method_fields(spec: str, bits: int = 1) -> tuple[dict, list[str]]:
+    """``NAME[+ef|+ef21][@FIELD=VALUE...]`` as config fields and overrides: NAME is an algorithm, or a compressor
+    (FedAvg's training with that upload: ``eden``); each ``@FIELD=VALUE`` is ``--config.FIELD=VALUE`` for this
+    method alone (``fedbat@rho=0``, ``fedbat@ste=identity@upload_alpha=max``). ``bits``: qsgd's. The study scripts'
+    method names (``experiments/study.py``, ``protocol.py``)."""
+    from fedbat_jax.algorithms import ALGORITHMS
+    from fedbat_jax.compressors import COMPRESSORS
+
+    head, *variant = spec.split("@")
+    name, _, feedback = head.partition("+")
+    fields = {"algorithm": name, "error_feedback": feedback or "none"}
+    if name not in ALGORITHMS and name in COMPRESSORS:
+        fields.update(algorithm="fedavg", compressor=name)
+    if name == "qsgd":
+        fields["bits"] = bits
+    for item in variant:
+        if "=" not in item:
+            raise ConfigError(f"method {spec!r}: each part after @ must be FIELD=VALUE, got {item!r}")
+    return fields, [f"--config.{item}" for item in variant]
+
+
 def make_config(spec: str, overrides: list[str] = (), **fields) -> ml_collections.ConfigDict:
     """The config of ``FILE[:ARG]``, with ``fields`` set (a script's own choices) and then the user's
     ``--config.FIELD=VALUE`` overrides, which win. Every failure is a one-line ``ConfigError``."""

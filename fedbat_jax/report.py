@@ -162,13 +162,15 @@ def blocked_table(rows: list[dict], reference: str, value: str = "final_acc") ->
 
 
 def summarize(records: list[dict], target: float | None = None) -> dict:
-    """Final, last-5-round mean and best test accuracy, rounds to reach ``target``, total uplink MB, training
-    seconds; for a natural federation also the final evaluation's per-client distribution (``CLIENT_ENDPOINTS``)."""
+    """Final, last-5- and last-10-round mean and best test accuracy, rounds to reach ``target``, total uplink MB,
+    training seconds; for a natural federation also the final evaluation's per-client distribution
+    (``CLIENT_ENDPOINTS``)."""
     evaluated = [r for r in records if r["test_accuracy"] is not None]
     accs = [r["test_accuracy"] for r in evaluated]
     reached = next((r["round"] for r in evaluated if target is not None and r["test_accuracy"] >= target), None)
     clients = {name: evaluated[-1][key] for name, key in CLIENT_ENDPOINTS if key in evaluated[-1]}
-    return {"rounds": len(records), "final": accs[-1], "last5": float(np.mean(accs[-5:])), "best": max(accs),
+    return {"rounds": len(records), "final": accs[-1], "last5": float(np.mean(accs[-5:])),
+            "last10": float(np.mean(accs[-10:])), "best": max(accs),
             "rounds_to_target": reached,
             "uplink_mb": sum(r["uplink_bits"] for r in records) / 8e6,
             "seconds": sum(r["round_seconds"] for r in records), **clients}

@@ -24,6 +24,7 @@ model per run; ``make_train`` returns them).
 from __future__ import annotations
 
 import itertools
+import time
 import warnings
 import numbers
 from typing import Any, Callable, NamedTuple
@@ -65,6 +66,26 @@ def sweep(config: ml_collections.ConfigDict, seeds, grid: dict | None = None, da
     (the point; ``{}`` without a grid)``, "metrics": {name: np.ndarray [rounds]}}``. ``dataset`` and
     ``metrics_fn`` are ``make_train``'s. Bad seeds or grid: a one-line ``ConfigError``, before data loads."""
     return compile_sweep(config, seeds, grid, dataset, metrics_fn).run()
+
+
+def sweep_records(config: ml_collections.ConfigDict, seeds) -> dict[int, list[dict]]:
+    """Every seed of one config as one program (``sweep``, the padded backend whatever the config's), each seed's
+    records shaped like ``fedbat_jax.run``'s (``round_seconds``: the program's wall time split evenly)."""
+    t0 = time.perf_counter()
+    traced = config.copy_and_resolve_references()
+    traced.backend = "auto"  # one traced program runs the padded backend, whatever the run loop's backend
+    runs = sweep(traced, seeds)
+    seconds = (time.perf_counter() - t0) / len(runs) / config.rounds
+
+    def value(x):
+        return None if np.isnan(x) else float(x)
+
+    def records(m: dict) -> list[dict]:
+        return [{"round": r + 1, "test_accuracy": value(m["test_accuracy"][r]), "test_loss": value(m["test_loss"][r]),
+                 "train_loss": float(m["train_loss"][r]), "uplink_bits": int(m["uplink_bits"][r]),
+                 "round_seconds": seconds} for r in range(config.rounds)]
+
+    return {run["seed"]: records(run["metrics"]) for run in runs}
 
 
 def compile_sweep(config: ml_collections.ConfigDict, seeds, grid: dict | None = None, dataset: Dataset | None = None,

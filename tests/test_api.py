@@ -12,7 +12,7 @@ PUBLIC = {"binarize", "quantize", "default_config", "validate", "build", "build_
           "client_updates", "make_train",
           "ALGORITHMS", "COMPRESSORS", "BACKENDS", "MODELS", "DATASETS", "Registry", "Setting", "Algorithm", "Learner",
           "CompressorSpec", "Compressor", "full_precision", "stochastic_levels", "scaled_sign",
-          "with_error_feedback", "partition", "sweep", "load_dataset",
+          "with_error_feedback", "partition", "sweep", "sweep_records", "load_dataset",
           "default_binarize_predicate", "FedBatError", "ConfigError", "DataError", "WorkdirError", "DivergenceError"}
 
 

@@ -82,13 +82,14 @@ def test_bench_second_thread_ratios_pair_rows_by_algorithm():
 
 
 def test_study_methods_name_a_compressor_or_a_variant():
-    study = _script("study")
-    assert study.algorithm_fields("eden", 4) == ({"algorithm": "fedavg", "error_feedback": "none",
+    from fedbat_jax.cli import method_fields
+
+    assert method_fields("eden", 4) == ({"algorithm": "fedavg", "error_feedback": "none",
                                                   "compressor": "eden"}, [])
-    assert study.algorithm_fields("fedbat+ef21@rho=0@ste=identity", 4) == (
+    assert method_fields("fedbat+ef21@rho=0@ste=identity", 4) == (
         {"algorithm": "fedbat", "error_feedback": "ef21"}, ["--config.rho=0", "--config.ste=identity"])
     with pytest.raises(ConfigError, match="each part after @ must be FIELD=VALUE, got 'rho'"):
-        study.algorithm_fields("fedbat@rho", 4)
+        method_fields("fedbat@rho", 4)
 
 
 def test_seed_blocked_interval_pools_the_residuals_of_every_method():
