@@ -212,7 +212,7 @@ class Learner(NamedTuple):
                                                             self.settings)
         contribution = Aggregate(self._weighted(self.compressor.decode(payload), inp, s.lr_sum),
                                  _scaled(inp.weight, s.batch_stats), s.loss_sum, s.seen, _scaled(inp.share, message),
-                                 _scaled(inp.weight, self.client_probes(update, scales)))
+                                 _scaled(inp.weight, self.client_probes(update, scales, s.alpha0)))
         return contribution, ClientRow(compressor_row, algorithm_row)
 
     def finished_update(self, sent: Broadcast, client: Client, inp: ClientInput) -> tuple[Params, Params]:
@@ -248,25 +248,30 @@ class Learner(NamedTuple):
         def zeros(t):
             return jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), t)
 
-        probes = jax.eval_shape(self.client_probes, sent.params, jax.tree.map(lambda _: jnp.float32(1), sent.params))
+        ones = jax.tree.map(lambda _: jnp.float32(1), sent.params)
+        probes = jax.eval_shape(self.client_probes, sent.params, ones, ones)
         return Aggregate(zeros(sent.params), zeros(sent.batch_stats), jnp.float32(0), jnp.float32(0),
                          zeros(self.message_shape(sent.params)), zeros(probes))
 
-    def client_probes(self, update: Params, scales: Params) -> dict:
+    def client_probes(self, update: Params, scales: Params, alpha0: Params) -> dict:
         """One client's diagnostics (``probes`` on, else ``{}``), per binarized leaf ``L``: ``alpha_ratio/L``, its
-        training step size over ``mean|u|`` of its finished update, and ``clipped/L``, the share of coordinates with
-        ``|u| > alpha`` (the upload draws them at +-alpha: their magnitude beyond alpha is lost). The server
-        averages them over the cohort by p_k; they change no number of the run."""
+        training step size over ``mean|u|`` of its finished update; ``alpha_gain/L``, that step size over
+        ``alpha0`` (``alpha_init_scale x mean|u|`` when warm-up ended: what learning multiplied it by, so a run with
+        ``rho=0`` and ``alpha_init_scale`` = the gain holds the learned level); and ``clipped/L``, the share of
+        coordinates with ``|u| > alpha`` (the upload draws them at +-alpha: their magnitude beyond alpha is lost).
+        The server averages them over the cohort by p_k; they change no number of the run."""
         if not self.probes:
             return {}
         out = {}
-        for (path, u), alpha, binarized in zip(jax.tree_util.tree_leaves_with_path(update),
-                                               jax.tree.leaves(scales), jax.tree.leaves(self.train_mask)):
+        for (path, u), alpha, a0, binarized in zip(jax.tree_util.tree_leaves_with_path(update),
+                                                   jax.tree.leaves(scales), jax.tree.leaves(alpha0),
+                                                   jax.tree.leaves(self.train_mask)):
             if binarized:
                 name = jax.tree_util.keystr(path, simple=True, separator="/")
                 a = jnp.asarray(alpha, jnp.float32)
                 mag = jnp.abs(u.astype(jnp.float32))
                 out[f"alpha_ratio/{name}"] = a / jnp.maximum(jnp.mean(mag), 1e-30)
+                out[f"alpha_gain/{name}"] = a / jnp.maximum(jnp.asarray(a0, jnp.float32), 1e-30)
                 out[f"clipped/{name}"] = jnp.mean((mag > a).astype(jnp.float32))
         return out
 

@@ -27,15 +27,17 @@ def test_client_probes_hand_numbers():
     # u = [1, -2, 3, -4]: mean|u| = 2.5; alpha = 2.5 -> ratio 1, |u| > 2.5 for 3 and -4 -> clipped 0.5
     update = {"dense": {"kernel": jnp.array([[1.0, -2.0], [3.0, -4.0]]), "bias": jnp.array([9.0])}}
     scales = {"dense": {"kernel": jnp.float32(2.5), "bias": jnp.float32(0.01)}}
-    probes = _learner().client_probes(update, scales)
-    assert set(probes) == {"alpha_ratio/dense/kernel", "clipped/dense/kernel"}  # the bias is not binarized
+    alpha0 = {"dense": {"kernel": jnp.float32(1.25), "bias": jnp.float32(0.01)}}  # learning doubled alpha
+    probes = _learner().client_probes(update, scales, alpha0)
+    assert set(probes) == {"alpha_ratio/dense/kernel", "alpha_gain/dense/kernel", "clipped/dense/kernel"}
     assert float(probes["alpha_ratio/dense/kernel"]) == pytest.approx(1.0)
+    assert float(probes["alpha_gain/dense/kernel"]) == pytest.approx(2.0)
     assert float(probes["clipped/dense/kernel"]) == pytest.approx(0.5)
     scales["dense"]["kernel"] = jnp.float32(5.0)
-    probes = jax.jit(_learner().client_probes)(update, scales)
+    probes = jax.jit(_learner().client_probes)(update, scales, alpha0)
     assert float(probes["alpha_ratio/dense/kernel"]) == pytest.approx(2.0)
     assert float(probes["clipped/dense/kernel"]) == 0.0
-    assert _learner(probes=False).client_probes(update, scales) == {}
+    assert _learner(probes=False).client_probes(update, scales, alpha0) == {}
 
 
 def test_server_reports_the_cohorts_weighted_mean():
@@ -43,7 +45,7 @@ def test_server_reports_the_cohorts_weighted_mean():
     params = {"dense": {"kernel": jnp.zeros((2, 2)), "bias": jnp.zeros((1,))}}
     server = learner.server_init(params, {}, 2)
     empty = learner.empty_aggregate(learner.broadcast(server))
-    assert set(empty.probes) == {"alpha_ratio/dense/kernel", "clipped/dense/kernel"}
+    assert set(empty.probes) == {"alpha_ratio/dense/kernel", "alpha_gain/dense/kernel", "clipped/dense/kernel"}
     # two clients, weights 1/4 and 3/4, ratios 1 and 3 -> 2.5; clipped 0.5 and 0 -> 0.125
     agg = empty._replace(probes={"alpha_ratio/dense/kernel": jnp.float32(0.25 * 1 + 0.75 * 3),
                                  "clipped/dense/kernel": jnp.float32(0.25 * 0.5)}, seen=jnp.float32(1))
@@ -68,10 +70,13 @@ def test_a_run_with_probes_equals_the_run_without():
         ratios = [b[f"alpha_ratio/{layer}"] for layer in _layers(probed)]
         clipped = [b[f"clipped/{layer}"] for layer in _layers(probed)]
         assert all(r > 0 and np.isfinite(r) for r in ratios) and all(0 <= c <= 1 for c in clipped)
-    # alpha_rule=max_abs: alpha = max|u|, so nothing is clipped
+    # alpha_rule=max_abs: alpha = max|u|, so nothing is clipped; rho = 0 holds alpha at alpha0: a gain of 1
     for rec in fb.run(tiny("fedbat", model="cnn4", model_width=4, max_client_examples=64, alpha_metrics=True,
                            alpha_rule="max_abs", rounds=1)):
         assert all(rec[f"clipped/{layer}"] == 0.0 for layer in _layers(probed))
+    for rec in fb.run(tiny("fedbat", model="cnn4", model_width=4, max_client_examples=64, alpha_metrics=True,
+                           rho=0.0, alpha_init_scale=2.0, rounds=1)):
+        assert all(rec[f"alpha_gain/{layer}"] == pytest.approx(1.0) for layer in _layers(probed))
 
 
 def test_make_train_reports_the_same_probes():
