@@ -90,6 +90,10 @@ ROWS = {  # table row -> settings on top of the problem's config
     "fedbat_identity_ste_fp_upload": dict(algorithm="fedbat", ste="identity", upload_alpha="exact"),
     # The 2-bit two-scale upload on the identity estimator's (unbiased) latent.
     "fedbat_identity_ste_learned_max": dict(algorithm="fedbat", ste="identity", upload_alpha="learned_max"),
+    # Issue 40: is the float32 latent's plateau a fixed point of a biased objective? Then it stays when every step is
+    # halved or quartered; a noise floor would fall with the step.
+    "fedbat_fp_upload_lr_half": dict(algorithm="fedbat", upload_alpha="exact", lr_factor=0.5),
+    "fedbat_fp_upload_lr_quarter": dict(algorithm="fedbat", upload_alpha="exact", lr_factor=0.25),
     # Repairs at 1 bit (and one at 2 bits), each with partial participation too.
     **{name + suffix: dict(settings, **pp) for name, settings in {
         "fedbat_upload_max": dict(algorithm="fedbat", upload_alpha="max"),
@@ -99,6 +103,9 @@ ROWS = {  # table row -> settings on top of the problem's config
                                        ef21_momentum=0.5),
         "fedbat_identity_ste_ef21_relative": dict(algorithm="fedbat", ste="identity", error_feedback="ef21",
                                                   ef21_alpha="relative"),
+        # ... with the learned multiplier c capped below 1 (issue 40): the learned alpha on the wire, contractive?
+        "fedbat_identity_ste_ef21_relative_cap05": dict(algorithm="fedbat", ste="identity", error_feedback="ef21",
+                                                        ef21_alpha="relative", ef21_cap=0.5),
         "fedbat_learned_max": dict(algorithm="fedbat", upload_alpha="learned_max"),
         "eden": dict(algorithm="fedavg", compressor="eden"),
         "drive": dict(algorithm="fedavg", compressor="drive"),
@@ -412,6 +419,8 @@ def main(args, overrides: list[str]) -> int:
             c.update(partition=partition, lr_beta=const["beta"], lr_gamma=const["gamma"], **row)
             if c.lr_schedule == "constant":
                 c.lr = const["lr0"] * factor  # the schedule's first step, held (times the row's lr_factor)
+            else:
+                c.lr_beta = const["beta"] * factor  # the schedule scaled: eta_t x lr_factor at every step
             subopt, compile_s, run_s = cached_cell(Path(args.cells or f"{args.out}_cells"), c, ds, seeds, metric)
             steps_c = local_steps(c, len(y))
             cells.append((dict(algorithm=name, partition=partition, gamma=const["gamma"], steps=steps_c,

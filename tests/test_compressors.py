@@ -266,3 +266,22 @@ def test_ef_signsgd_is_signsgd_with_ef_bit_for_bit():
     (sa, ma), (sb, mb) = a.run_round(a.server, 1), b.run_round(b.server, 1)
     chex.assert_trees_all_equal(sa, sb)
     assert float(ma["train_loss"]) == float(mb["train_loss"]) and ma["uplink_bits"] == mb["uplink_bits"]
+
+
+def test_relative_ef21_caps_the_learned_multiplier():
+    """``ef21_cap``: the relative step size ``c rms(u - g)`` with ``c = alpha / rms(u)`` capped (first round: g = 0,
+    so the upload's alpha is ``min(c, cap) rms(u)``)."""
+    from fedbat_jax.compressors import ef21
+
+    inner = stochastic_levels(MASK, TEMPLATE, 1)
+    big = jax.tree.map(lambda x: jnp.float32(10.0), TEMPLATE)  # c = 10 / rms(u): far above any cap
+    for cap, factor in ((0.5, lambda u: 0.5), (0.0, lambda u: 10.0 / _rms(u))):
+        comp = ef21(inner, MASK, relative=True, cap=cap)
+        payload, _ = comp.encode(UPDATE, big, comp.init(TEMPLATE), KEY)
+        for name in ("conv", "dense"):
+            u = UPDATE[name]["kernel"]
+            assert float(payload[name]["kernel"].alpha) == pytest.approx(float(factor(u) * _rms(u)), rel=1e-5)
+
+
+def _rms(x):
+    return jnp.sqrt(jnp.mean(jnp.square(x)))
