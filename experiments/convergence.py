@@ -196,7 +196,10 @@ def optimum(X, y, lam, k, v: np.ndarray | None = None) -> tuple[float, float, np
 
 
 def local_steps(config, n: int) -> int:
-    """E: a client's local steps per round when ``n`` samples are split evenly over the config's clients."""
+    """E: a client's local steps per round (``local_steps`` if set, else its epochs' batches when ``n`` samples are
+    split evenly over the config's clients)."""
+    if config.local_steps:
+        return config.local_steps
     return config.local_epochs * math.ceil(n // config.num_clients / config.batch_size)
 
 
