@@ -170,6 +170,11 @@ def main(args, overrides: list[str]) -> int:
                 spec = fb.COMPRESSORS[c.compressor]
                 comps[name] = spec.make(mask, template, c)
             comps["fedbat_learned"] = stochastic_levels(mask, template, 1, learned_scale=True)
+            kept = wd / f"rows_k{args.keys}_c{args.clients}.json"  # a finished cell is read back
+            if kept.is_file():
+                rows += json.loads(kept.read_text())
+                continue
+            cell = []
             for source, clients in loaded.items():
                 names = [n for n in comps if n != "fedbat_learned" or source == "fedbat_u"]
                 for client, update, scales in clients:
@@ -178,8 +183,10 @@ def main(args, overrides: list[str]) -> int:
                         comp = comps[name]
                         row = dict(local_epochs=int(epochs), partition=partition, source=source, client=client,
                                    compressor=name, **shape, **error_stats(comp, update, scales, mask, args.keys))
-                        rows.append(row)
+                        cell.append(row)
                         print(json.dumps(row), flush=True)
+            kept.write_text(json.dumps(cell))
+            rows += cell
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.with_suffix(".csv").open("w", newline="") as f:
