@@ -60,6 +60,7 @@ def _layers(records) -> set[str]:
     return {k.split("/", 1)[1] for k in records[0] if k.startswith("alpha_ratio/")}
 
 
+@pytest.mark.slow
 def test_a_run_with_probes_equals_the_run_without():
     plain = fb.run(tiny("fedbat", model="cnn4", model_width=4, max_client_examples=64))
     probed = fb.run(tiny("fedbat", model="cnn4", model_width=4, max_client_examples=64, alpha_metrics=True))
@@ -79,6 +80,7 @@ def test_a_run_with_probes_equals_the_run_without():
         assert all(rec[f"alpha_gain/{layer}"] == pytest.approx(1.0) for layer in _layers(probed))
 
 
+@pytest.mark.slow
 def test_make_train_reports_the_same_probes():
     c = tiny("fedbat", model="cnn4", model_width=4, max_client_examples=64, alpha_metrics=True)
     records = fb.run(c)
