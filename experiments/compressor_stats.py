@@ -85,8 +85,10 @@ def shape_stats(update, mask) -> dict:
 _SUMS: dict = {}  # one jitted program per compressor, reused for every update of the same shapes
 
 
-def error_stats(comp, update, scales, mask, keys: int, chunk: int = 32) -> dict:
-    """Over ``keys`` draws: the normalised variance, the squared bias less its Monte Carlo floor, and the floor."""
+def error_stats(comp, update, scales, mask, keys: int, chunk: int = 32, seed: int = 0) -> dict:
+    """Over ``keys`` draws (from ``PRNGKey(seed)``): the normalised variance, the squared bias less its Monte Carlo
+    floor, and the floor. Each update gets its own ``seed`` (its client), so the Monte Carlo errors of different
+    updates are independent and an interval over updates covers them."""
     x = _flat(update, mask)
     if id(comp) not in _SUMS:
         def sums(update, scales, ks):
@@ -102,7 +104,7 @@ def error_stats(comp, update, scales, mask, keys: int, chunk: int = 32) -> dict:
         _SUMS[id(comp)] = (comp, jax.jit(sums))  # (the compressor kept alive: its id stays its own)
     sums = _SUMS[id(comp)][1]
     s1, s2 = jnp.zeros_like(x), jnp.zeros_like(x)
-    all_keys = jax.random.split(jax.random.PRNGKey(0), keys)
+    all_keys = jax.random.split(jax.random.PRNGKey(seed), keys)
     for i in range(0, keys, chunk):
         a, b = sums(update, scales, all_keys[i:i + chunk])
         s1, s2 = s1 + a, s2 + b
@@ -170,7 +172,7 @@ def main(args, overrides: list[str]) -> int:
                 spec = fb.COMPRESSORS[c.compressor]
                 comps[name] = spec.make(mask, template, c)
             comps["fedbat_learned"] = stochastic_levels(mask, template, 1, learned_scale=True)
-            kept = wd / f"rows_k{args.keys}_c{args.clients}.json"  # a finished cell is read back
+            kept = wd / f"rows_k{args.keys}_c{args.clients}_keyed.json"  # a finished cell is read back
             if kept.is_file():
                 rows += json.loads(kept.read_text())
                 continue
@@ -182,7 +184,8 @@ def main(args, overrides: list[str]) -> int:
                     for name in names:
                         comp = comps[name]
                         row = dict(local_epochs=int(epochs), partition=partition, source=source, client=client,
-                                   compressor=name, **shape, **error_stats(comp, update, scales, mask, args.keys))
+                                   compressor=name, **shape,
+                                   **error_stats(comp, update, scales, mask, args.keys, seed=client))
                         cell.append(row)
                         print(json.dumps(row), flush=True)
             kept.write_text(json.dumps(cell))
