@@ -98,3 +98,12 @@ def test_holm_against_hand_numbers():
     np.testing.assert_allclose(holm([0.04, 0.01, 0.02]), [0.04, 0.03, 0.04])
     np.testing.assert_allclose(holm([0.5, 0.6]), [1.0, 1.0])
     assert holm([0.2]) == [0.2]
+
+
+def test_compressor_stats_table_is_recomputed_from_its_rows():
+    md = RESULTS / "compressor_stats.md"
+    cs = _script("compressor_stats")
+    rows = list(csv.DictReader(md.with_suffix(".csv").open()))
+    again = set(cs.table(rows).splitlines())
+    printed = [line for line in md.read_text().splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert printed and not [line for line in printed if line not in again]
