@@ -107,3 +107,14 @@ def test_compressor_stats_table_is_recomputed_from_its_rows():
     again = set(cs.table(rows).splitlines())
     printed = [line for line in md.read_text().splitlines() if line.startswith("| ") and line[2].isdigit()]
     assert printed and not [line for line in printed if line not in again]
+
+
+def test_protocol_tables_are_recomputed_from_their_runs():
+    protocol = _script("protocol")
+    for md in sorted(RESULTS.glob("protocol*.md")):
+        rows = [{k: float(v) if k.endswith("_acc") or k == "uplink_MB" else v for k, v in r.items()}
+                for r in csv.DictReader(md.with_name(md.stem + "_runs.csv").open())]
+        p = protocol.REDUCED if "--reduced" in _command(md) else protocol.PROTOCOL
+        again = set(protocol.analysis(p, rows).splitlines())
+        printed = [line for line in md.read_text().split("```")[-1].splitlines() if line.startswith("| fashion")]
+        assert printed and not [line for line in printed if line not in again], md.name
