@@ -332,10 +332,11 @@ def cached_cell(folder: Path, config, ds, seeds: int, metric):
 
 # ---- the per-seed curves, committed: every statistic of the tables is recomputed from them -------------------------
 CURVE_COLUMNS = ("algorithm", "partition", "gamma", "steps", "seed", "round", "suboptimality")
+CURVE_FORMAT = ".6e"  # 7 significant digits: the curves as committed, and so as every statistic is computed
 
 
 def write_curves(path: Path, cells: list[tuple[dict, np.ndarray]]) -> None:
-    """``PREFIX_curves.csv.gz``: every seed's F(w_t) - F* per round (``%.6e``), with the cell's gamma and local
+    """``PREFIX_curves.csv.gz``: every seed's F(w_t) - F* per round (``CURVE_FORMAT``), with the cell's gamma and local
     steps, the inputs of ``cell_stats``. ``cells``: ``(row, subopt [seeds, rounds])``, row carrying algorithm,
     partition, gamma, steps and its seed list."""
     import gzip
@@ -347,7 +348,7 @@ def write_curves(path: Path, cells: list[tuple[dict, np.ndarray]]) -> None:
             for seed, curve in zip(row["seed_list"], subopt):
                 for r, v in enumerate(curve, start=1):
                     w.writerow([row["algorithm"], row["partition"], repr(row["gamma"]), row["steps"], seed, r,
-                                f"{v:.6e}"])
+                                format(v, CURVE_FORMAT)])
 
 
 def read_curves(path: Path) -> dict[tuple[str, str], tuple[float, int, np.ndarray]]:
@@ -428,7 +429,7 @@ def main(args, overrides: list[str]) -> int:
             steps_c = local_steps(c, len(y))
             cells.append((dict(algorithm=name, partition=partition, gamma=const["gamma"], steps=steps_c,
                                seed_list=seed_list(c, seeds)), subopt))
-            rounded = read_back(cells[-1])  # the statistics are those of the committed (printed) curves
+            rounded = as_printed(subopt)  # the statistics are those of the committed (printed) curves
             curves[(partition, name)] = rounded.mean(axis=0)
             rows.append(dict(algorithm=name, partition=partition, clients=f"{c.clients_per_round}/{c.num_clients}",
                              **cell_stats(rounded, const["gamma"], steps_c),
@@ -447,9 +448,9 @@ def main(args, overrides: list[str]) -> int:
     return 0
 
 
-def read_back(cell: tuple[dict, np.ndarray]) -> np.ndarray:
-    """The curves as ``write_curves`` prints them (6 significant digits), so a table equals its recomputation."""
-    return np.array([[float(f"{v:.6e}") for v in curve] for curve in cell[1]])
+def as_printed(subopt: np.ndarray) -> np.ndarray:
+    """The curves as ``write_curves`` prints them (``CURVE_FORMAT``), so a table equals its recomputation."""
+    return np.vectorize(lambda v: float(format(v, CURVE_FORMAT)))(subopt)
 
 
 def write(prefix: Path, rows, curves, const, f_star, grad_norm, bench, base) -> None:

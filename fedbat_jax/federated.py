@@ -171,7 +171,7 @@ class Learner(NamedTuple):
     server_optimizer: optax.GradientTransformation = optax.sgd(1.0)  # plain averaging
     algorithm: Algorithm = ALGORITHMS["fedavg"]
     settings: Any = None
-    probes: bool = False  # every round, per binarized leaf: the cohort's mean alpha / mean|u| and clipped share
+    probes: bool = False  # every round, per binarized leaf, the cohort's mean diagnostics (``client_probes``)
 
     # ---- a client -------------------------------------------------------------------------------
     def fresh_state(self, params: Params, batch_stats: Any) -> ClientState:

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from fedbat_jax import distributed, memory, stopping
-from fedbat_jax.backends import Backend, make_backend
+from fedbat_jax.backends import Backend, make_backend, one_client
 from fedbat_jax.config import default_config, partition_method, validate
 from fedbat_jax.data.checks import one_line
 from fedbat_jax.data import Dataset, format_histograms, label_histograms, load_dataset, size_summary
@@ -148,7 +148,7 @@ def client_updates(exp: Experiment, server: ServerState, r: int, count: int) -> 
     sent, step = learner.broadcast(server), jax.jit(learner.client_step)
     out = []
     for i in range(min(count, config.clients_per_round)):
-        inp = jax.tree.map(lambda x: x[i], inputs)
+        inp = one_client(inputs, i)
         client = learner.client_init(sent, jax.tree.map(lambda x: x[int(inp.client)], server.client_table), inp)
         for t in range(int(inp.num_steps)):
             client = step(client, sent, federation.data, inp, t)
