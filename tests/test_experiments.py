@@ -255,6 +255,9 @@ def test_fedavg_surrogate_gap_needs_unequal_local_work():
     ("scale.py", ["--config.nope=1", "--backends=host", "--clients=2"], "unknown config field 'nope'"),
     ("scale.py", ["--layouts=2", "--backends=host", "--clients=2"], "--layouts takes PROCESSESxDEVICES items"),
     ("scale.py", ["--layouts=0x1", "--backends=host", "--clients=2"], "--layouts takes PROCESSESxDEVICES items"),
+    ("protocol.py", ["--config.rounds=3"], "takes no --config overrides (the protocol is fixed): --config.rounds=3"),
+    ("protocol.py", ["--reduced"], "give --workdir (the runs resume from it)"),
+    ("compressor_stats.py", ["--workdir=W", "--clients=x"], "argument --clients: invalid int value: 'x'"),
 ])
 @pytest.mark.slow
 def test_every_script_fails_in_one_line_like_the_cli(tmp_path, script, args, needle):
@@ -266,6 +269,13 @@ def test_every_script_fails_in_one_line_like_the_cli(tmp_path, script, args, nee
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 2, done.stderr[-2000:]
     assert done.stderr.count("\n") == 1 and needle in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_protocol_dry_run_states_the_protocol_and_its_cost():
+    done = subprocess.run([sys.executable, "experiments/protocol.py", "--dry-run"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "99 programs" in done.stdout and "495 runs" in done.stdout and "primary: last10_acc" in done.stdout
 
 
 @pytest.mark.slow
