@@ -13,6 +13,7 @@ from typing import Any
 
 import ml_collections
 
+from fedbat_jax import privacy
 from fedbat_jax.algorithms import ALGORITHMS
 from fedbat_jax.augment import AUGMENTATIONS
 from fedbat_jax.backends import BACKENDS
@@ -111,7 +112,7 @@ _CORE: tuple[Setting, ...] = tuple(Setting(*s) for s in (
                              "the dataset, and refuses what does not fit (fedbat_jax/memory.py)", NON_NEGATIVE),
     ("print_histograms", False, "print each client's label histogram at start"),
     ("tensorboard", False, "also write each round's metrics as TensorBoard scalars in the workdir (tensorboardX)"),
-))
+)) + privacy.SETTINGS  # cohort sampling and user-level differential privacy (fedbat_jax/privacy.py)
 
 
 
@@ -190,6 +191,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
     for setting in SETTINGS:  # every setting's range, whether or not its owner is the active entry
         setting.check(c[setting.name])
     _check_algorithm(c)
+    privacy.check(c, ALGORITHMS[c.algorithm], error_feedback_name(c))
     # every entry's own check (what one value cannot say), active or not: a config never carries a setting that
     # would fail later (prox_mu=-1 with algorithm=fedavg is refused now, not when a resume switches algorithm)
     for registry, _ in REGISTRIES.values():

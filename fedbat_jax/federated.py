@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from fedbat_jax import privacy
 from fedbat_jax.algorithms import ALGORITHMS, Algorithm
 from fedbat_jax.binarization import warmup_steps
 from fedbat_jax.compressors import Compressor
@@ -30,7 +31,7 @@ from fedbat_jax.local import (ClientState, FederatedData, LocalConfig, client_up
 
 Params = Any
 # Sub-streams of a round key, and of a client's key.
-COHORT, CLIENTS = 0, 1
+COHORT, CLIENTS, NOISE = 0, 1, 2
 SHUFFLE, STEPS, UPLOAD = 0, 1, 2
 
 
@@ -48,6 +49,7 @@ class ServerState(NamedTuple):
     # memory; a round gathers the cohort's K rows and scatters them back: fedbat_jax.rounds)
     opt_state: Any  # the server optimizer's state (with EF21: the running estimate, then the optimizer's)
     algorithm_state: Any = ()  # the algorithm's server state (SCAFFOLD's control variate), sent with the model
+    dp: Any = ()  # user-level DP: the clip and the rounds charged (``privacy.DPState``; () without DP)
 
 
 class Broadcast(NamedTuple):
@@ -56,6 +58,21 @@ class Broadcast(NamedTuple):
     params: Params
     batch_stats: Any
     algorithm_state: Any
+    dp: Any = ()  # the server's DP state: its clip is applied where the server decodes (not sent to clients)
+
+
+class Sampling(NamedTuple):
+    """How a round's cohort is drawn. ``slots``: the clients a round trains (a fixed shape inside jitted programs).
+    Uniform: ``slots`` of the N clients without replacement. Poisson: each of the N with probability
+    ``expected / N``; those drawn fill the first slots (in id order), clients not drawn pad the rest (``valid``
+    False: no steps, no weight, their rows untouched); a round drawing more than ``slots`` drops the highest ids
+    and reports them (``poisson_overflow``). ``fixed_denominator`` (DP): each client's weight is ``w_k /
+    expected`` over ``w_k``'s mean, whatever the cohort drawn, not ``w_k`` normalised over it."""
+
+    slots: int
+    expected: float
+    poisson: bool = False
+    fixed_denominator: bool = False
 
 
 class Roster(NamedTuple):
@@ -92,6 +109,7 @@ class ClientInput(NamedTuple):
     share: jax.Array  # float32 w_k, the client's weight normalised over the whole federation (EF21's server)
     key: jax.Array  # the client's key for this round
     first_step: jax.Array  # int32 (r - 1) * S_k: the client's step count at the round's start (lr schedules)
+    valid: jax.Array  # bool: a client drawn this round (False: a Poisson cohort's padding, never trained or folded)
 
 
 class Client(NamedTuple):
@@ -121,6 +139,7 @@ class Aggregate(NamedTuple):
     seen: jax.Array  # examples trained on
     messages: Any  # sum_k w_k message_k: the algorithm's messages (() if none)
     probes: Any = ()  # sum_k p_k probe_k: the cohort's mean of each per-client diagnostic (``Learner.probes``)
+    unclipped: Any = ()  # user-level DP: the count of clients whose decoded upload was within the clip
 
 
 def make_roster(sizes: np.ndarray, local_epochs: int, batch_size: int, phi: float, aggregation_weights: str,
@@ -147,16 +166,36 @@ def sample_cohort(root: jax.Array, r, n: int, k: int) -> jax.Array:
     return jnp.sort(jax.random.choice(key, n, (k,), replace=False))
 
 
-def plan_round(root: jax.Array, r, roster: Roster, index: jax.Array, k: int) -> ClientInput:
-    """Round ``r``'s cohort and every sampled client's input (keys from ``(root, r, client)``)."""
-    cohort = sample_cohort(root, r, roster.sizes.shape[0], k)
+def poisson_cohort(root: jax.Array, r, n: int, sampling: Sampling) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Round ``r``'s Poisson cohort in ``sampling.slots`` places: ``(clients, drawn, overflow)``; each of the N
+    clients is drawn with probability ``expected / N``; the drawn ones first (by id), then clients not drawn."""
+    key = jax.random.fold_in(jax.random.fold_in(root, r), COHORT)
+    drawn = jax.random.uniform(key, (n,)) < sampling.expected / n
+    clients = jnp.argsort(~drawn, stable=True)[:sampling.slots]
+    return clients, drawn[clients], jnp.maximum(jnp.sum(drawn) - sampling.slots, 0)
+
+
+def plan_round(root: jax.Array, r, roster: Roster, index: jax.Array, k: int | Sampling) -> ClientInput:
+    """Round ``r``'s cohort and every sampled client's input (keys from ``(root, r, client)``); ``k``: the cohort
+    size, or how it is drawn (``Sampling``)."""
+    sampling = k if isinstance(k, Sampling) else Sampling(k, float(k))
+    n = roster.sizes.shape[0]
+    if sampling.poisson:
+        cohort, valid, _ = poisson_cohort(root, r, n, sampling)
+    else:
+        cohort, valid = sample_cohort(root, r, n, sampling.slots), jnp.ones((sampling.slots,), bool)
     base = jax.random.fold_in(jax.random.fold_in(root, r), CLIENTS)
     keys = jax.vmap(lambda c: jax.random.fold_in(base, c))(cohort)
-    w = jnp.asarray(roster.weight)[cohort]
-    return ClientInput(cohort.astype(jnp.int32), jnp.arange(k, dtype=jnp.int32), index[cohort],
-                       jnp.asarray(roster.sizes)[cohort],
-                       jnp.asarray(roster.num_steps)[cohort], jnp.asarray(roster.n_warm)[cohort], w / w.sum(),
-                       w / jnp.asarray(roster.weight).sum(), keys, (r - 1) * jnp.asarray(roster.num_steps)[cohort])
+    w = jnp.where(valid, jnp.asarray(roster.weight)[cohort], 0.0)
+    if sampling.fixed_denominator:
+        p = w / (sampling.expected * float(roster.weight.mean()))
+    else:
+        p = w / (jnp.maximum(w.sum(), 1e-30) if sampling.poisson else w.sum())
+    steps = jnp.where(valid, jnp.asarray(roster.num_steps)[cohort], 0)
+    return ClientInput(cohort.astype(jnp.int32), jnp.arange(sampling.slots, dtype=jnp.int32), index[cohort],
+                       jnp.asarray(roster.sizes)[cohort], steps, jnp.asarray(roster.n_warm)[cohort], p,
+                       w / jnp.asarray(roster.weight).sum(), keys, (r - 1) * jnp.asarray(roster.num_steps)[cohort],
+                       valid)
 
 
 class Learner(NamedTuple):
@@ -172,6 +211,7 @@ class Learner(NamedTuple):
     algorithm: Algorithm = ALGORITHMS["fedavg"]
     settings: Any = None
     probes: bool = False  # every round, per binarized leaf, the cohort's mean diagnostics (``client_probes``)
+    privacy: privacy.Privacy | None = None  # user-level DP: each decoded upload clipped, the sum noised
 
     # ---- a client -------------------------------------------------------------------------------
     def fresh_state(self, params: Params, batch_stats: Any) -> ClientState:
@@ -210,9 +250,12 @@ class Learner(NamedTuple):
         if self.algorithm.message is not None:
             algorithm_row, message = self.algorithm.message(update, row.algorithm, client.context, s.lr_sum,
                                                             self.settings)
-        contribution = Aggregate(self._weighted(self.compressor.decode(payload), inp, s.lr_sum),
+        decoded, unclipped = self.compressor.decode(payload), ()
+        if self.privacy is not None:  # the server clips what it decodes, before summing it
+            decoded, unclipped = privacy.clip_decoded(decoded, sent.dp.clip)
+        contribution = Aggregate(self._weighted(decoded, inp, s.lr_sum),
                                  _scaled(inp.weight, s.batch_stats), s.loss_sum, s.seen, _scaled(inp.share, message),
-                                 _scaled(inp.weight, self.client_probes(update, scales, s.alpha0)))
+                                 _scaled(inp.weight, self.client_probes(update, scales, s.alpha0)), unclipped)
         return contribution, ClientRow(compressor_row, algorithm_row)
 
     def finished_update(self, sent: Broadcast, client: Client, inp: ClientInput) -> tuple[Params, Params]:
@@ -239,7 +282,7 @@ class Learner(NamedTuple):
 
     # ---- the server -------------------------------------------------------------------------------
     def broadcast(self, server: ServerState) -> Broadcast:
-        return Broadcast(server.params, server.batch_stats, server.algorithm_state)
+        return Broadcast(server.params, server.batch_stats, server.algorithm_state, server.dp)
 
     def empty_aggregate(self, sent: Broadcast) -> Aggregate:
         """Nothing received yet: zeros of the update, statistics and messages (a message's shape from
@@ -251,7 +294,8 @@ class Learner(NamedTuple):
         ones = jax.tree.map(lambda _: jnp.float32(1), sent.params)
         probes = jax.eval_shape(self.client_probes, sent.params, ones, ones)
         return Aggregate(zeros(sent.params), zeros(sent.batch_stats), jnp.float32(0), jnp.float32(0),
-                         zeros(self.message_shape(sent.params)), zeros(probes))
+                         zeros(self.message_shape(sent.params)), zeros(probes),
+                         jnp.float32(0) if self.privacy is not None else ())
 
     def client_probes(self, update: Params, scales: Params, alpha0: Params) -> dict:
         """One client's diagnostics (``probes`` on, else ``{}``), per binarized leaf ``L``: ``alpha_ratio/L``, its
@@ -299,20 +343,25 @@ class Learner(NamedTuple):
         one = jax.eval_shape(self.fresh_row, params)
         table = jax.tree.map(lambda x: zeros((num_clients,) + x.shape, x.dtype), one)
         return ServerState(params, batch_stats, table, self.server_transform().init(params),
-                           self.algorithm.state_init(params, self.settings))
+                           self.algorithm.state_init(params, self.settings),
+                           privacy.init(self.privacy) if self.privacy is not None else ())
 
     def fresh_row(self, params: Params) -> ClientRow:
         """A client's row before it is first sampled."""
         return ClientRow(self.compressor.init(params), self.algorithm.row_init(params, self.settings))
 
-    def server_update(self, server: ServerState, agg: Aggregate, cohort: ClientInput,
+    def server_update(self, server: ServerState, agg: Aggregate, cohort: ClientInput, key: jax.Array | None = None,
                       ) -> tuple[ServerState, jax.Array]:
         """The new global model: the server optimizer's step on the pseudo-gradient ``-sum_k p_k
         decode(payload_k)`` (plain averaging: ``w + sum_k p_k decode(payload_k)``), through the algorithm's
         ``server_step`` if it has one; BatchNorm statistics averaged; the broadcast state updated from the messages.
+        With DP the sum of clipped uploads is noised first (``privacy.privatize``, from ``key``: the round's).
         ``cohort``: the round's inputs, stacked. Returns the state (its client table as given) and the round's
-        statistics: ``train_loss`` (the mean training loss) and the cohort's ``probes``, if on."""
-        pseudo_gradient = jax.tree.map(jnp.negative, agg.update)
+        statistics: ``train_loss`` (the mean training loss), the cohort's ``probes`` if on, DP's if on."""
+        update, dp, dp_stats = agg.update, server.dp, {}
+        if self.privacy is not None:
+            update, dp, dp_stats = privacy.privatize(update, agg.unclipped, server.dp, key, self.privacy)
+        pseudo_gradient = jax.tree.map(jnp.negative, update)
         extra = {}
         if self.algorithm.server_step is not None:
             extra["sums"] = self.sums(agg, cohort)
@@ -323,8 +372,8 @@ class Learner(NamedTuple):
         if self.algorithm.state_update is not None:
             state = self.algorithm.state_update(state, agg.messages, self.settings)
         return (server._replace(params=params, batch_stats=agg.batch_stats, opt_state=opt_state,
-                                algorithm_state=state),
-                {"train_loss": agg.loss_sum / jnp.maximum(agg.seen, 1.0), **(agg.probes or {})})
+                                algorithm_state=state, dp=dp),
+                {"train_loss": agg.loss_sum / jnp.maximum(agg.seen, 1.0), **(agg.probes or {}), **dp_stats})
 
     def sums(self, agg: Aggregate, cohort: ClientInput) -> Sums:
         """The round's decoded updates summed by p_k and by w_k. ``w_k = p_k sum_j w_j`` over the cohort, so

@@ -5,6 +5,7 @@
     federation.roster     # per-client constants: sizes, local steps, warm-up steps, aggregation weights
     federation.data       # the training set on the device, each client as a padded row of sample indices
     federation.variables  # the model's initial variables (seed's round-0 key)
+    federation.sampling   # how a round's cohort is drawn (K of N, or Poisson in fixed slots)
 
 ``config`` has been validated by the entry point (``fedbat_jax.config.validate``); nothing here validates again.
 """
@@ -25,7 +26,8 @@ from fedbat_jax.config import (CENTRALISED_CLIENTS, compressor_name, error_feedb
 from fedbat_jax.data import DATASETS, Dataset, partition
 from fedbat_jax.data.clients import choose_clients, keep_clients, natural_parts
 from fedbat_jax.errors import ConfigError
-from fedbat_jax.federated import Learner, Roster, make_roster, round_key
+from fedbat_jax import privacy
+from fedbat_jax.federated import Learner, Roster, Sampling, make_roster, round_key
 from fedbat_jax.local import FederatedData, LocalConfig
 from fedbat_jax.memory import Need, need
 from fedbat_jax.optimizers import server_optimizer
@@ -39,6 +41,7 @@ class Federation(NamedTuple):
     variables: Any  # the initial model: {"params": ..., "batch_stats": ...}
     parts: list  # each client's sample indices into the training set
     dataset: Dataset
+    sampling: Sampling  # how a round's cohort is drawn
 
 
 def build_federation(config: ml_collections.ConfigDict, ds: Dataset) -> Federation:
@@ -51,8 +54,28 @@ def build_federation(config: ml_collections.ConfigDict, ds: Dataset) -> Federati
     variables = jax.jit(model.init)(round_key(config.seed, 0), ds.sample_input())
     roster = make_roster([len(p) for p in parts], config.local_epochs, config.batch_size, config.phi,
                          config.aggregation_weights, config.max_client_examples, config.local_steps)
-    return Federation(make_learner(config, model, variables["params"], ds, roster.epochs), roster,
-                      federated_data(ds, parts, config.batch_size), model, variables, parts, ds)
+    if privacy.enabled(config) and variables.get("batch_stats"):
+        raise ConfigError(f"dp_clip: model={config.model} uploads its BatchNorm statistics outside the clipped, "
+                          "noised sum; use a model without BatchNorm")
+    learner = make_learner(config, model, variables["params"], ds, roster.epochs)
+    learner = learner._replace(privacy=privacy.from_config(config, len(parts)))
+    return Federation(learner, roster, federated_data(ds, parts, config.batch_size), model, variables, parts, ds,
+                      sampling_of(config, len(parts)))
+
+
+def sampling_of(config: ml_collections.ConfigDict, num_clients: int) -> Sampling:
+    """How the settings draw a round's cohort from ``num_clients``: ``clients_per_round`` of them, or each with
+    probability ``clients_per_round / num_clients`` in ``poisson_slots`` places (0: the size a Binomial cohort
+    exceeds with probability below ``privacy.TAIL``). With DP the weights have a fixed denominator."""
+    k, dp = config.clients_per_round, privacy.enabled(config)
+    if config.sampling != "poisson":
+        return Sampling(k, float(k), fixed_denominator=dp)
+    slots = config.poisson_slots
+    if not slots:
+        from scipy.stats import binom
+
+        slots = int(binom.isf(privacy.TAIL, num_clients, k / num_clients)) + 1
+    return Sampling(min(slots, num_clients), float(k), poisson=True, fixed_denominator=dp)
 
 
 def memory_need(config: ml_collections.ConfigDict, federation: Federation | None = None) -> Need | None:

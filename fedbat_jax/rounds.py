@@ -3,13 +3,14 @@
     one_round = make_round(learner, roster, clients_per_round, backend)
     server, stats = one_round(server, data, jax.random.PRNGKey(seed), r)   # stats: train_loss (+ probes)
 
-1. ``plan_round``: K of N clients from ``(seed, r)`` and each one's ``ClientInput`` (data rows, size, steps,
-   warm-up count, weights, key);
+1. ``plan_round``: the cohort from ``(seed, r)`` (K of N, or Poisson: ``Sampling``) and each one's
+   ``ClientInput`` (data rows, size, steps, warm-up count, weights, key);
 2. ``gather``: the cohort's K rows of the N-client table (in host memory for the run loop, so only these rows
    reach the devices and a round's traffic and device memory do not grow with N; on the device in ``make_train``);
 3. the backend (``fedbat_jax.backends``) runs every client's local steps from the broadcast model and folds each
    finished client's contribution into the ``Aggregate`` through the learner;
-4. the server's step (``Learner.server_update``): the new global model and algorithm state;
+4. the server's step (``Learner.server_update``; with DP the clipped sum is noised from the round's key): the new
+   global model and algorithm state;
 5. ``scatter`` the K new rows back into the table.
 
 ``wire_sizes`` gives the exact uplink and downlink sizes from the payload's shapes alone.
@@ -25,21 +26,25 @@ import jax.numpy as jnp
 import numpy as np
 
 from fedbat_jax.backends import Backend
-from fedbat_jax.federated import Learner, Roster, ServerState, plan_round, sample_cohort
+from fedbat_jax.federated import (NOISE, Learner, Roster, Sampling, ServerState, plan_round, poisson_cohort,
+                                  sample_cohort)
 from fedbat_jax.payloads import payload_bits
 
 Params = Any
 
 
-def make_round(learner: Learner, roster: Roster, clients_per_round: int, backend: Backend, jit: bool = True,
-               ) -> Callable[..., tuple[ServerState, dict]]:
-    """``one_round(server, data, root, r) -> (server, stats)``: ``stats`` holds the round's ``train_loss`` and the
-    learner's probes (``Learner.client_probes``), if on. ``jit=False`` leaves the planning and the
+def make_round(learner: Learner, roster: Roster, clients_per_round: int | Sampling, backend: Backend,
+               jit: bool = True) -> Callable[..., tuple[ServerState, dict]]:
+    """``one_round(server, data, root, r) -> (server, stats)``: ``stats`` holds the round's ``train_loss``, the
+    learner's probes (``Learner.client_probes``) if on, DP's (``dp_clip``) if on and, under Poisson sampling,
+    ``cohort_size`` and ``poisson_overflow`` (clients drawn beyond the slots). ``jit=False`` leaves the planning and the
     server step to be traced by the caller (``make_train``); an ``eager`` backend (``debug``) compiles nothing.
 
     With a host table (the run loop's) ``one_round`` consumes ``server``: the table is updated in place (as a
     donated device buffer would be), so keep the returned state, not the one passed in."""
-    plan = partial(plan_round, roster=roster, k=clients_per_round)
+    sampling = clients_per_round if isinstance(clients_per_round, Sampling) else Sampling(clients_per_round,
+                                                                                           float(clients_per_round))
+    plan = partial(plan_round, roster=roster, k=sampling)
     update = learner.server_update
     eager = backend.loop == "eager"
     if jit and not eager:
@@ -50,10 +55,20 @@ def make_round(learner: Learner, roster: Roster, clients_per_round: int, backend
             inputs = plan(root, r, index=data.index)                                         # 1. the cohort
             rows = gather(server.client_table, inputs.client)                                # 2. its rows
             agg, rows = backend.run(learner.broadcast(server), data, inputs, rows)         # 3. clients train
-            new, stats = update(server._replace(client_table=()), agg, inputs)               # 4. server step
+            key = jax.random.fold_in(jax.random.fold_in(root, r), NOISE)
+            new, stats = update(server._replace(client_table=()), agg, inputs, key)          # 4. server step
+            if sampling.poisson:
+                stats = {**stats, **cohort_stats(root, r, len(roster.sizes), sampling)}
             return new._replace(client_table=scatter(server.client_table, inputs.client, rows)), stats  # 5.
 
     return one_round
+
+
+def cohort_stats(root: jax.Array, r, n: int, sampling: Sampling) -> dict:
+    """A Poisson round's ``cohort_size`` (clients drawn and trained) and ``poisson_overflow`` (drawn beyond the
+    slots, dropped: the run loop stops on one)."""
+    _, valid, overflow = poisson_cohort(root, r, n, sampling)
+    return {"cohort_size": jnp.sum(valid).astype(jnp.float32), "poisson_overflow": overflow.astype(jnp.float32)}
 
 
 def gather(table: Any, clients: jax.Array) -> Any:

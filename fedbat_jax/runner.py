@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from fedbat_jax import distributed, memory, stopping
+from fedbat_jax import distributed, memory, privacy, stopping
 from fedbat_jax.backends import Backend, make_backend, one_client
 from fedbat_jax.config import default_config, partition_method, validate
 from fedbat_jax.data.checks import one_line
@@ -46,7 +46,8 @@ class Experiment(NamedTuple):
     run_round: Callable[[ServerState, int], tuple[ServerState, dict]]  # (server, r) -> (server, metrics)
     server: ServerState  # the initial global model, its client table in host memory
     evaluate: Callable[[ServerState], dict]  # -> {test_loss, test_accuracy, and per test client when natural}
-    wire: dict  # exact uplink_bits and downlink_bits of one round
+    wire: dict  # exact uplink_bits and downlink_bits of one round (of the expected cohort under Poisson sampling)
+    accountant: privacy.Accountant | None = None  # user-level DP with noise: epsilon after each round
 
     @property
     def dataset(self) -> Dataset:
@@ -92,19 +93,25 @@ def _build(config: ml_collections.ConfigDict, ds: Dataset) -> Experiment:
     backend = make_backend(config, learner, int(roster.num_steps.max()))
     if backend.traceable:
         backend = backend._replace(run=jax.jit(backend.run))
-    one_round = make_round(learner, roster, config.clients_per_round, backend)
+    one_round = make_round(learner, roster, federation.sampling, backend)
     data = backend.place(federation.data)  # laid out once as the backend reads it (replicated over its devices)
     root = jax.random.PRNGKey(config.seed)
     wire = wire_sizes(learner, params, batch_stats, config.clients_per_round)
+    per_client = wire_sizes(learner, params, batch_stats, 1)
 
     def run_round(server: ServerState, r: int) -> tuple[ServerState, dict]:
         """Round ``r``; consumes ``server`` (its host table is updated in place): keep the returned state."""
         server, stats = one_round(server._replace(client_table=host_table(server.client_table)), data, root, r)
+        if "cohort_size" in stats:  # Poisson: what the clients drawn sent and received
+            return server, {**stats, **{k: int(stats["cohort_size"]) * v for k, v in per_client.items()}}
         return server, {**stats, **wire}
 
     server = learner.server_init(params, batch_stats, config.num_clients, zeros=host_zeros)  # the table on the host
     evaluate = host_evaluator(federation.model, federation.dataset, config.eval_client_threshold)
-    return Experiment(config, federation, backend, run_round, server, evaluate, wire)
+    accountant = None
+    if learner.privacy is not None and learner.privacy.noise_multiplier > 0:
+        accountant = privacy.accountant_for(config, len(federation.parts), learner.privacy.noise_multiplier)
+    return Experiment(config, federation, backend, run_round, server, evaluate, wire, accountant)
 
 
 def load_run(workdir: str | Path, data_dir: str = "", dataset: Dataset | None = None,
@@ -225,6 +232,12 @@ def _round(exp: Experiment, server: ServerState, r: int, wd: Workdir | None, rec
            "uplink_bits": int(m["uplink_bits"]), "downlink_bits": int(m["downlink_bits"]),
            "round_seconds": round(seconds, 4)}
     rec.update({name: float(v) for name, v in m.items() if name not in rec})  # the learner's probes, if on
+    if exp.accountant is not None:  # the accountant's state is the rounds charged, checkpointed in server.dp
+        rec["epsilon"] = privacy.epsilon(exp.accountant, int(server.dp.rounds))
+    if rec.get("poisson_overflow"):
+        raise ConfigError(f"round {r} drew {int(rec['cohort_size'] + rec['poisson_overflow'])} clients, more than "
+                          f"poisson_slots={int(rec['cohort_size'])}{_kept(wd)}; rerun with a larger "
+                          "--config.poisson_slots (0 = auto)")
     if model_finite and (r % config.eval_every == 0 or r == config.rounds):
         rec.update(exp.evaluate(server))
     # A non-finite training loss, global model or evaluation is a divergence: that round is neither
@@ -303,5 +316,13 @@ def _log_start(exp: Experiment, log: Callable[[str], None]) -> None:
         f"devices: {distributed.describe(backend.devices)}")
     if exp.dataset.note:
         log(f"note: {config.dataset} data is a {exp.dataset.note}")
+    p = exp.federation.learner.privacy
+    if p is not None:
+        solved = f" (solved for epsilon {config.dp_target_epsilon})" if config.dp_target_epsilon else ""
+        eps = (f"; epsilon after {config.rounds} rounds {privacy.epsilon(exp.accountant, config.rounds):.4g} at delta "
+               f"{exp.accountant.delta:.3g} ({config.dp_accountant}, {config.sampling} sampling)"
+               if exp.accountant else "; no noise: epsilon is infinite")
+        log(f"user-level DP: clip {p.clip:g}{' (adaptive)' if p.adaptive else ''}, noise multiplier "
+            f"{p.noise_multiplier:.6g}{solved}{eps}")
     if config.print_histograms and exp.dataset.y_train.ndim == 1:  # (a sequence's targets have no label)
         log(format_histograms(label_histograms(exp.parts, exp.dataset.y_train, exp.dataset.num_classes)))

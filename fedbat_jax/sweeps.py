@@ -34,7 +34,7 @@ import numpy as np
 import ml_collections
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from fedbat_jax import distributed
+from fedbat_jax import distributed, privacy
 from fedbat_jax.config import check_seed, validate
 from fedbat_jax.data import Dataset
 from fedbat_jax.errors import ConfigError
@@ -53,10 +53,24 @@ class Sweep(NamedTuple):
     train: Callable  # make_train's function (its ``.data``: the dataset as device arrays)
 
     def run(self) -> list[dict]:
-        """One ``{"seed", "settings", "metrics"}`` record per run; ``metrics``: numpy, a leading rounds axis."""
+        """One ``{"seed", "settings", "metrics"}`` record per run; ``metrics``: numpy, a leading rounds axis (with
+        DP, ``epsilon`` after each round, from the accountant on the host)."""
         metrics = {name: np.asarray(v) for name, v in self.compiled(*self.args).items()}  # replicated: every process
-        return [{"seed": seed, "settings": dict(settings), "metrics": {name: v[i] for name, v in metrics.items()}}
+        rounds = metrics["train_loss"].shape[1]
+        return [{"seed": seed, "settings": dict(settings),
+                 "metrics": {**{name: v[i] for name, v in metrics.items()}, **self.epsilons(settings, rounds)}}
                 for i, (seed, settings) in enumerate(self.runs)]
+
+    def epsilons(self, settings: dict, rounds: int) -> dict:
+        """``{"epsilon": [rounds]}`` of a run with these settings (``{}`` without DP noise)."""
+        accountant = self.train.accountant
+        if accountant is None:
+            return {}
+        accountant = accountant._replace(noise_multiplier=settings.get("dp_noise_multiplier",
+                                                                       accountant.noise_multiplier))
+        if accountant.noise_multiplier <= 0:
+            return {}
+        return {"epsilon": np.array([privacy.epsilon(accountant, r) for r in range(1, rounds + 1)])}
 
 
 def sweep(config: ml_collections.ConfigDict, seeds, grid: dict | None = None, dataset: Dataset | None = None,
@@ -146,11 +160,15 @@ def grid_points(config: ml_collections.ConfigDict, grid: dict | None) -> list[di
         if isinstance(values, (str, bytes, dict)) or not np.iterable(values):
             raise ConfigError(f"grid[{name!r}] must be a list of numbers, got {values!r}")
         lists[name] = list(values)
+        if name in privacy.TRACEABLE and not privacy.enabled(config):
+            raise ConfigError(f"grid setting {name!r} needs a config with DP on (dp_clip > 0)")
         if not lists[name]:
             raise ConfigError(f"grid[{name!r}] is empty: give at least one value")
         bad = [v for v in lists[name] if not isinstance(v, numbers.Real) or isinstance(v, bool)]
         if bad:
             raise ConfigError(f"grid[{name!r}] holds {bad[0]!r}, not a number")
+        if name == "dp_clip" and min(lists[name]) <= 0:
+            raise ConfigError(f"grid['dp_clip'] holds {min(lists[name])!r}: a DP program's clip must be > 0")
     points = [dict(zip(lists, map(float, values))) for values in itertools.product(*lists.values())]
     for point in points:
         c = config.copy_and_resolve_references()

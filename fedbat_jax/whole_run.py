@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from fedbat_jax import distributed
+from fedbat_jax import distributed, privacy
 from fedbat_jax.backends import BACKENDS, Backend
 from fedbat_jax.config import validate
 from fedbat_jax.data import Dataset, load_dataset
@@ -35,8 +35,10 @@ from fedbat_jax.federated import Learner
 from fedbat_jax.federation import build_federation
 from fedbat_jax.rounds import make_round, wire_sizes
 
-# Settings that may be traced (passed per run in ``hparams``); the others fix shapes or step counts.
-TRACEABLE = ("lr", "rho", "alpha_min", "alpha_max")
+# Settings that may be traced (passed per run in ``hparams``); the others fix shapes or step counts. The DP ones
+# (``dp_clip``, ``dp_noise_multiplier``) need a config with DP on (``dp_clip > 0``).
+LOCAL_TRACEABLE = ("lr", "rho", "alpha_min", "alpha_max")
+TRACEABLE = LOCAL_TRACEABLE + privacy.TRACEABLE
 
 
 def make_train(config: ml_collections.ConfigDict, dataset: Dataset | None = None,
@@ -67,33 +69,51 @@ def build_train(config: ml_collections.ConfigDict, dataset: Dataset | None = Non
     traced_backend(config, learner, longest)  # refuses an untraceable backend now, not when traced
     evaluate = dataset_evaluate(model, ds)
     variables = federation.variables
-    uplink = float(wire_sizes(learner, variables["params"], variables.get("batch_stats", {}), k)["uplink_bits"])
+    uplink = float(wire_sizes(learner, variables["params"], variables.get("batch_stats", {}), 1)["uplink_bits"])
     sample = ds.sample_input()
 
     def train(key: jax.Array, hparams: dict | None = None, data: tuple | None = None):
-        unknown = set(hparams or {}) - set(TRACEABLE)
-        if unknown:
-            raise ConfigError(f"hparams {sorted(unknown)} cannot be traced; these can: {', '.join(TRACEABLE)}")
-        run_learner = learner._replace(local=learner.local._replace(**(hparams or {})))
+        run_learner = with_hparams(learner, hparams or {})
         clients, test = data if data is not None else train.data
         variables = model.init(jax.random.fold_in(key, 0), sample)
         server = run_learner.server_init(variables["params"], variables.get("batch_stats", {}), n)
-        one_round = make_round(run_learner, roster, k, traced_backend(config, run_learner, longest), jit=False)
+        one_round = make_round(run_learner, roster, federation.sampling, traced_backend(config, run_learner, longest),
+                               jit=False)
 
         def round_and_metrics(server, r):
             server, stats = one_round(server, clients, key, r)
+            cohort = stats.get("cohort_size", jnp.float32(k))  # Poisson: the clients drawn
             nan = jnp.float32(jnp.nan)
             loss, acc = jax.lax.cond((r % every == 0) | (r == rounds),
                                      lambda s: pooled_traced(evaluate(s.params, s.batch_stats, test)),
                                      lambda s: (nan, nan), server)
             extra = metrics_fn(server, clients) if metrics_fn is not None else {}
-            return server, {"test_accuracy": acc, "test_loss": loss, **stats, "uplink_bits": jnp.float32(uplink),
+            return server, {"test_accuracy": acc, "test_loss": loss, **stats, "uplink_bits": cohort * uplink,
                             **extra}
 
         return jax.lax.scan(round_and_metrics, server, jnp.arange(1, rounds + 1))
 
     train.data = (federation.data, test_set(ds))
+    # epsilon's accountant (the noise multiplier as solved for dp_target_epsilon); None without DP
+    train.accountant = (privacy.accountant_for(config, n, learner.privacy.noise_multiplier)
+                        if learner.privacy is not None else None)
     return train
+
+
+def with_hparams(learner: Learner, hparams: dict) -> Learner:
+    """The learner with ``hparams`` (``TRACEABLE`` settings, traced or not) replacing the config's values."""
+    unknown = set(hparams) - set(TRACEABLE)
+    if unknown:
+        raise ConfigError(f"hparams {sorted(unknown)} cannot be traced; these can: {', '.join(TRACEABLE)}")
+    dp = {name: v for name, v in hparams.items() if name in privacy.TRACEABLE}
+    if dp and learner.privacy is None:
+        raise ConfigError(f"hparams {sorted(dp)} need a config with DP on (dp_clip > 0)")
+    local = {name: v for name, v in hparams.items() if name in LOCAL_TRACEABLE}
+    learner = learner._replace(local=learner.local._replace(**local))
+    if dp:
+        learner = learner._replace(privacy=learner.privacy._replace(
+            **{name.removeprefix("dp_"): v for name, v in dp.items()}))
+    return learner
 
 
 def traced_backend(config: ml_collections.ConfigDict, learner: Learner, longest: int) -> Backend:

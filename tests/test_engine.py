@@ -50,7 +50,7 @@ def test_aggregate_is_the_weighted_sum_of_finished_clients(jit):
     inputs = ClientInput(jnp.arange(3), jnp.arange(3), jnp.zeros((3, 8), jnp.int32), jnp.array([4, 8, 9]),
                          jnp.ones(3, jnp.int32), jnp.zeros(3, jnp.int32), jnp.array([1 / 3, 2 / 3, 0.5]),
                          jnp.array([0.1, 0.2, 0.7]), jax.random.split(jax.random.PRNGKey(0), 3),
-                         jnp.zeros(3, jnp.int32))
+                         jnp.zeros(3, jnp.int32), jnp.ones(3, bool))
     sent = learner.broadcast(server)
 
     def f(acc, clients, inputs, done):

@@ -85,7 +85,7 @@ def _upload_case(compressor, alpha0=0.02, a=0.1):
         theta={"w": u}, a={"w": jnp.float32(a)}, alpha0={"w": jnp.float32(alpha0)}, loss_sum=jnp.float32(3.0),
         seen=jnp.float32(6.0))
     inp = ClientInput(jnp.int32(4), jnp.int32(0), jnp.zeros(8, jnp.int32), jnp.int32(6), jnp.int32(2), jnp.int32(1),
-                      jnp.float32(0.25), jnp.float32(0.05), jax.random.PRNGKey(7), jnp.int32(0))
+                      jnp.float32(0.25), jnp.float32(0.05), jax.random.PRNGKey(7), jnp.int32(0), jnp.bool_(True))
     row = learner.fresh_row(params)
     sent = Broadcast(params, {}, ())
     return learner.client_final(sent, Client(state, jnp.zeros((1, 8), jnp.int32), ()), row, inp), u

@@ -29,7 +29,7 @@ def _cohort(steps, weight, share):
     z = jnp.zeros(k, jnp.int32)
     return ClientInput(jnp.arange(k), jnp.arange(k), jnp.zeros((k, 1), jnp.int32), z, jnp.asarray(steps, jnp.int32),
                        z, jnp.asarray(weight, jnp.float32), jnp.asarray(share, jnp.float32),
-                       jax.random.split(jax.random.PRNGKey(0), k), z)
+                       jax.random.split(jax.random.PRNGKey(0), k), z, jnp.ones(k, bool))
 
 
 def _server_round(learner, server, updates, cohort):

@@ -44,10 +44,11 @@ class Backend(NamedTuple):
 # ---- what every backend does with finished clients -------------------------------------------------------
 def finish(learner: Learner, sent: Broadcast, acc: Aggregate, rows: Any, clients: Client, inputs: ClientInput,
            done: jax.Array) -> tuple[Aggregate, Any]:
-    """The finished clients among a batch of lanes (leading axis; ``done`` marks them): each one's upload
-    (``client_final``), folded into ``acc`` by the algorithm, and its new row written into the cohort's ``rows``
-    (at its ``inputs.slot``; other rows untouched)."""
+    """The finished clients among a batch of lanes (leading axis; ``done`` marks them, and ``inputs.valid`` the
+    clients drawn): each one's upload (``client_final``), folded into ``acc`` by the algorithm, and its new row
+    written into the cohort's ``rows`` (at its ``inputs.slot``; other rows untouched)."""
     n = jax.tree.leaves(rows)[0].shape[0] if jax.tree.leaves(rows) else 0
+    done = done & inputs.valid  # a Poisson cohort's padding: never folded in, its row untouched
     mine = jax.tree.map(lambda x: x[inputs.slot], rows)
     contributions, mine = jax.vmap(learner.client_final, (None, 0, 0, 0))(sent, clients, mine, inputs)
     dest = jnp.where(done, inputs.slot, n)  # n is out of bounds: dropped

@@ -203,6 +203,8 @@ def pack_lanes(steps: np.ndarray, lanes: int = 0, quantum: int = 1, cap: int | N
         pos = 0
         for i in clients:
             s = int(steps[i])
+            if s == 0:  # a Poisson cohort's padding: no cell
+                continue
             sched[0, j, pos:pos + s] = i
             sched[1, j, pos:pos + s] = np.arange(s)
             sched[2, j, pos] = 1
