@@ -54,9 +54,7 @@ def build_federation(config: ml_collections.ConfigDict, ds: Dataset) -> Federati
     variables = jax.jit(model.init)(round_key(config.seed, 0), ds.sample_input())
     roster = make_roster([len(p) for p in parts], config.local_epochs, config.batch_size, config.phi,
                          config.aggregation_weights, config.max_client_examples, config.local_steps)
-    if privacy.enabled(config) and variables.get("batch_stats"):
-        raise ConfigError(f"dp_clip: model={config.model} uploads its BatchNorm statistics outside the clipped, "
-                          "noised sum; use a model without BatchNorm")
+    _refuse_batch_norm(config, variables)
     learner = make_learner(config, model, variables["params"], ds, roster.epochs)
     learner = learner._replace(privacy=privacy.from_config(config, len(parts)))
     return Federation(learner, roster, federated_data(ds, parts, config.batch_size), model, variables, parts, ds,
@@ -89,15 +87,36 @@ def memory_need(config: ml_collections.ConfigDict, federation: Federation | None
     footprint = getattr(DATASETS[config.dataset], "footprint", None)
     if footprint is None or partition_method(config.partition, False) == "natural":
         return None
+    model, standin, variables = _standin(config, footprint)
+    data = footprint.examples * (standin.x_train.nbytes + 4)
+    return need(make_learner(config, model, variables["params"], standin), variables["params"],
+                config.num_clients or CENTRALISED_CLIENTS, data)
+
+
+def check_before_loading(config: ml_collections.ConfigDict) -> None:
+    """What the settings and the model's shapes refuse before any data loads (the dataset loader's ``footprint``
+    gives the input; a natural federation's model is checked once its files are read): user-level DP on a model
+    with BatchNorm."""
+    footprint = getattr(DATASETS[config.dataset], "footprint", None)
+    if privacy.enabled(config) and footprint is not None:
+        _refuse_batch_norm(config, _standin(config, footprint)[2])
+
+
+def _refuse_batch_norm(config: ml_collections.ConfigDict, variables: Any) -> None:
+    if privacy.enabled(config) and variables.get("batch_stats"):
+        raise ConfigError(f"dp_clip: model={config.model} uploads its BatchNorm statistics outside the clipped, "
+                          "noised sum; use a model without BatchNorm (logreg, vit, emnist_cnn)")
+
+
+def _standin(config: ml_collections.ConfigDict, footprint) -> tuple[Any, Dataset, Any]:
+    """The model, a one-example stand-in of the dataset and the model's variables' shapes, from the loader's
+    ``footprint`` (no data read)."""
     example = np.zeros((1,) + footprint.example, footprint.dtype)
     channels = footprint.example[-1]
     standin = Dataset(config.dataset, example, np.zeros(1, np.int32), example, np.zeros(1, np.int32),
                       footprint.num_classes, (0.0,) * channels, (1.0,) * channels)
     model = model_from_config(config, footprint.num_classes)
-    params = jax.eval_shape(model.init, round_key(config.seed, 0), standin.sample_input())["params"]
-    data = footprint.examples * (example.nbytes + 4)
-    return need(make_learner(config, model, params, standin), params, config.num_clients or CENTRALISED_CLIENTS,
-                data)
+    return model, standin, jax.eval_shape(model.init, round_key(config.seed, 0), standin.sample_input())
 
 
 def client_parts(config: ml_collections.ConfigDict, ds: Dataset) -> tuple[Dataset, list[np.ndarray]]:

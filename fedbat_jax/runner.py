@@ -29,7 +29,7 @@ from fedbat_jax.data import Dataset, format_histograms, label_histograms, load_d
 from fedbat_jax.errors import ConfigError, DivergenceError, Terminated, WorkdirError
 from fedbat_jax.evaluation import host_evaluator
 from fedbat_jax.federated import ServerState, plan_round
-from fedbat_jax.federation import Federation, build_federation, memory_need
+from fedbat_jax.federation import Federation, build_federation, check_before_loading, memory_need
 from fedbat_jax.rounds import host_table, host_zeros, make_round, wire_sizes
 from fedbat_jax.workdir import (CHECKPOINT_FILE, CONFIG_FILE, RENAMED_VALUES, Workdir, read_checkpoint,
                                 restore_tree)
@@ -80,6 +80,7 @@ def build_from_data(config: ml_collections.ConfigDict, ds: Dataset) -> Experimen
 def _fits_before_loading(config: ml_collections.ConfigDict) -> None:
     """Refuse (one line) a run whose N-client table and dataset cannot fit in host memory, where the dataset's
     loader says its size (``fedbat_jax.memory``); a natural federation is checked once its files are read."""
+    check_before_loading(config)
     est = memory_need(config)
     if est is not None:
         memory.check(config, est, " (estimated before loading the data)")
@@ -145,16 +146,17 @@ class ClientUpdate(NamedTuple):
 
 
 def client_updates(exp: Experiment, server: ServerState, r: int, count: int) -> list[ClientUpdate]:
-    """The first ``count`` clients of round ``r``'s cohort trained from ``server`` as round ``r`` trains them (the
-    same keys and data order): what each would hand its compressor. Nothing is compressed, aggregated or written;
-    for looking at the updates a compressor sees (``experiments/alpha_check.py``, ``compressor_stats.py``)."""
+    """The first ``count`` clients of round ``r``'s cohort (the clients drawn, under Poisson sampling) trained from
+    ``server`` as round ``r`` trains them (the same keys and data order): what each would hand its compressor.
+    Nothing is compressed, aggregated or written; for looking at the updates a compressor sees
+    (``experiments/alpha_check.py``, ``compressor_stats.py``)."""
     config, federation = exp.config, exp.federation
     learner = federation.learner
     inputs = plan_round(jax.random.PRNGKey(config.seed), r, federation.roster, federation.data.index,
-                        config.clients_per_round)
+                        federation.sampling)
     sent, step = learner.broadcast(server), jax.jit(learner.client_step)
     out = []
-    for i in range(min(count, config.clients_per_round)):
+    for i in range(min(count, int(jnp.sum(inputs.valid)))):  # (the drawn clients come first)
         inp = one_client(inputs, i)
         client = learner.client_init(sent, jax.tree.map(lambda x: x[int(inp.client)], server.client_table), inp)
         for t in range(int(inp.num_steps)):

@@ -32,7 +32,7 @@ from fedbat_jax.data import Dataset, load_dataset
 from fedbat_jax.errors import ConfigError
 from fedbat_jax.evaluation import dataset_evaluate, pooled_traced, test_set
 from fedbat_jax.federated import Learner
-from fedbat_jax.federation import build_federation
+from fedbat_jax.federation import build_federation, check_before_loading
 from fedbat_jax.rounds import make_round, wire_sizes
 
 # Settings that may be traced (passed per run in ``hparams``); the others fix shapes or step counts. The DP ones
@@ -59,6 +59,8 @@ def make_train(config: ml_collections.ConfigDict, dataset: Dataset | None = None
 def build_train(config: ml_collections.ConfigDict, dataset: Dataset | None = None,
                 metrics_fn: Callable[[Any, Any], dict] | None = None) -> Callable[..., tuple[Any, dict]]:
     """``make_train`` on a config its caller has validated (``fb.sweep`` validates its grid points itself)."""
+    if dataset is None:
+        check_before_loading(config)
     ds = dataset if dataset is not None else load_dataset(config.dataset, config.data_dir or None)
     federation = build_federation(config, ds)
     learner, roster, model = federation.learner, federation.roster, federation.model

@@ -258,6 +258,9 @@ def test_fedavg_surrogate_gap_needs_unequal_local_work():
     ("protocol.py", ["--config.rounds=3"], "takes no --config overrides (the protocol is fixed): --config.rounds=3"),
     ("protocol.py", ["--reduced"], "give --workdir (the runs resume from it)"),
     ("compressor_stats.py", ["--workdir=W", "--clients=x"], "argument --clients: invalid int value: 'x'"),
+    ("privacy.py", [], "give --workdir (each program's records are kept there"),
+    ("privacy.py", ["--workdir=W", "--epsilons=1,x"], "--epsilons takes numbers and --seeds integers"),
+    ("privacy.py", ["--workdir=W", "--config.dp_clip=-1"], "dp_clip must be >= 0"),
 ])
 @pytest.mark.slow
 def test_every_script_fails_in_one_line_like_the_cli(tmp_path, script, args, needle):
@@ -349,3 +352,29 @@ def test_compressor_stats_variance_and_shape_against_hand_numbers():
     assert stats["bits_per_value"] == pytest.approx((8 + 32) / 4)  # one packed byte and alpha for 4 values
     shape = cs.shape_stats({"k": jnp.array([1.0, -1.0, 1.0, -1.0]), "b": jnp.zeros(3)}, mask)
     assert shape == {"kurtosis": pytest.approx(1.0), "d_max2_over_norm2": pytest.approx(1.0)}
+
+
+def test_privacy_study_writes_its_curves_tables_and_runs(tmp_path, xla_cache_env):
+    """experiments/privacy.py on the bundled digits in seconds: every method's DP and no-DP programs, their table,
+    the Holm comparisons against FedBAT, the per-run CSV and per-round curves; a rerun reads the programs back."""
+    args = [sys.executable, "experiments/privacy.py", "--workdir", str(tmp_path / "w"), "--out",
+            str(tmp_path / "privacy"), "--epsilons=2,8", "--seeds=0,1", "--methods=fedavg,fedbat", "--no-confound",
+            "--config.dataset=mnist5k", "--config.num_clients=20", "--config.clients_per_round=5",
+            "--config.rounds=3", "--config.local_epochs=1", "--config.dp_count_stddev=2"]
+    done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, **xla_cache_env))
+    assert done.returncode == 0, done.stderr[-2000:]
+    text = (tmp_path / "privacy.md").read_text()
+    assert "| fedbat | epsilon 2 | 2 |" in text and "| fedavg | epsilon none | 2 |" in text
+    assert "| federation | epsilon | method |" in text and "| mnist5k-20 | epsilon 8 | fedavg | 2 |" in text
+    with open(tmp_path / "privacy_runs.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 * 2 * 3 and {r["epsilon"] for r in rows} == {"2", "8", "none"}
+    assert all(float(r["epsilon_reached"]) <= float(r["epsilon"]) * 1.001 for r in rows if r["epsilon"] != "none")
+    import gzip
+
+    with gzip.open(tmp_path / "privacy_curves.csv.gz", "rt") as f:
+        assert len(list(csv.DictReader(f))) == 12 * 3
+    again = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                           env=dict(os.environ, **xla_cache_env))
+    assert again.returncode == 0 and (tmp_path / "privacy.md").read_text().split("\n", 2)[2] == text.split("\n", 2)[2]

@@ -240,6 +240,8 @@ def test_a_privacy_utility_curve_is_one_vmapped_program_with_epsilon_per_point()
     ("--config.sampling=bernoulli", "unknown sampling 'bernoulli'; choose one of: uniform, poisson"),
     ("--config.dp_clip=1 --config.aggregation_weights=uniform --config.model=mobilenet",
      "model=mobilenet uploads its BatchNorm statistics"),
+    ("--config.dp_clip=1 --config.aggregation_weights=uniform --config.dataset=fashion_mnist "
+     "--config.data_dir=/nonexistent", "model=cnn4 uploads its BatchNorm statistics"),  # before any data loads
 ])
 def test_every_bad_dp_setting_is_one_line_and_exit_2(tmp_path, capsys, override, needle):
     code = main(["fedbat_jax.main", f"--workdir={tmp_path / 'w'}", "--config=experiments/configs/mnist5k.py",
