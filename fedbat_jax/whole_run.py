@@ -4,6 +4,7 @@
     server, metrics = jax.jit(train)(jax.random.PRNGKey(0))             # one run
     server, metrics = jax.jit(jax.vmap(train))(keys)                    # several seeds, one program
     server, metrics = jax.jit(jax.vmap(train))(keys, {"lr": lrs})       # a grid of a float setting
+    server, metrics = jax.jit(jax.vmap(train))(keys, {"dp_noise_multiplier": zs})   # DP on: a privacy curve
 
 ``train(key)`` samples every cohort on the device, runs ``config.rounds`` rounds in a ``lax.scan``, and
 evaluates every ``eval_every`` rounds (and at the last). ``metrics`` holds arrays with a leading rounds
