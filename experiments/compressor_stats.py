@@ -23,7 +23,6 @@ per (client, compressor); the table is rendered from those rows (``table``).
 """
 from __future__ import annotations
 
-import csv
 import json
 import sys
 import time
@@ -191,11 +190,7 @@ def main(args, overrides: list[str]) -> int:
             kept.write_text(json.dumps(cell))
             rows += cell
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.with_suffix(".csv").open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    report.write_rows(out.with_suffix(".csv"), rows)
     command = "python " + " ".join(sys.argv)
     header = (f"Command: `{command}`  \nMachine: {machine.describe()}, wall time {time.perf_counter() - t0:.0f} s, "
               f"{args.keys} keys per update and compressor, {args.clients} clients per cell\n\n")

@@ -454,11 +454,7 @@ def as_printed(subopt: np.ndarray) -> np.ndarray:
 
 
 def write(prefix: Path, rows, curves, const, f_star, grad_norm, bench, base) -> None:
-    prefix.parent.mkdir(parents=True, exist_ok=True)
-    with open(prefix.with_suffix(".csv"), "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    report.write_rows(prefix.with_suffix(".csv"), rows)
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
     lines = [
         "# Convergence rates on strongly convex federated logistic regression",

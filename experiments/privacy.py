@@ -201,11 +201,7 @@ def main(args, overrides: list[str]) -> int:
                     curves.append((method, row["epsilon"], row["clip"], run["seed"], r + 1, f"{acc:.6e}",
                                    f"{run['dp_clip'][r]:.6e}" if "dp_clip" in run else ""))
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.with_name(out.name + "_runs.csv").open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    report.write_rows(out.with_name(out.name + "_runs.csv"), rows)
     with gzip.open(out.with_name(out.name + "_curves.csv.gz"), "wt", newline="") as f:
         w = csv.writer(f)
         w.writerow(("algorithm", "epsilon", "clip", "seed", "round", "test_accuracy", "dp_clip"))

@@ -21,7 +21,6 @@ method) is one program over the run seeds (``fb.sweep_records``: ``make_train`` 
 """
 from __future__ import annotations
 
-import csv
 import json
 import sys
 import time
@@ -170,11 +169,7 @@ def main(args, overrides: list[str]) -> int:
                              seed=f"{ps}/{seed}", final_acc=s["final"], last10_acc=s["last10"], best_acc=s["best"],
                              uplink_MB=s["uplink_mb"]))
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.with_name(out.name + "_runs.csv").open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    report.write_rows(out.with_name(out.name + "_runs.csv"), rows)
     header = (f"Command: `python {' '.join(sys.argv)}`  \nMachine: {machine.describe()}, wall time "
               f"{time.time() - t0:.0f} s (finished runs are read back)\n\n```\n{dry_run(p, name)}\n```\n\n")
     out.with_suffix(".md").write_text(header + analysis(p, rows))

@@ -200,6 +200,15 @@ def write_table(rows: list[dict], md_path: Path, csv_path: Path | None = None, n
     return text
 
 
+def write_rows(path: Path, rows: list[dict]) -> None:
+    """``rows`` (dicts with the same keys) as a CSV file, their keys the header; its folder made if need be."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def plot_curves(results: dict[str, list[list[dict]]], path: Path, title: str) -> None:
     """Test accuracy against round and against cumulative uplink MB: per name, the mean over its runs
     (seeds), with a shaded 95% t-interval band where there are two runs or more."""
