@@ -18,6 +18,11 @@ The design, fixed before the runs (``experiments/configs/privacy.py`` is the fed
 * the confound tried: a fixed clip instead, the same grid {0.05, 0.2, 0.8} for every method at epsilon 4 (equal
   tuning effort), each method at its best clip on the same seeds (optimistic for every method alike).
 
+Added after the first results showed no method losing a measurable point at epsilon 1 (so the design above
+could not show an interaction): ``--low-epsilons`` (default 0.125, 0.25, 0.5), one more program per method with
+the same settings at those epsilons, to find where DP noise starts to cost accuracy and whether it costs the
+1-bit uploads more.
+
 Each (method, part) is one ``fb.sweep`` program over its seeds x noise multipliers (x clips), kept in
 ``W/<method>/<part>.json`` so a finished program is read back. Writes ``OUT.md``, ``OUT_runs.csv`` (one row per
 run), ``OUT_curves.csv.gz`` (per-seed accuracy and clip every round) and ``OUT.png``.
@@ -39,6 +44,7 @@ from fedbat_jax.errors import ConfigError
 
 METHODS = ("fedavg", "fedbat", "stoch_binary", "eden")
 EPSILONS = (1.0, 4.0, 8.0)
+LOW_EPSILONS = (0.125, 0.25, 0.5)  # added after the first results (see above)
 SEEDS = (0, 1, 2)
 CLIPS = (0.05, 0.2, 0.8)  # the confound's fixed clips, at CONFOUND_EPSILON
 CONFOUND_EPSILON = 4.0
@@ -55,6 +61,8 @@ def parser() -> cli.ArgumentParser:
     ap.add_argument("--out", default="docs/results/privacy")
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--epsilons", default=",".join(f"{e:g}" for e in EPSILONS))
+    ap.add_argument("--low-epsilons", default=",".join(f"{e:g}" for e in LOW_EPSILONS),
+                    help="the extension's epsilons, one more program ('' = none)")
     ap.add_argument("--seeds", default=",".join(map(str, SEEDS)))
     ap.add_argument("--no-confound", action="store_true", help="skip the fixed-clip programs")
     return ap
@@ -68,13 +76,19 @@ def base_config(method: str, args, overrides: list[str]):
     return cli.make_config(CONFIG, variant + overrides, **fields)
 
 
-def parts(config, epsilons: list[float], confound: bool) -> dict[str, tuple[dict, dict]]:
+def noise_multipliers(config, epsilons: list[float]) -> dict[float, float]:
+    """Each epsilon's noise multiplier after ``config.rounds`` rounds at delta 1/N (dp-accounting's calibration)."""
+    accountant = privacy.accountant_for(config, config.num_clients, 1.0)
+    return {e: privacy.solve_noise_multiplier(e, accountant, config.rounds) for e in epsilons}
+
+
+def parts(config, epsilons: list[float], low: list[float], confound: bool) -> dict[str, tuple[dict, dict]]:
     """The programs of one method: name -> (config changes, grid)."""
-    n = config.num_clients
-    accountant = privacy.accountant_for(config, n, 1.0)
-    z = {e: privacy.solve_noise_multiplier(e, accountant, config.rounds) for e in epsilons}
+    z = noise_multipliers(config, epsilons + low)
     out = {"dp": ({}, {"dp_noise_multiplier": [z[e] for e in epsilons]}),
            "nodp": ({"dp_clip": 0.0, "dp_adaptive_quantile": 0.0}, None)}
+    if low:
+        out["dp_low"] = ({}, {"dp_noise_multiplier": [z[e] for e in low]})
     if confound and CONFOUND_EPSILON in z:
         out["fixed_clip"] = ({"dp_adaptive_quantile": 0.0},
                              {"dp_noise_multiplier": [z[CONFOUND_EPSILON]], "dp_clip": list(CLIPS)})
@@ -82,12 +96,16 @@ def parts(config, epsilons: list[float], confound: bool) -> dict[str, tuple[dict
 
 
 def run_part(config, changes: dict, grid: dict | None, seeds: list[int], kept: Path) -> list[dict]:
-    """A program's runs (``fb.sweep``), read back from ``kept`` when it has run: one dict per run with its seed,
-    settings, per-round accuracy, clip and epsilon."""
-    if kept.is_file():
-        return json.loads(kept.read_text())
+    """A program's runs (``fb.sweep``), read back from ``kept`` when that file holds this very program (its
+    settings, grid and seeds): one dict per run with its seed, settings, per-round accuracy, clip and epsilon."""
     c = config.copy_and_resolve_references()
     c.update(**changes)
+    key = json.dumps({"config": {k: v for k, v in c.items() if k != "data_dir"}, "grid": grid, "seeds": seeds},
+                     sort_keys=True)
+    if kept.is_file():
+        stored = json.loads(kept.read_text())
+        if stored.get("key") == key:
+            return stored["runs"]
     t0 = time.perf_counter()
     records = fb.sweep(c, seeds, grid)
     seconds = time.perf_counter() - t0
@@ -96,7 +114,7 @@ def run_part(config, changes: dict, grid: dict | None, seeds: list[int], kept: P
                 for name in ("test_accuracy", "uplink_bits", "dp_clip", "epsilon", "cohort_size")
                 if name in r["metrics"]}} for r in records]
     kept.parent.mkdir(parents=True, exist_ok=True)
-    kept.write_text(json.dumps(runs))
+    kept.write_text(json.dumps({"key": key, "runs": runs}))
     return runs
 
 
@@ -104,7 +122,7 @@ def row_of(method: str, part: str, run: dict, epsilons: dict[float, float]) -> d
     acc = run["test_accuracy"]
     z = run["settings"].get("dp_noise_multiplier")
     eps = "none" if part == "nodp" else f"{min(epsilons, key=lambda e: abs(epsilons[e] - z)):g}"
-    clip = "adaptive" if part == "dp" else ("-" if part == "nodp" else f"{run['settings']['dp_clip']:g}")
+    clip = "adaptive" if part.startswith("dp") else ("-" if part == "nodp" else f"{run['settings']['dp_clip']:g}")
     return dict(algorithm=method, epsilon=eps, clip=clip, seed=run["seed"], noise_multiplier=z or 0.0,
                 epsilon_reached=run["epsilon"][-1] if "epsilon" in run else None,
                 last5_acc=float(np.mean(acc[-5:])), final_acc=acc[-1], best_acc=max(acc),
@@ -184,14 +202,15 @@ def main(args, overrides: list[str]) -> int:
     methods = [m for m in args.methods.split(",") if m]
     try:
         epsilons = [float(e) for e in args.epsilons.split(",") if e]
+        low = [float(e) for e in args.low_epsilons.split(",") if e]
         seeds = [int(s) for s in args.seeds.split(",") if s]
     except ValueError as e:
         raise ConfigError(f"--epsilons takes numbers and --seeds integers ({e})") from None
     t0, rows, curves = time.time(), [], []
     for method in methods:
         config = base_config(method, args, overrides)
-        programs = parts(config, epsilons, not args.no_confound)
-        z = dict(zip(epsilons, programs["dp"][1]["dp_noise_multiplier"]))
+        programs = parts(config, epsilons, low, not args.no_confound)
+        z = noise_multipliers(config, epsilons + low)
         for part, (changes, grid) in programs.items():
             print(f"{method} {part}: {grid or 'no DP'}", flush=True)
             for run in run_part(config, changes, grid, seeds, Path(args.workdir) / method / f"{part}.json"):
@@ -206,15 +225,16 @@ def main(args, overrides: list[str]) -> int:
         w = csv.writer(f)
         w.writerow(("algorithm", "epsilon", "clip", "seed", "round", "test_accuracy", "dp_clip"))
         w.writerows(curves)
-    plot(rows, out.with_suffix(".png"), epsilons)
+    everything = sorted(epsilons + low)
+    plot(rows, out.with_suffix(".png"), everything)
     c = base_config(methods[0], args, overrides)
-    zs = parts(c, epsilons, False)["dp"][1]["dp_noise_multiplier"]
+    zs = noise_multipliers(c, everything)
     federation = (f"{c.dataset}, {c.num_clients} clients ({c.partition}), {c.model}, Poisson q = "
                   f"{c.clients_per_round / c.num_clients:g}, {c.local_epochs} local epochs of batch {c.batch_size}, "
                   f"{c.rounds} rounds, delta = {c.dp_delta or 1 / c.num_clients:g}")
     header = (f"Command: `python {' '.join(sys.argv)}`  \nMachine: {machine.describe()}, wall time "
               f"{time.time() - t0:.0f} s (finished programs are read back)  \nFederation: {federation}; seeds "
-              f"{seeds}; noise multipliers " + ", ".join(f"epsilon {e:g}: {z:.4f}" for e, z in zip(epsilons, zs))
+              f"{seeds}; noise multipliers " + ", ".join(f"epsilon {e:g}: {zs[e]:.4f}" for e in everything)
               + "\n\n")
     text = analysis(rows, f"{c.dataset}-{c.num_clients}")
     out.with_suffix(".md").write_text(header + text)
