@@ -134,8 +134,10 @@ def row_of(method: str, part: str, run: dict, epsilons: dict[float, float]) -> d
 def analysis(rows: list[dict], federation: str) -> str:
     """The tables: each (method, epsilon) over seeds, the adaptive clips reached, every method minus FedBAT per
     epsilon (Holm), and the fixed-clip confound. ``federation``: its label in the comparisons."""
-    main_rows = [dict(r, dataset=federation, partition=f"epsilon {r['epsilon']}") for r in rows
-                 if r["clip"] in ("adaptive", "-")]
+    methods = list(dict.fromkeys(r["algorithm"] for r in rows))
+    main_rows = sorted([dict(r, dataset=federation, partition=f"epsilon {r['epsilon']}") for r in rows
+                        if r["clip"] in ("adaptive", "-")],
+                       key=lambda r: (methods.index(r["algorithm"]), _epsilon_order(r["epsilon"]), str(r["seed"])))
     text = ("Test accuracy per method and epsilon (adaptive clip; 'none': no DP), mean over seeds with its 95% "
             "t-interval; final_clip: the adaptive clip after the last round (it follows the median norm of the "
             "method's decoded uploads):\n\n")
@@ -148,6 +150,13 @@ def analysis(rows: list[dict], federation: str) -> str:
     if clips:
         text += "\n| algorithm | epsilon | final clip (mean over seeds) |\n|---|---|---|\n" + "\n".join(
             f"| {a} | {p.removeprefix('epsilon ')} | {np.mean(v):.4g} |" for (a, p), v in clips.items()) + "\n"
+    cost = [dict(r, dataset=federation, partition=r["algorithm"], algorithm=f"epsilon {r['epsilon']}")
+            for r in main_rows]
+    text += ("\nWhat DP costs each method: its accuracy at each epsilon minus its own accuracy without DP (last-5 "
+             "mean, points), paired by seed, Holm over the method's epsilons:\n\n" + report.holm_table(
+                 cost, "epsilon none", ENDPOINTS[0][0]).replace(
+                 "| dataset | partition | method | seeds | method - epsilon none",
+                 "| federation | method | epsilon | seeds | epsilon - none"))
     for value, label in ENDPOINTS:
         family = report.holm_table(main_rows, REFERENCE, value)
         kind = "primary" if value == ENDPOINTS[0][0] else "secondary"
@@ -168,6 +177,10 @@ def analysis(rows: list[dict], federation: str) -> str:
                 cells.append(f"{mean:.4f} [{lo:.4f}, {hi:.4f}]" if v else "-")
             text += f"| {m} | " + " | ".join(cells) + " |\n"
     return text
+
+
+def _epsilon_order(label: str) -> float:
+    return float("inf") if label == "none" else float(label)
 
 
 def plot(rows: list[dict], path: Path, epsilons: list[float]) -> None:
@@ -207,7 +220,7 @@ def main(args, overrides: list[str]) -> int:
         seeds = [int(s) for s in args.seeds.split(",") if s]
     except ValueError as e:
         raise ConfigError(f"--epsilons takes numbers and --seeds integers ({e})") from None
-    t0, rows, curves = time.time(), [], []
+    t0, rows, curves, compute = time.time(), [], [], 0.0
     for method in methods:
         config = base_config(method, args, overrides)
         programs = parts(config, epsilons, low, not args.no_confound)
@@ -217,6 +230,7 @@ def main(args, overrides: list[str]) -> int:
             for run in run_part(config, changes, grid, seeds, Path(args.workdir) / method / f"{part}.json"):
                 row = row_of(method, part, run, z)
                 rows.append(row)
+                compute += run["seconds"]
                 for r, acc in enumerate(run["test_accuracy"]):
                     curves.append((method, row["epsilon"], row["clip"], run["seed"], r + 1, f"{acc:.6e}",
                                    f"{run['dp_clip'][r]:.6e}" if "dp_clip" in run else ""))
@@ -234,7 +248,8 @@ def main(args, overrides: list[str]) -> int:
                   f"{c.clients_per_round / c.num_clients:g}, {c.local_epochs} local epochs of batch {c.batch_size}, "
                   f"{c.rounds} rounds, delta = {c.dp_delta or 1 / c.num_clients:g}")
     header = (f"Command: `python {' '.join(sys.argv)}`  \nMachine: {machine.describe()}, wall time "
-              f"{time.time() - t0:.0f} s (finished programs are read back)  \nFederation: {federation}; seeds "
+              f"{time.time() - t0:.0f} s (finished programs are read back; the programs' own time {compute:.0f} s)  "
+              f"\nFederation: {federation}; seeds "
               f"{seeds}; noise multipliers " + ", ".join(f"epsilon {e:g}: {zs[e]:.4f}" for e in everything)
               + "\n\n")
     text = analysis(rows, f"{c.dataset}-{c.num_clients}")

@@ -118,3 +118,20 @@ def test_protocol_tables_are_recomputed_from_their_runs():
         again = set(protocol.analysis(p, rows).splitlines())
         printed = [line for line in md.read_text().split("```")[-1].splitlines() if line.startswith("| fashion")]
         assert printed and not [line for line in printed if line not in again], md.name
+
+
+def test_privacy_tables_are_recomputed_from_their_runs():
+    """docs/results/privacy.md: every table line again from privacy_runs.csv (one row a run)."""
+    study = _script("privacy")
+    md = RESULTS / "privacy.md"
+
+    def value(k, v):
+        if v == "":
+            return None
+        return v if k in ("algorithm", "epsilon", "clip", "seed") else float(v)
+
+    rows = [{k: value(k, v) for k, v in r.items()} for r in csv.DictReader(md.with_name("privacy_runs.csv").open())]
+    federation = re.search(r"Federation: (\w+), (\d+) clients", md.read_text())
+    again = set(study.analysis(rows, f"{federation[1]}-{federation[2]}").splitlines())
+    printed = [line for line in md.read_text().splitlines() if line.startswith("| ") and not line.startswith("|--")]
+    assert len(printed) > 40 and not [line for line in printed if line not in again]
