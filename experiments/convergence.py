@@ -454,7 +454,7 @@ def as_printed(subopt: np.ndarray) -> np.ndarray:
 
 
 def write(prefix: Path, rows, curves, const, f_star, grad_norm, bench, base) -> None:
-    report.write_rows(prefix.with_suffix(".csv"), rows)
+    report.write_rows(prefix.with_name(prefix.name + ".csv"), rows)
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
     lines = [
         "# Convergence rates on strongly convex federated logistic regression",
@@ -512,8 +512,8 @@ def write(prefix: Path, rows, curves, const, f_star, grad_norm, bench, base) -> 
                   f"{bench['final_mean_sequential']:.3e} +- {bench['final_std_sequential']:.1e} "
                   "(mean +- sd over seeds; "
                   "not bit-equal: batching changes summation order and stochastic rounding amplifies it)."]
-    prefix.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    plot(prefix.with_suffix(".png"), curves)
+    prefix.with_name(prefix.name + ".md").write_text("\n".join(lines) + "\n")
+    plot(prefix.with_name(prefix.name + ".png"), curves)
 
 
 def _cell(row: dict, r: int) -> str:
