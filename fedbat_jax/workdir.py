@@ -71,9 +71,24 @@ def save_checkpoint(path: Path, tree: Any, r: int, record: dict | None = None) -
             f.flush()
             os.fsync(f.fileno())
         if path.exists():
-            os.replace(path, path.with_name(PREVIOUS_CHECKPOINT_FILE))
+            _keep_as_previous(path)
         os.replace(tmp, path)
         _fsync_dir(path.parent)
+
+
+def _keep_as_previous(path: Path) -> None:
+    """``path`` kept as ``checkpoint.prev.npz`` while ``path`` itself stays in place (a hard link, then one atomic
+    rename), so that a signal between this and the new checkpoint's rename never leaves the run without
+    ``checkpoint.npz``; a file system without hard links moves it instead."""
+    previous = path.with_name(PREVIOUS_CHECKPOINT_FILE)
+    linked = previous.with_name(previous.name + ".tmp")
+    try:
+        linked.unlink(missing_ok=True)
+        os.link(path, linked)
+    except OSError:
+        os.replace(path, previous)
+        return
+    os.replace(linked, previous)
 
 
 def read_checkpoint(path: Path) -> tuple[int, dict[str, np.ndarray]]:

@@ -542,3 +542,24 @@ def test_sigterm_is_one_line_and_exit_143(capsys):
     assert cli.guarded("fedbat_jax", body) == 143
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "terminated (SIGTERM); rerun the same command to resume" in err
+
+
+def test_an_interrupt_inside_the_checkpoint_swap_never_leaves_the_run_without_checkpoint_npz(tmp_path, monkeypatch):
+    """Ctrl-C may land between keeping the old checkpoint as checkpoint.prev.npz and renaming the new one into
+    place: checkpoint.npz must exist at every instant (a real SIGINT found the old two-rename window)."""
+    path = tmp_path / "checkpoint.npz"
+    save_checkpoint(path, {"w": np.zeros(2)}, 1)
+    real = os.replace
+
+    def interrupted(src, dst):
+        if str(src).endswith("checkpoint.npz.tmp"):  # the new checkpoint's own rename
+            raise KeyboardInterrupt
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, {"w": np.ones(2)}, 2)
+    monkeypatch.setattr(os, "replace", real)
+    assert read_checkpoint(path)[0] == 1 and read_checkpoint(tmp_path / "checkpoint.prev.npz")[0] == 1
+    save_checkpoint(path, {"w": np.ones(2)}, 2)
+    assert read_checkpoint(path)[0] == 2 and read_checkpoint(tmp_path / "checkpoint.prev.npz")[0] == 1
