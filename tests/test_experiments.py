@@ -354,17 +354,19 @@ def test_compressor_stats_variance_and_shape_against_hand_numbers():
     assert shape == {"kurtosis": pytest.approx(1.0), "d_max2_over_norm2": pytest.approx(1.0)}
 
 
-def test_privacy_study_writes_its_curves_tables_and_runs(tmp_path, xla_cache_env):
-    """experiments/privacy.py on the bundled digits in seconds: every method's DP and no-DP programs, their table,
-    the Holm comparisons against FedBAT, the per-run CSV and per-round curves; a rerun reads the programs back."""
-    args = [sys.executable, "experiments/privacy.py", "--workdir", str(tmp_path / "w"), "--out",
-            str(tmp_path / "privacy"), "--epsilons=2,8", "--low-epsilons=", "--seeds=0,1", "--methods=fedavg,fedbat",
-            "--no-confound",
-            "--config.dataset=mnist5k", "--config.num_clients=20", "--config.clients_per_round=5",
-            "--config.rounds=3", "--config.local_epochs=1", "--config.dp_count_stddev=2"]
-    done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600,
-                          env=dict(os.environ, **xla_cache_env))
-    assert done.returncode == 0, done.stderr[-2000:]
+def test_privacy_study_writes_its_curves_tables_and_runs(tmp_path, monkeypatch):
+    """experiments/privacy.py on the bundled digits in seconds (in this process: its programs compile once): every
+    method's DP and no-DP programs, their table, the Holm comparisons against FedBAT, the per-run CSV and per-round
+    curves; a rerun reads the programs back."""
+    from fedbat_jax import cli
+
+    study = _script("privacy")
+    argv = ["--workdir", str(tmp_path / "w"), "--out", str(tmp_path / "privacy"), "--epsilons=2,8", "--low-epsilons=",
+            "--seeds=0,1", "--methods=fedavg,fedbat", "--no-confound", "--config.dataset=mnist5k",
+            "--config.num_clients=20", "--config.clients_per_round=5", "--config.rounds=3", "--config.local_epochs=1",
+            "--config.dp_count_stddev=2"]
+    monkeypatch.setattr(sys, "argv", ["experiments/privacy.py", *argv])
+    assert study.main(*cli.parse_args(study.parser(), argv)) == 0
     text = (tmp_path / "privacy.md").read_text()
     assert "| fedbat | epsilon 2 | 2 |" in text and "| fedavg | epsilon none | 2 |" in text
     assert "| federation | epsilon | method |" in text and "| mnist5k-20 | epsilon 8 | fedavg | 2 |" in text
@@ -376,6 +378,6 @@ def test_privacy_study_writes_its_curves_tables_and_runs(tmp_path, xla_cache_env
 
     with gzip.open(tmp_path / "privacy_curves.csv.gz", "rt") as f:
         assert len(list(csv.DictReader(f))) == 12 * 3
-    again = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600,
-                           env=dict(os.environ, **xla_cache_env))
-    assert again.returncode == 0 and (tmp_path / "privacy.md").read_text().split("\n", 2)[2] == text.split("\n", 2)[2]
+    monkeypatch.setattr(study.fb, "sweep", None)  # a rerun reads every program back: it runs nothing
+    assert study.main(*cli.parse_args(study.parser(), argv)) == 0
+    assert (tmp_path / "privacy.md").read_text().split("\n", 2)[2] == text.split("\n", 2)[2]
