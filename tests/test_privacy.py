@@ -57,10 +57,11 @@ def test_every_compressor_s_decoded_upload_is_clipped_to_the_clip(compressor, fe
     sent = learner.broadcast(exp.server)
     inp = one_client(inputs, 0)
     row = jax.tree.map(lambda x: x[int(inp.client)], exp.server.client_table)
-    client = learner.client_init(sent, row, inp)
+    client = jax.jit(learner.client_init)(sent, row, inp)
+    step = jax.jit(learner.client_step)
     for t in range(int(inp.num_steps)):
-        client = learner.client_step(client, sent, fed.data, inp, t)
-    contribution, _ = learner.client_final(sent, client, row, inp)
+        client = step(client, sent, fed.data, inp, t)
+    contribution, _ = jax.jit(learner.client_final)(sent, client, row, inp)
     norm = math.sqrt(sum(float(jnp.sum(x ** 2)) for x in jax.tree.leaves(contribution.update)))
     assert norm <= 1e-3 / config.clients_per_round * (1 + 1e-5)
     assert norm > 0.5e-3 / config.clients_per_round  # clipped, not zeroed
