@@ -166,6 +166,11 @@ def sample_cohort(root: jax.Array, r, n: int, k: int) -> jax.Array:
     return jnp.sort(jax.random.choice(key, n, (k,), replace=False))
 
 
+def as_sampling(k: int | Sampling) -> Sampling:
+    """A cohort size as ``Sampling`` (K of N uniformly); a ``Sampling`` as it is."""
+    return k if isinstance(k, Sampling) else Sampling(k, float(k))
+
+
 def poisson_cohort(root: jax.Array, r, n: int, sampling: Sampling) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Round ``r``'s Poisson cohort in ``sampling.slots`` places: ``(clients, drawn, overflow)``; each of the N
     clients is drawn with probability ``expected / N``; the drawn ones first (by id), then clients not drawn."""
@@ -178,7 +183,7 @@ def poisson_cohort(root: jax.Array, r, n: int, sampling: Sampling) -> tuple[jax.
 def plan_round(root: jax.Array, r, roster: Roster, index: jax.Array, k: int | Sampling) -> ClientInput:
     """Round ``r``'s cohort and every sampled client's input (keys from ``(root, r, client)``); ``k``: the cohort
     size, or how it is drawn (``Sampling``)."""
-    sampling = k if isinstance(k, Sampling) else Sampling(k, float(k))
+    sampling = as_sampling(k)
     n = roster.sizes.shape[0]
     if sampling.poisson:
         cohort, valid, _ = poisson_cohort(root, r, n, sampling)

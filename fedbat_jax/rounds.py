@@ -26,8 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from fedbat_jax.backends import Backend
-from fedbat_jax.federated import (NOISE, Learner, Roster, Sampling, ServerState, plan_round, poisson_cohort,
-                                  sample_cohort)
+from fedbat_jax.federated import (NOISE, Learner, Roster, Sampling, ServerState, as_sampling, plan_round,
+                                  poisson_cohort, sample_cohort)
 from fedbat_jax.payloads import payload_bits
 
 Params = Any
@@ -42,8 +42,7 @@ def make_round(learner: Learner, roster: Roster, clients_per_round: int | Sampli
 
     With a host table (the run loop's) ``one_round`` consumes ``server``: the table is updated in place (as a
     donated device buffer would be), so keep the returned state, not the one passed in."""
-    sampling = clients_per_round if isinstance(clients_per_round, Sampling) else Sampling(clients_per_round,
-                                                                                           float(clients_per_round))
+    sampling = as_sampling(clients_per_round)
     plan = partial(plan_round, roster=roster, k=sampling)
     update = learner.server_update
     eager = backend.loop == "eager"
