@@ -13,7 +13,7 @@ Per round, with ``C`` the clip, ``z`` the noise multiplier and ``E[K]`` the expe
    fraction of clients whose norm was within ``C`` (its own noise ``sigma_b``; the update's multiplier becomes
    ``z_delta = (z^-2 - (2 sigma_b)^-2)^-1/2`` so that the pair costs what ``z`` alone would: Andrew et al., Thm 1).
 
-``accountant_for`` / ``epsilons`` turn ``(z, sampling, rounds, delta)`` into epsilon with the library's RDP (or, for
+``accountant_for`` and ``epsilon`` turn ``(z, sampling, rounds, delta)`` into epsilon with the library's RDP (or, for
 Poisson sampling, PLD) accountant: Poisson sampling (``sampling=poisson``) is the add-or-remove-one-client
 neighbourhood; uniform K-of-N sampling without replacement is replace-one-client (its epsilon is not comparable to
 the Poisson one: a replacement is a removal and an addition). ``solve_noise_multiplier`` calibrates ``z`` to a
