@@ -83,9 +83,9 @@ def noise_multipliers(config, epsilons: list[float]) -> dict[float, float]:
     return {e: privacy.solve_noise_multiplier(e, accountant, config.rounds) for e in epsilons}
 
 
-def parts(config, epsilons: list[float], low: list[float], confound: bool) -> dict[str, tuple[dict, dict]]:
-    """The programs of one method: name -> (config changes, grid)."""
-    z = noise_multipliers(config, epsilons + low)
+def parts(z: dict[float, float], epsilons: list[float], low: list[float], confound: bool,
+          ) -> dict[str, tuple[dict, dict]]:
+    """The programs of one method: name -> (config changes, grid); ``z``: each epsilon's noise multiplier."""
     out = {"dp": ({}, {"dp_noise_multiplier": [z[e] for e in epsilons]}),
            "nodp": ({"dp_clip": 0.0, "dp_adaptive_quantile": 0.0}, None)}
     if low:
@@ -214,6 +214,8 @@ def main(args, overrides: list[str]) -> int:
     if not args.workdir:
         raise ConfigError("give --workdir (each program's records are kept there, so a rerun reads them back)")
     methods = [m for m in args.methods.split(",") if m]
+    if not methods:
+        raise ConfigError("--methods is empty: give at least one (e.g. fedavg,fedbat)")
     try:
         epsilons = [float(e) for e in args.epsilons.split(",") if e]
         low = [float(e) for e in args.low_epsilons.split(",") if e]
@@ -221,11 +223,12 @@ def main(args, overrides: list[str]) -> int:
     except ValueError as e:
         raise ConfigError(f"--epsilons takes numbers and --seeds integers ({e})") from None
     t0, rows, curves, compute = time.time(), [], [], 0.0
+    first = None  # the first method's config and noise multipliers, for the header
     for method in methods:
         config = base_config(method, args, overrides)
-        programs = parts(config, epsilons, low, not args.no_confound)
         z = noise_multipliers(config, epsilons + low)
-        for part, (changes, grid) in programs.items():
+        first = first or (config, z)
+        for part, (changes, grid) in parts(z, epsilons, low, not args.no_confound).items():
             print(f"{method} {part}: {grid or 'no DP'}", flush=True)
             for run in run_part(config, changes, grid, seeds, Path(args.workdir) / method / f"{part}.json"):
                 row = row_of(method, part, run, z)
@@ -242,8 +245,7 @@ def main(args, overrides: list[str]) -> int:
         w.writerows(curves)
     everything = sorted(epsilons + low)
     plot(rows, out.with_suffix(".png"), everything)
-    c = base_config(methods[0], args, overrides)
-    zs = noise_multipliers(c, everything)
+    c, zs = first
     federation = (f"{c.dataset}, {c.num_clients} clients ({c.partition}), {c.model}, Poisson q = "
                   f"{c.clients_per_round / c.num_clients:g}, {c.local_epochs} local epochs of batch {c.batch_size}, "
                   f"{c.rounds} rounds, delta = {c.dp_delta or 1 / c.num_clients:g}")

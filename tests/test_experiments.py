@@ -260,6 +260,7 @@ def test_fedavg_surrogate_gap_needs_unequal_local_work():
     ("compressor_stats.py", ["--workdir=W", "--clients=x"], "argument --clients: invalid int value: 'x'"),
     ("privacy.py", [], "give --workdir (each program's records are kept there"),
     ("privacy.py", ["--workdir=W", "--epsilons=1,x"], "--epsilons takes numbers and --seeds integers"),
+    ("privacy.py", ["--workdir=W", "--methods=,"], "--methods is empty: give at least one"),
 ])
 @pytest.mark.slow
 def test_every_script_fails_in_one_line_like_the_cli(tmp_path, script, args, needle):
