@@ -18,7 +18,6 @@
 from __future__ import annotations
 
 import contextlib
-from functools import partial
 from typing import Any, Callable
 
 import jax
@@ -43,7 +42,12 @@ def make_round(learner: Learner, roster: Roster, clients_per_round: int | Sampli
     With a host table (the run loop's) ``one_round`` consumes ``server``: the table is updated in place (as a
     donated device buffer would be), so keep the returned state, not the one passed in."""
     sampling = as_sampling(clients_per_round)
-    plan = partial(plan_round, roster=roster, k=sampling)
+    n = len(roster.sizes)
+
+    def plan(root, r, index):  # the cohort's inputs and, under Poisson sampling, its size (one draw, compiled once)
+        inputs = plan_round(root, r, roster, index, sampling)
+        return inputs, cohort_stats(root, r, n, sampling) if sampling.poisson else {}
+
     update = learner.server_update
     eager = backend.loop == "eager"
     if jit and not eager:
@@ -51,21 +55,21 @@ def make_round(learner: Learner, roster: Roster, clients_per_round: int | Sampli
 
     def one_round(server: ServerState, data, root: jax.Array, r) -> tuple[ServerState, dict]:
         with jax.disable_jit() if eager else contextlib.nullcontext():
-            inputs = plan(root, r, index=data.index)                                         # 1. the cohort
+            inputs, cohort = plan(root, r, data.index)                                       # 1. the cohort
             rows = gather(server.client_table, inputs.client)                                # 2. its rows
             agg, rows = backend.run(learner.broadcast(server), data, inputs, rows)         # 3. clients train
             key = jax.random.fold_in(jax.random.fold_in(root, r), NOISE)
             new, stats = update(server._replace(client_table=()), agg, inputs, key)          # 4. server step
-            if sampling.poisson:
-                stats = {**stats, **cohort_stats(root, r, len(roster.sizes), sampling)}
-            return new._replace(client_table=scatter(server.client_table, inputs.client, rows)), stats  # 5.
+            table = scatter(server.client_table, inputs.client, rows)                        # 5. rows back
+            return new._replace(client_table=table), {**stats, **cohort}
 
     return one_round
 
 
 def cohort_stats(root: jax.Array, r, n: int, sampling: Sampling) -> dict:
     """A Poisson round's ``cohort_size`` (clients drawn and trained) and ``poisson_overflow`` (drawn beyond the
-    slots, dropped: the run loop stops on one)."""
+    slots, dropped: the run loop stops on one). Traced beside ``plan_round``, its draw is the plan's own (XLA
+    computes the common subexpression once)."""
     _, valid, overflow = poisson_cohort(root, r, n, sampling)
     return {"cohort_size": jnp.sum(valid).astype(jnp.float32), "poisson_overflow": overflow.astype(jnp.float32)}
 
