@@ -98,7 +98,7 @@ def check_before_loading(config: ml_collections.ConfigDict) -> None:
     gives the input; a natural federation's model is checked once its files are read): user-level DP on a model
     with BatchNorm."""
     footprint = getattr(DATASETS[config.dataset], "footprint", None)
-    if privacy.enabled(config) and footprint is not None:
+    if privacy.enabled(config) and footprint is not None:  # (the model is traced for its shapes only with DP on)
         _refuse_batch_norm(config, _standin(config, footprint)[2])
 
 

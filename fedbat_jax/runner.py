@@ -78,8 +78,9 @@ def build_from_data(config: ml_collections.ConfigDict, ds: Dataset) -> Experimen
 
 
 def _fits_before_loading(config: ml_collections.ConfigDict) -> None:
-    """Refuse (one line) a run whose N-client table and dataset cannot fit in host memory, where the dataset's
-    loader says its size (``fedbat_jax.memory``); a natural federation is checked once its files are read."""
+    """Refuse (one line) what the settings and the model's shapes refuse (``check_before_loading``) and a run whose
+    N-client table and dataset cannot fit in host memory, where the dataset's loader says its size
+    (``fedbat_jax.memory``); a natural federation is checked once its files are read."""
     check_before_loading(config)
     est = memory_need(config)
     if est is not None:
@@ -97,8 +98,8 @@ def _build(config: ml_collections.ConfigDict, ds: Dataset) -> Experiment:
     one_round = make_round(learner, roster, federation.sampling, backend)
     data = backend.place(federation.data)  # laid out once as the backend reads it (replicated over its devices)
     root = jax.random.PRNGKey(config.seed)
-    wire = wire_sizes(learner, params, batch_stats, config.clients_per_round)
     per_client = wire_sizes(learner, params, batch_stats, 1)
+    wire = {name: config.clients_per_round * bits for name, bits in per_client.items()}
 
     def run_round(server: ServerState, r: int) -> tuple[ServerState, dict]:
         """Round ``r``; consumes ``server`` (its host table is updated in place): keep the returned state."""
