@@ -252,3 +252,11 @@ def test_every_bad_dp_setting_is_one_line_and_exit_2(tmp_path, capsys, override,
                  "--config.rounds=1", *override.split()])
     out, err = capsys.readouterr()
     assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_dp_hparams_without_dp_and_a_zero_clip_in_a_grid_are_one_line():
+    train = fb.make_train(tiny("fedavg", model="logreg"))
+    with pytest.raises(ConfigError, match=r"hparams \['dp_clip'\] need a config with DP on \(dp_clip > 0\)"):
+        train(jax.random.PRNGKey(0), {"dp_clip": 1.0})
+    with pytest.raises(ConfigError, match=r"grid\['dp_clip'\] holds 0.0: a DP program's clip must be > 0"):
+        fb.sweep(tiny("fedavg", **DP), [0], grid={"dp_clip": [0.0, 1.0]})
