@@ -306,8 +306,10 @@ class Learner(NamedTuple):
         """One client's diagnostics (``probes`` on, else ``{}``), per binarized leaf ``L``: ``alpha_ratio/L``, its
         training step size over ``mean|u|`` of its finished update; ``alpha_gain/L``, that step size over
         ``alpha0`` (``alpha_init_scale x mean|u|`` when warm-up ended: what learning multiplied it by, so a run with
-        ``rho=0`` and ``alpha_init_scale`` = the gain holds the learned level); and ``clipped/L``, the share of
-        coordinates with ``|u| > alpha`` (the upload draws them at +-alpha: their magnitude beyond alpha is lost).
+        ``rho=0`` and ``alpha_init_scale`` = the gain holds the learned level); ``alpha_rms/L``, that step size over
+        ``rms(u)`` (relative EF21's multiplier ``c`` before ``ef21_cap``: a cap below it replaces the learned alpha on
+        the wire); and ``clipped/L``, the share of coordinates with ``|u| > alpha`` (the upload draws them at
+        +-alpha: their magnitude beyond alpha is lost).
         The server averages them over the cohort by p_k; they change no number of the run."""
         if not self.probes:
             return {}
@@ -321,6 +323,7 @@ class Learner(NamedTuple):
                 mag = jnp.abs(u.astype(jnp.float32))
                 out[f"alpha_ratio/{name}"] = a / jnp.maximum(jnp.mean(mag), 1e-30)
                 out[f"alpha_gain/{name}"] = a / jnp.maximum(jnp.asarray(a0, jnp.float32), 1e-30)
+                out[f"alpha_rms/{name}"] = a / jnp.maximum(jnp.sqrt(jnp.mean(jnp.square(mag))), 1e-30)
                 out[f"clipped/{name}"] = jnp.mean((mag > a).astype(jnp.float32))
         return out
 

@@ -29,10 +29,12 @@ def test_client_probes_hand_numbers():
     scales = {"dense": {"kernel": jnp.float32(2.5), "bias": jnp.float32(0.01)}}
     alpha0 = {"dense": {"kernel": jnp.float32(1.25), "bias": jnp.float32(0.01)}}  # learning doubled alpha
     probes = _learner().client_probes(update, scales, alpha0)
-    assert set(probes) == {"alpha_ratio/dense/kernel", "alpha_gain/dense/kernel", "clipped/dense/kernel"}
+    assert set(probes) == {"alpha_ratio/dense/kernel", "alpha_gain/dense/kernel", "alpha_rms/dense/kernel",
+                           "clipped/dense/kernel"}
     assert float(probes["alpha_ratio/dense/kernel"]) == pytest.approx(1.0)
     assert float(probes["alpha_gain/dense/kernel"]) == pytest.approx(2.0)
     assert float(probes["clipped/dense/kernel"]) == pytest.approx(0.5)
+    assert float(probes["alpha_rms/dense/kernel"]) == pytest.approx(2.5 / np.sqrt(7.5))  # rms(u) = sqrt(30 / 4)
     scales["dense"]["kernel"] = jnp.float32(5.0)
     probes = jax.jit(_learner().client_probes)(update, scales, alpha0)
     assert float(probes["alpha_ratio/dense/kernel"]) == pytest.approx(2.0)
@@ -45,7 +47,8 @@ def test_server_reports_the_cohorts_weighted_mean():
     params = {"dense": {"kernel": jnp.zeros((2, 2)), "bias": jnp.zeros((1,))}}
     server = learner.server_init(params, {}, 2)
     empty = learner.empty_aggregate(learner.broadcast(server))
-    assert set(empty.probes) == {"alpha_ratio/dense/kernel", "alpha_gain/dense/kernel", "clipped/dense/kernel"}
+    assert set(empty.probes) == {"alpha_ratio/dense/kernel", "alpha_gain/dense/kernel", "alpha_rms/dense/kernel",
+                                 "clipped/dense/kernel"}
     # two clients, weights 1/4 and 3/4, ratios 1 and 3 -> 2.5; clipped 0.5 and 0 -> 0.125
     agg = empty._replace(probes={"alpha_ratio/dense/kernel": jnp.float32(0.25 * 1 + 0.75 * 3),
                                  "clipped/dense/kernel": jnp.float32(0.25 * 0.5)}, seen=jnp.float32(1))
