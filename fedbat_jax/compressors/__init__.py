@@ -298,8 +298,8 @@ FEDBAT_SETTINGS = (
                                        "unbiased) | learned_max (2 bits on the levels +-alpha, +-max|u|, unbiased) | "
                                        "exact (the float32 latent: a diagnosis)", UPLOAD_ALPHAS),
     Setting("alpha_metrics", False, "fedbat: every round, per binarized layer L, log the cohort's mean learned alpha / "
-                                    "mean|u| (alpha_ratio/L), alpha / alpha0 (alpha_gain/L), alpha / rms(u) (alpha_rms/L) "
-                                    "and share of |u| > alpha (clipped/L); changes no number"),
+                                    "mean|u| (alpha_ratio/L), alpha / alpha0 (alpha_gain/L), alpha / rms(u) "
+                                    "(alpha_rms/L) and share of |u| > alpha (clipped/L); changes no number"),
 )
 
 
