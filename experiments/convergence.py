@@ -142,6 +142,9 @@ def parser() -> cli.ArgumentParser:
     ap.add_argument("--partitions", type=cli.names, default=["iid", "label_count"])
     ap.add_argument("--quick", action="store_true",
                     help="30 rounds (unless --config.rounds is given) and 2 seeds (for the tests)")
+    ap.add_argument("--probes", action="store_true",
+                    help="also run each FedBAT row with alpha_metrics on (not cached) and write the cohort's mean "
+                    "alpha_ratio, alpha_gain, alpha_rms and clipped per layer, seed and round to PREFIX_probes.csv.gz")
     ap.add_argument("--sweep_bench", type=int, default=0,
                     help="also time N seeds of fedbat vmapped against N runs one after another")
     ap.add_argument("--sweep_rounds", type=int, default=100, help="rounds of each run in --sweep_bench")
@@ -335,6 +338,39 @@ CURVE_COLUMNS = ("algorithm", "partition", "gamma", "steps", "seed", "round", "s
 CURVE_FORMAT = ".6e"  # 7 significant digits: the curves as committed, and so as every statistic is computed
 
 
+PROBES = ("alpha_ratio", "alpha_gain", "alpha_rms", "clipped")  # alpha_metrics' per-layer diagnostics
+
+
+def probe_curves(config, ds, seeds: int, metric, subopt: np.ndarray) -> dict[str, np.ndarray]:
+    """The cell run again with ``alpha_metrics`` on: ``probe -> [seeds, rounds]`` (the cohort's p_k-weighted mean of
+    each per-layer diagnostic, ``Learner.client_probes``). The probes change no number of the run, so its
+    ``F(w_t) - F*`` must be the cell's (``subopt``), and a mismatch is an error."""
+    probed = config.copy_and_resolve_references()
+    probed.alpha_metrics = True
+    records = compile_sweep(probed, seed_list(probed, seeds), dataset=ds, metrics_fn=metric).run()
+    again = np.stack([r["metrics"]["suboptimality"] for r in records]).astype(np.float64)
+    if not np.allclose(again, subopt, rtol=1e-5, atol=0.0):
+        raise RuntimeError(f"{config.algorithm}: the run with alpha_metrics on differs from its cell "
+                           f"(max |diff| {np.max(np.abs(again - subopt)):.3g}): the probes changed the run")
+    names = [k for k in records[0]["metrics"] if k.split("/", 1)[0] in PROBES]
+    return {k: np.stack([np.asarray(r["metrics"][k], np.float64) for r in records]) for k in names}
+
+
+def write_probes(path: Path, cells: list[tuple[dict, dict[str, np.ndarray]]]) -> None:
+    """``PREFIX_probes.csv.gz``: ``algorithm, partition, seed, round`` and one column per probe (``probe_curves``)."""
+    import gzip
+
+    names = sorted({k for _, probes in cells for k in probes})
+    with gzip.open(path, "wt", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["algorithm", "partition", "seed", "round", *names])
+        for row, probes in cells:
+            for i, seed in enumerate(row["seed_list"]):
+                for r in range(next(iter(probes.values())).shape[1]):
+                    w.writerow([row["algorithm"], row["partition"], seed, r + 1,
+                                *(format(probes[k][i, r], ".5g") if k in probes else "" for k in names)])
+
+
 def write_curves(path: Path, cells: list[tuple[dict, np.ndarray]]) -> None:
     """``PREFIX_curves.csv.gz``: every seed's F(w_t) - F* per round (``CURVE_FORMAT``), with the cell's gamma and local
     steps, the inputs of ``cell_stats``. ``cells``: ``(row, subopt [seeds, rounds])``, row carrying algorithm,
@@ -414,7 +450,7 @@ def main(args, overrides: list[str]) -> int:
     print(f"L {const['L']:.4f}  mu {const['mu']}  kappa {const['kappa']:.2f}  gamma {const['gamma']:.1f}  "
           f"beta {const['beta']:.1f}  eta_0 {const['lr0']:.4f}  E {steps}  F* {f_star:.10f} (|grad| {grad_norm:.1e})",
           flush=True)
-    rows, curves, cells = [], {}, []
+    rows, curves, cells, probed = [], {}, [], []
     for partition in args.partitions:
         for name in args.rows:
             c = base.copy_and_resolve_references()
@@ -429,6 +465,8 @@ def main(args, overrides: list[str]) -> int:
             steps_c = local_steps(c, len(y))
             cells.append((dict(algorithm=name, partition=partition, gamma=const["gamma"], steps=steps_c,
                                seed_list=seed_list(c, seeds)), subopt))
+            if args.probes and c.algorithm == "fedbat":
+                probed.append((cells[-1][0], probe_curves(c, ds, seeds, metric, subopt)))
             rounded = as_printed(subopt)  # the statistics are those of the committed (printed) curves
             curves[(partition, name)] = rounded.mean(axis=0)
             rows.append(dict(algorithm=name, partition=partition, clients=f"{c.clients_per_round}/{c.num_clients}",
@@ -445,6 +483,8 @@ def main(args, overrides: list[str]) -> int:
         print(json.dumps(bench), flush=True)
     write(Path(args.out), rows, curves, const, f_star, grad_norm, bench, base)
     write_curves(Path(f"{args.out}_curves.csv.gz"), cells)
+    if probed:
+        write_probes(Path(f"{args.out}_probes.csv.gz"), probed)
     return 0
 
 

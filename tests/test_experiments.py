@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 import os
 import subprocess
@@ -168,7 +169,7 @@ def test_gpu_check_runs_at_tiny_sizes(tmp_path, xla_cache_env):
 def test_convergence_study_quick(tmp_path, xla_cache_env):
     out = tmp_path / "conv"
     done = subprocess.run([sys.executable, "experiments/convergence.py", "--quick", "--partitions=iid",
-                           "--rows=fedavg,fedbat_alpha_max", f"--out={out}"], cwd=ROOT, capture_output=True, text=True,
+                           "--rows=fedavg,fedbat_alpha_max", "--probes", f"--out={out}"], cwd=ROOT, capture_output=True, text=True,
                           env={**os.environ, **xla_cache_env, "PYTHONPATH": str(ROOT)}, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     rows = list(csv.DictReader(out.with_suffix(".csv").open()))
@@ -182,6 +183,13 @@ def test_convergence_study_quick(tmp_path, xla_cache_env):
     md = out.with_suffix(".md").read_text()
     assert "Command: `python experiments/convergence.py" in md and "gamma = max(8 kappa, E)" in md
     assert out.with_suffix(".png").stat().st_size > 0
+    # --probes: the FedBAT row's alpha diagnostics per seed and round (FedAvg has none), from a run checked equal
+    with gzip.open(f"{out}_probes.csv.gz", "rt") as f:
+        probes = list(csv.DictReader(f))
+    assert {p["algorithm"] for p in probes} == {"fedbat_alpha_max"} and len(probes) == 2 * 30
+    clipped = [float(p["clipped/Dense_0/kernel"]) for p in probes]
+    assert all(0.0 <= v <= 1.0 for v in clipped) and max(clipped) == 0.0  # alpha = max|u| clips nothing
+    assert all(float(p["alpha_rms/Dense_0/kernel"]) >= 1.0 for p in probes)  # max|u| >= rms(u)
 
 
 def test_convergence_window_criterion():
