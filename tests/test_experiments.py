@@ -170,7 +170,8 @@ def test_convergence_study_quick(tmp_path, xla_cache_env):
     out = tmp_path / "conv"
     done = subprocess.run([sys.executable, "experiments/convergence.py", "--quick", "--partitions=iid",
                            "--rows=fedavg,fedbat_alpha_max", "--probes", f"--out={out}"], cwd=ROOT,
-                          capture_output=True, text=True, env={**os.environ, **xla_cache_env, "PYTHONPATH": str(ROOT)}, timeout=600)
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, **xla_cache_env, "PYTHONPATH": str(ROOT)})
     assert done.returncode == 0, done.stderr[-2000:]
     rows = list(csv.DictReader(out.with_suffix(".csv").open()))
     assert [r["algorithm"] for r in rows] == ["fedavg", "fedbat_alpha_max"]
