@@ -94,6 +94,11 @@ ROWS = {  # table row -> settings on top of the problem's config
     # halved or quartered; a noise floor would fall with the step.
     "fedbat_fp_upload_lr_half": dict(algorithm="fedbat", upload_alpha="exact", lr_factor=0.5),
     "fedbat_fp_upload_lr_quarter": dict(algorithm="fedbat", upload_alpha="exact", lr_factor=0.25),
+    # ... and the capped relative EF21 row's control (issue 40 item 4): the same training, c fixed on the wire at the
+    # level the learned c settles at (0.4) and at the cap (0.5): does learning c matter, or its level?
+    **{f"fedbat_identity_ste_ef21_relative_c{tag}": dict(algorithm="fedbat", ste="identity", error_feedback="ef21",
+                                                         ef21_alpha="relative", ef21_multiplier=c)
+       for tag, c in (("04", 0.4), ("05", 0.5))},
     # Repairs at 1 bit (and one at 2 bits), each with partial participation too.
     **{name + suffix: dict(settings, **pp) for name, settings in {
         "fedbat_upload_max": dict(algorithm="fedbat", upload_alpha="max"),

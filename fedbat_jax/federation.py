@@ -153,7 +153,8 @@ def make_learner(config: ml_collections.ConfigDict, model, params: Any, ds: Data
     feedback = error_feedback_name(config)
     options = {}
     if feedback == "ef21":
-        options = dict(relative=config.ef21_alpha == "relative", momentum=config.ef21_momentum, cap=config.ef21_cap)
+        options = dict(relative=config.ef21_alpha == "relative", momentum=config.ef21_momentum, cap=config.ef21_cap,
+                       multiplier=config.ef21_multiplier)
     compressor = with_error_feedback(spec.make(upload_mask, params, config), feedback, upload_mask, **options)
     local = LocalConfig(lr=config.lr, batch_size=config.batch_size, rho=config.rho, alpha_min=config.alpha_min,
                         alpha_max=config.alpha_max, bits=config.bits,

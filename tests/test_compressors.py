@@ -270,13 +270,14 @@ def test_ef_signsgd_is_signsgd_with_ef_bit_for_bit():
 
 def test_relative_ef21_caps_the_learned_multiplier():
     """``ef21_cap``: the relative step size ``c rms(u - g)`` with ``c = alpha / rms(u)`` capped (first round: g = 0,
-    so the upload's alpha is ``min(c, cap) rms(u)``)."""
+    so the upload's alpha is ``min(c, cap) rms(u)``); ``ef21_multiplier`` fixes ``c`` in place of the learned one."""
     from fedbat_jax.compressors import ef21
 
     inner = stochastic_levels(MASK, TEMPLATE, 1)
     big = jax.tree.map(lambda x: jnp.float32(10.0), TEMPLATE)  # c = 10 / rms(u): far above any cap
-    for cap, factor in ((0.5, lambda u: 0.5), (0.0, lambda u: 10.0 / _rms(u))):
-        comp = ef21(inner, MASK, relative=True, cap=cap)
+    for cap, fixed, factor in ((0.5, 0.0, lambda u: 0.5), (0.0, 0.0, lambda u: 10.0 / _rms(u)),
+                               (0.0, 0.4, lambda u: 0.4), (0.3, 0.4, lambda u: 0.3)):  # ef21_multiplier: c fixed
+        comp = ef21(inner, MASK, relative=True, cap=cap, multiplier=fixed)
         payload, _ = comp.encode(UPDATE, big, comp.init(TEMPLATE), KEY)
         for name in ("conv", "dense"):
             u = UPDATE[name]["kernel"]

@@ -173,9 +173,12 @@ def classic_ef(inner: Compressor, mask: Params) -> Compressor:
                                   "client)", UNIT),
     Setting("ef21_cap", 0.0, "ef21 with ef21_alpha=relative: cap the learned multiplier c = alpha / rms(u) at this "
                              "value (0 = no cap; below 1 keeps stochastic rounding of u - g contractive on a "
-                             "light-tailed difference)", NON_NEGATIVE))
+                             "light-tailed difference)", NON_NEGATIVE),
+    Setting("ef21_multiplier", 0.0, "ef21 with ef21_alpha=relative: a fixed multiplier c in place of the learned "
+                                    "one (0 = learned; training keeps its learned alpha): the control that separates "
+                                    "learning c from its level", NON_NEGATIVE))
 def ef21(inner: Compressor, mask: Params, relative: bool = False, momentum: float = 0.0, cap: float = 0.0,
-         ) -> Compressor:
+         multiplier: float = 0.0) -> Compressor:
     """``ef21`` (Richtarik et al. 2021; its partial-participation form, Fatkhullin et al. 2021): the client
     keeps its last estimate ``g`` of its update, sends the compressed difference ``c = C(m - g)`` and sets
     ``g = g + decode(c)``, on the compressed leaves (``mask``). The server keeps ``G = sum_i w_i g_i`` over *all* N
@@ -191,7 +194,8 @@ def ef21(inner: Compressor, mask: Params, relative: bool = False, momentum: floa
       ones, so it is contractive (below ``||d||^2``) only for ``c`` well below 1 on a light-tailed ``d``: about
       0.49 ``||d||^2`` at ``c = mean|d| / rms(d)`` on a Gaussian, 0.96 on a heavy-tailed one. On the convex study
       (docs/results/README.md) the learned ``c`` is not: F - F* blows up to about 200 before it falls back.
-      ``cap`` > 0 caps ``c`` at that value (issue 40: whether a capped learned multiplier keeps the rate).
+      ``cap`` > 0 caps ``c`` at that value (issue 40: whether a capped learned multiplier keeps the rate);
+      ``multiplier`` > 0 replaces the learned ``c`` by that fixed value (its control: learning ``c``, or its level?).
     * ``momentum`` ``beta > 0`` (EF21-SGDM, Fatkhullin et al. 2023): the client sends ``C(v - g)`` for
       ``v = beta v + (1 - beta) m`` (``v`` starts at 0), one more float32 copy of the compressed leaves.
     """
@@ -206,11 +210,11 @@ def ef21(inner: Compressor, mask: Params, relative: bool = False, momentum: floa
             target = jax.tree.map(_f32, update)
         diff = jax.tree.map(lambda t, g, b: t - g if b else t, target, estimate, mask)
         if relative:
-            def multiplier(s, t):
-                c = s / jnp.maximum(_rms(t), 1e-30)
+            def relative_c(s, t):
+                c = jnp.float32(multiplier) if multiplier else s / jnp.maximum(_rms(t), 1e-30)
                 return jnp.minimum(c, cap) if cap else c
 
-            scales = jax.tree.map(lambda s, t, d, b: multiplier(s, t) * _rms(d) if b else s, scales, target, diff, mask)
+            scales = jax.tree.map(lambda s, t, d, b: relative_c(s, t) * _rms(d) if b else s, scales, target, diff, mask)
         payload, _ = inner.encode(diff, scales, (), key)
         estimate = jax.tree.map(lambda g, c, b: g + c if b else g, estimate, inner.decode(payload), mask)
         return payload, ((estimate, velocity) if momentum else estimate)
