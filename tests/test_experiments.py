@@ -383,8 +383,6 @@ def test_privacy_study_writes_its_curves_tables_and_runs(tmp_path, monkeypatch):
         rows = list(csv.DictReader(f))
     assert len(rows) == 2 * 3 and {r["epsilon"] for r in rows} == {"2", "8", "none"}
     assert all(float(r["epsilon_reached"]) <= float(r["epsilon"]) * 1.001 for r in rows if r["epsilon"] != "none")
-    import gzip
-
     with gzip.open(tmp_path / "privacy_curves.csv.gz", "rt") as f:
         assert len(list(csv.DictReader(f))) == 6 * 3
     monkeypatch.setattr(study.fb, "sweep", None)  # a rerun reads every program back: it runs nothing
