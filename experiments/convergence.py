@@ -222,10 +222,15 @@ def suboptimality_metric(model, lam: float, X: np.ndarray, w_star: np.ndarray):
     """``metrics_fn`` for make_train: ``F(w_t) - F*`` over every client's data, accurate far below float32's
     resolution of F itself (about 1e-7 of F): it is computed from ``delta = logits(w) - logits(w*)``, which
     the model (linear in its parameters) gives exactly as ``logits(w - w*)``, as
-    ``mean_i [log(sum_j p*_ij exp(delta_ij)) - delta_i,y_i] + lambda/2 (w - w*).(w + w*)``."""
+    ``mean_i [log(sum_j p*_ij exp(delta_ij)) - delta_i,y_i] + lambda/2 (w - w*).(w + w*)``. Near the optimum the
+    log term is ``log1p(sum_j p*_ij expm1(delta_ij))``; far from it (the sum below -1/2) it is the log-sum-exp of
+    ``log p* + delta``, where the first form underflows to log(0) in float32 once ``p*`` is nearly one-hot
+    (lambda = 0.001: F - F* about 1 gave -inf)."""
     z = X @ w_star
-    p_star = np.exp(z - z.max(axis=1, keepdims=True))
-    p_star = jnp.asarray(p_star / p_star.sum(axis=1, keepdims=True), jnp.float32)
+    log_p_star = z - z.max(axis=1, keepdims=True)
+    log_p_star = log_p_star - np.log(np.exp(log_p_star).sum(axis=1, keepdims=True))
+    p_star = jnp.asarray(np.exp(log_p_star), jnp.float32)
+    log_p_star = jnp.asarray(log_p_star, jnp.float32)
     star = {"Dense_0": {"kernel": jnp.asarray(w_star[:-1], jnp.float32), "bias": jnp.asarray(w_star[-1], jnp.float32)}}
 
     def metric(server, clients):
@@ -233,7 +238,9 @@ def suboptimality_metric(model, lam: float, X: np.ndarray, w_star: np.ndarray):
         diff = jax.tree.map(jnp.subtract, server.params, star)
         delta = model.apply({"params": diff}, x)
         picked = jnp.take_along_axis(delta, clients.labels[:, None], axis=1)[:, 0]
-        ce_gap = jnp.mean(jnp.log1p(jnp.sum(p_star * jnp.expm1(delta), axis=1)) - picked)
+        near = jnp.sum(p_star * jnp.expm1(delta), axis=1)
+        far = jax.nn.logsumexp(log_p_star + delta, axis=1)
+        ce_gap = jnp.mean(jnp.where(near > -0.5, jnp.log1p(jnp.maximum(near, -0.5)), far) - picked)
         l2_gap = sum(jnp.sum(d * (w + s)) for d, w, s in
                      zip(jax.tree.leaves(diff), jax.tree.leaves(server.params), jax.tree.leaves(star)))
         return {"suboptimality": ce_gap + 0.5 * lam * l2_gap}

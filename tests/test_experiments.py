@@ -233,6 +233,38 @@ def test_convergence_slope_fit_and_optimum():
         np.testing.assert_allclose(got, want, rtol=1e-12)
 
 
+def test_convergence_suboptimality_metric_far_from_a_one_hot_optimum():
+    """The study's F(w) - F* equals the float64 objective's gap near the optimum and far from it: where an
+    example's logits sit far below the optimum's on every class, sum p* expm1(delta) rounds to -1 in float32 and
+    log1p of it gave -inf (FedBAT at lambda = 0.001, rounds 944-953)."""
+    from types import SimpleNamespace
+
+    from fedbat_jax.models import make_model
+
+    conv = _script("convergence")
+    rng = np.random.default_rng(0)
+    n, d, k, lam = 60, 16, 3, 1e-3
+    y = rng.integers(0, k, n)
+    images = np.clip(40 + 150 * (np.arange(d)[None, :] % k == y[:, None]) + rng.integers(0, 20, (n, d)), 0, 255)
+    images = images.astype(np.uint8).reshape(n, 4, 4, 1)
+    mean, std = np.float32(0.4), np.float32(0.3)
+    x = ((images.astype(np.float64) / 255.0 - mean) / std).reshape(n, -1) / np.sqrt(d)
+    X = np.hstack([x, np.ones((n, 1))])
+    f_star, _, w_star = conv.optimum(X, y, lam, k)
+    metric = conv.suboptimality_metric(make_model("logreg", k), lam, X, w_star)
+    clients = SimpleNamespace(inputs=jnp.asarray(images), mean=jnp.asarray(mean), std=jnp.asarray(std),
+                              labels=jnp.asarray(y))
+    down = np.zeros_like(w_star)
+    down[-1] = -30.0  # every logit 30 below: the same softmax, an L2 gap only
+    for w in (w_star + 1e-3 * rng.standard_normal(w_star.shape), w_star * 0.5, np.zeros_like(w_star),
+              w_star + down, 0.5 * w_star + down, -w_star + 0.8 * down):
+        params = {"Dense_0": {"kernel": jnp.asarray(w[:-1], jnp.float32), "bias": jnp.asarray(w[-1], jnp.float32)}}
+        got = float(metric(SimpleNamespace(params=params), clients)["suboptimality"])
+        want = conv.objective64(w.astype(np.float32).astype(np.float64).ravel(), X, y, lam, k)[0] - f_star
+        assert np.isfinite(got) and got > 0
+        np.testing.assert_allclose(got, want, rtol=2e-3)
+
+
 @pytest.mark.slow
 def test_fedavg_surrogate_gap_needs_unequal_local_work():
     """The FedNova study's mechanism check: FedAvg's limiting objective weights client k by n_k S_k; with equal
