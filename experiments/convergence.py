@@ -462,7 +462,7 @@ def main(args, overrides: list[str]) -> int:
     print(f"L {const['L']:.4f}  mu {const['mu']}  kappa {const['kappa']:.2f}  gamma {const['gamma']:.1f}  "
           f"beta {const['beta']:.1f}  eta_0 {const['lr0']:.4f}  E {steps}  F* {f_star:.10f} (|grad| {grad_norm:.1e})",
           flush=True)
-    rows, curves, cells, probed = [], {}, [], []
+    rows, curves, cells, probed, notes = [], {}, [], [], []
     for partition in args.partitions:
         for name in args.rows:
             c = base.copy_and_resolve_references()
@@ -474,6 +474,9 @@ def main(args, overrides: list[str]) -> int:
             else:
                 c.lr_beta = const["beta"] * factor  # the schedule scaled: eta_t x lr_factor at every step
             subopt, compile_s, run_s = cached_cell(Path(args.cells or f"{args.out}_cells"), c, ds, seeds, metric)
+            if note := nonfinite(name, partition, subopt):
+                notes.append(note)
+                print(f"warning: non-finite F - F*: {note}", file=sys.stderr, flush=True)
             steps_c = local_steps(c, len(y))
             cells.append((dict(algorithm=name, partition=partition, gamma=const["gamma"], steps=steps_c,
                                seed_list=seed_list(c, seeds)), subopt))
@@ -493,7 +496,7 @@ def main(args, overrides: list[str]) -> int:
         bench = sweep_bench(c, ds, args.sweep_bench, metric)
     if bench:
         print(json.dumps(bench), flush=True)
-    write(Path(args.out), rows, curves, const, f_star, grad_norm, bench, base)
+    write(Path(args.out), rows, curves, const, f_star, grad_norm, bench, base, notes)
     write_curves(Path(f"{args.out}_curves.csv.gz"), cells)
     if probed:
         write_probes(Path(f"{args.out}_probes.csv.gz"), probed)
@@ -505,7 +508,17 @@ def as_printed(subopt: np.ndarray) -> np.ndarray:
     return np.vectorize(lambda v: float(format(v, CURVE_FORMAT)))(subopt)
 
 
-def write(prefix: Path, rows, curves, const, f_star, grad_norm, bench, base) -> None:
+def nonfinite(name: str, partition: str, subopt: np.ndarray) -> str | None:
+    """Which seeds and rounds of a cell's ``[seeds, rounds]`` curves are inf or NaN, in words; None if none are."""
+    bad = ~np.isfinite(subopt)
+    if not bad.any():
+        return None
+    rounds = np.flatnonzero(bad.any(axis=0)) + 1
+    return (f"{name} ({partition}): {int(bad.any(axis=1).sum())} of {len(subopt)} seeds, {int(bad.sum())} values, "
+            f"rounds {rounds[0]}-{rounds[-1]}")
+
+
+def write(prefix: Path, rows, curves, const, f_star, grad_norm, bench, base, notes=()) -> None:
     report.write_rows(prefix.with_name(prefix.name + ".csv"), rows)
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
     lines = [
@@ -544,6 +557,10 @@ def write(prefix: Path, rows, curves, const, f_star, grad_norm, bench, base) -> 
               f"{r['w_slope']:.3f} [{r['w_slope_lo']:.3f}, {r['w_slope_hi']:.3f}] | {r['w_bound']:.3f} | "
               f"{r['growth']:.2f} [{r['growth_lo']:.2f}, {r['growth_hi']:.2f}] | {'yes' if r['converges'] else 'no'} | "
               f"{_cell(r, 100)} | {_cell(r, r['rounds'])} |" for r in rows]
+    if notes:
+        lines += ["", "**Non-finite F - F\\*** (a row's statistics above are not defined where its curves are not; "
+                  "a host run of the same config tells a diverging model from a failing metric): "
+                  + "; ".join(notes) + "."]
     gaps = {(r["partition"], r["clients"]): r["surrogate_gap"] for r in rows if r["surrogate_gap"] > 0}
     if gaps:
         lines += ["", "FedAvg's limit with unequal local work (clients of unequal sizes, one epoch each): as its "

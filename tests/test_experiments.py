@@ -263,6 +263,11 @@ def test_convergence_suboptimality_metric_far_from_a_one_hot_optimum():
         want = conv.objective64(w.astype(np.float32).astype(np.float64).ravel(), X, y, lam, k)[0] - f_star
         assert np.isfinite(got) and got > 0
         np.testing.assert_allclose(got, want, rtol=2e-3)
+    # a curve that is not finite is named in the table, seeds and rounds, not averaged into it silently
+    curves = np.ones((3, 10))
+    curves[1, 4:7], curves[2, 6] = -np.inf, np.nan
+    assert conv.nonfinite("fedbat", "iid", curves) == "fedbat (iid): 2 of 3 seeds, 4 values, rounds 5-7"
+    assert conv.nonfinite("fedbat", "iid", np.ones((3, 10))) is None
 
 
 @pytest.mark.slow
