@@ -225,7 +225,8 @@ def suboptimality_metric(model, lam: float, X: np.ndarray, w_star: np.ndarray):
     ``mean_i [log(sum_j p*_ij exp(delta_ij)) - delta_i,y_i] + lambda/2 (w - w*).(w + w*)``. Near the optimum the
     log term is ``log1p(sum_j p*_ij expm1(delta_ij))``; far from it (the sum below -1/2) it is the log-sum-exp of
     ``log p* + delta``, where the first form underflows to log(0) in float32 once ``p*`` is nearly one-hot
-    (lambda = 0.001: F - F* about 1 gave -inf)."""
+    (lambda = 0.001: F - F* about 1 gave -inf). Its two terms come too: ``ce_gap`` (the data loss's) and ``l2_gap``
+    (``lambda/2 (||w||^2 - ||w*||^2)``), which tell a row whose loss drifts from one whose weights grow."""
     z = X @ w_star
     log_p_star = z - z.max(axis=1, keepdims=True)
     log_p_star = log_p_star - np.log(np.exp(log_p_star).sum(axis=1, keepdims=True))
@@ -243,7 +244,7 @@ def suboptimality_metric(model, lam: float, X: np.ndarray, w_star: np.ndarray):
         ce_gap = jnp.mean(jnp.where(near > -0.5, jnp.log1p(jnp.maximum(near, -0.5)), far) - picked)
         l2_gap = sum(jnp.sum(d * (w + s)) for d, w, s in
                      zip(jax.tree.leaves(diff), jax.tree.leaves(server.params), jax.tree.leaves(star)))
-        return {"suboptimality": ce_gap + 0.5 * lam * l2_gap}
+        return {"suboptimality": ce_gap + 0.5 * lam * l2_gap, "ce_gap": ce_gap, "l2_gap": 0.5 * lam * l2_gap}
 
     return metric
 
@@ -350,12 +351,13 @@ CURVE_COLUMNS = ("algorithm", "partition", "gamma", "steps", "seed", "round", "s
 CURVE_FORMAT = ".6e"  # 7 significant digits: the curves as committed, and so as every statistic is computed
 
 
-PROBES = ("alpha_ratio", "alpha_gain", "alpha_rms", "clipped")  # alpha_metrics' per-layer diagnostics
+# alpha_metrics' per-layer diagnostics, and F - F*'s two terms (suboptimality_metric)
+PROBES = ("alpha_ratio", "alpha_gain", "alpha_rms", "clipped", "ce_gap", "l2_gap")
 
 
 def probe_curves(config, ds, seeds: int, metric, subopt: np.ndarray) -> dict[str, np.ndarray]:
     """The cell run again with ``alpha_metrics`` on: ``probe -> [seeds, rounds]`` (the cohort's p_k-weighted mean of
-    each per-layer diagnostic, ``Learner.client_probes``). The probes change no number of the run, so its
+    each per-layer diagnostic, ``Learner.client_probes``, and the two terms of F - F*). The probes change no number of the run, so its
     ``F(w_t) - F*`` must be the cell's (``subopt``), and a mismatch is an error."""
     probed = config.copy_and_resolve_references()
     probed.alpha_metrics = True

@@ -191,6 +191,12 @@ def test_convergence_study_quick(tmp_path, xla_cache_env):
     clipped = [float(p["clipped/Dense_0/kernel"]) for p in probes]
     assert all(0.0 <= v <= 1.0 for v in clipped) and max(clipped) == 0.0  # alpha = max|u| clips nothing
     assert all(float(p["alpha_rms/Dense_0/kernel"]) >= 1.0 for p in probes)  # max|u| >= rms(u)
+    # and F - F*'s two terms, which add up to the committed curve's value at that seed and round
+    with gzip.open(f"{out}_curves.csv.gz", "rt") as f:
+        curve = {(c["seed"], c["round"]): float(c["suboptimality"]) for c in csv.DictReader(f)
+                 if c["algorithm"] == "fedbat_alpha_max"}
+    for p in probes:
+        np.testing.assert_allclose(float(p["ce_gap"]) + float(p["l2_gap"]), curve[p["seed"], p["round"]], rtol=1e-3)
 
 
 def test_convergence_window_criterion():
@@ -259,10 +265,14 @@ def test_convergence_suboptimality_metric_far_from_a_one_hot_optimum():
     for w in (w_star + 1e-3 * rng.standard_normal(w_star.shape), w_star * 0.5, np.zeros_like(w_star),
               w_star + down, 0.5 * w_star + down, -w_star + 0.8 * down):
         params = {"Dense_0": {"kernel": jnp.asarray(w[:-1], jnp.float32), "bias": jnp.asarray(w[-1], jnp.float32)}}
-        got = float(metric(SimpleNamespace(params=params), clients)["suboptimality"])
-        want = conv.objective64(w.astype(np.float32).astype(np.float64).ravel(), X, y, lam, k)[0] - f_star
-        assert np.isfinite(got) and got > 0
-        np.testing.assert_allclose(got, want, rtol=2e-3)
+        out = {k: float(v) for k, v in metric(SimpleNamespace(params=params), clients).items()}
+        w64 = w.astype(np.float32).astype(np.float64)
+        want = conv.objective64(w64.ravel(), X, y, lam, k)[0] - f_star
+        assert np.isfinite(out["suboptimality"]) and out["suboptimality"] > 0
+        np.testing.assert_allclose(out["suboptimality"], want, rtol=2e-3)
+        l2 = 0.5 * lam * (np.sum(w64 ** 2) - np.sum(w_star ** 2))
+        np.testing.assert_allclose(out["l2_gap"], l2, rtol=1e-3, atol=1e-7)
+        np.testing.assert_allclose(out["ce_gap"] + out["l2_gap"], out["suboptimality"], rtol=1e-6)
     # a curve that is not finite is named in the table, seeds and rounds, not averaged into it silently
     curves = np.ones((3, 10))
     curves[1, 4:7], curves[2, 6] = -np.inf, np.nan
