@@ -357,8 +357,8 @@ PROBES = ("alpha_ratio", "alpha_gain", "alpha_rms", "clipped", "ce_gap", "l2_gap
 
 def probe_curves(config, ds, seeds: int, metric, subopt: np.ndarray) -> dict[str, np.ndarray]:
     """The cell run again with ``alpha_metrics`` on: ``probe -> [seeds, rounds]`` (the cohort's p_k-weighted mean of
-    each per-layer diagnostic, ``Learner.client_probes``, and the two terms of F - F*). The probes change no number of the run, so its
-    ``F(w_t) - F*`` must be the cell's (``subopt``), and a mismatch is an error."""
+    each per-layer diagnostic, ``Learner.client_probes``, and the two terms of F - F*). The probes change no number
+    of the run, so its ``F(w_t) - F*`` must be the cell's (``subopt``), and a mismatch is an error."""
     probed = config.copy_and_resolve_references()
     probed.alpha_metrics = True
     records = compile_sweep(probed, seed_list(probed, seeds), dataset=ds, metrics_fn=metric).run()
